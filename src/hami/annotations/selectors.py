@@ -1,0 +1,122 @@
+"""Per-pod selectors and policy annotations: which devices a pod accepts, and how to score."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from hami.annotations import keys
+from hami.annotations.errors import AnnotationError
+
+
+class Policy(enum.Enum):
+    BINPACK = "binpack"
+    SPREAD = "spread"
+
+
+@dataclass(frozen=True)
+class ScoringWeights:
+    slot: float = 1.0
+    core: float = 1.0
+    memory: float = 1.0
+
+
+@dataclass(frozen=True)
+class DeviceSelectors:
+    """Type filters are case-insensitive substrings of the device type; UUID filters are exact."""
+
+    use_types: tuple[str, ...] = ()
+    nouse_types: tuple[str, ...] = ()
+    use_uuids: tuple[str, ...] = ()
+    nouse_uuids: tuple[str, ...] = ()
+    mode: str | None = None
+    numa_bind: bool = False
+
+    def type_allowed(self, device_type: str) -> bool:
+        upper = device_type.upper()
+        if self.use_types and not any(t in upper for t in self.use_types):
+            return False
+        return not any(t in upper for t in self.nouse_types)
+
+    def mode_allowed(self, device_mode: str) -> bool:
+        # HAMi: the annotation value must contain the device's mode.
+        return self.mode is None or device_mode in self.mode
+
+    def uuid_allowed(self, uuid: str) -> bool:
+        if self.use_uuids and uuid not in self.use_uuids:
+            return False
+        return uuid not in self.nouse_uuids
+
+
+def _split_list(value: str | None, upper: bool = False) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    # Empty items are dropped: HAMi keeps them, and "" matches every type (see compatibility.md).
+    items = (item.strip() for item in value.split(","))
+    return tuple(item.upper() if upper else item for item in items if item)
+
+
+def encode_list(items: list[str] | tuple[str, ...]) -> str:
+    return ",".join(items)
+
+
+def decode_selectors(annotations: dict[str, str]) -> DeviceSelectors:
+    numa = annotations.get(keys.NUMA_BIND, "").strip().lower() in ("true", "1", "t")
+    return DeviceSelectors(
+        use_types=_split_list(annotations.get(keys.USE_GPUTYPE), upper=True),
+        nouse_types=_split_list(annotations.get(keys.NOUSE_GPUTYPE), upper=True),
+        use_uuids=_split_list(annotations.get(keys.USE_GPUUUID)),
+        nouse_uuids=_split_list(annotations.get(keys.NOUSE_GPUUUID)),
+        mode=annotations.get(keys.VGPU_MODE),
+        numa_bind=numa,
+    )
+
+
+def decode_policy(value: str, what: str) -> Policy:
+    try:
+        return Policy(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(p.value for p in Policy)
+        raise AnnotationError(f"{what} {value!r} is not one of: {choices}") from None
+
+
+def pod_policies(
+    annotations: dict[str, str], node_default: Policy, gpu_default: Policy
+) -> tuple[Policy, Policy]:
+    """The node and GPU policies a pod runs under: its annotations, else the defaults."""
+    node = annotations.get(keys.NODE_SCHEDULER_POLICY)
+    gpu = annotations.get(keys.GPU_SCHEDULER_POLICY)
+    return (
+        decode_policy(node, keys.NODE_SCHEDULER_POLICY) if node else node_default,
+        decode_policy(gpu, keys.GPU_SCHEDULER_POLICY) if gpu else gpu_default,
+    )
+
+
+def encode_weights(weights: ScoringWeights) -> str:
+    return f"slot={weights.slot:g},core={weights.core:g},memory={weights.memory:g}"
+
+
+def decode_weights(value: str | None) -> ScoringWeights:
+    """`slot=1,core=1,memory=1`; missing keys keep their default of 1."""
+    if not value or not value.strip():
+        return ScoringWeights()
+    found: dict[str, float] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        name, sep, number = item.partition("=")
+        name = name.strip().lower()
+        if not sep or name not in ("slot", "core", "memory"):
+            raise AnnotationError(f"{keys.DEVICE_SCORING_WEIGHTS}: {item.strip()!r} is not slot=, core= or memory=")
+        try:
+            weight = float(number)
+        except ValueError:
+            raise AnnotationError(f"{keys.DEVICE_SCORING_WEIGHTS}: {number.strip()!r} is not a number") from None
+        if weight < 0 or weight != weight or weight == float("inf"):
+            raise AnnotationError(f"{keys.DEVICE_SCORING_WEIGHTS}: weight for {name} must be finite and >= 0")
+        found[name] = weight
+    return ScoringWeights(**found)
+
+
+def decode_cordon(value: str | None) -> frozenset[str]:
+    return frozenset(_split_list(value))

@@ -1,0 +1,39 @@
+"""Devices as a node registers them (the static part; usage lives in the scheduler state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+HAMI_CORE_MODE = "hami-core"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One physical device as registered in `hami.io/node-nvidia-register`.
+
+    `count` is how many tasks may share it (deviceSplitCount), `devmem` its memory in MiB
+    after memory scaling, `devcore` its compute in percent after core scaling (100 = all SMs).
+    """
+
+    id: str
+    count: int
+    devmem: int
+    devcore: int
+    type: str
+    numa: int = 0
+    health: bool = True
+    index: int = 0
+    mode: str = HAMI_CORE_MODE
+    vendor: str = "NVIDIA"
+
+
+@dataclass(frozen=True)
+class NodeDevices:
+    """A node and the devices it registered, plus the node facts the engine may check."""
+
+    name: str
+    devices: tuple[DeviceInfo, ...]
+    cordoned: frozenset[str] = field(default_factory=frozenset)
+    # Node CPU (millicores) and memory (MiB) capacity; 0 means "not checked".
+    cpu_milli: int = 0
+    memory_mib: int = 0

@@ -1,0 +1,1 @@
+"""One module per device vendor: resource names, request parsing, Allocate environment."""
