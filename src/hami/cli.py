@@ -1,0 +1,44 @@
+"""`hami …`: one entry point, one module per subcommand (loaded only when used)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hami.errors import HamiError
+
+# name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "schedule": ("hami.commands.schedule", "schedule pending pods of a cluster snapshot with the engine"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hami", description="HAMi-compatible GPU sharing for Kubernetes")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = importlib.import_module(args._module).run(args)
+        return result
+    except HamiError as exc:
+        print(f"hami {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hami {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

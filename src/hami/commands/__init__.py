@@ -1,0 +1,1 @@
+"""The `hami` subcommands, one module each."""

@@ -1,0 +1,187 @@
+"""The cluster as the engine sees it: devices as flat arrays, usage kept up to date.
+
+Row r of every device array is one device; the devices of node i are rows
+`starts[i]:starts[i + 1]`. Only nodes with at least one registered device are held.
+Mutation is explicit (`add_pod`, `remove_pod`) and does no I/O: the state is plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from hami.model.allocation import PodAllocation
+from hami.model.devices import NodeDevices
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one pod holds on its node: per device row, tasks, MiB and cores."""
+
+    node: int
+    rows: IntArray
+    used: IntArray
+    mem: IntArray
+    cores: IntArray
+    cpu_milli: int
+    memory_mib: int
+
+
+def footprint_of(allocation: PodAllocation, init_count: int) -> dict[str, tuple[int, int, int]]:
+    """Per device UUID: (tasks, MiB, cores) the pod holds.
+
+    Init containers run one after another before the app containers, so the pod holds the
+    larger of its biggest init container and the sum of its app containers, per device.
+    """
+    app: dict[str, list[int]] = {}
+    init: dict[str, list[int]] = {}
+    for position, container in enumerate(allocation):
+        if position < init_count:
+            for d in container:
+                peak = init.setdefault(d.uuid, [0, 0, 0])
+                peak[0] = max(peak[0], 1)
+                peak[1] = max(peak[1], d.usedmem)
+                peak[2] = max(peak[2], d.usedcores)
+        else:
+            for d in container:
+                total = app.setdefault(d.uuid, [0, 0, 0])
+                total[0] += 1
+                total[1] += d.usedmem
+                total[2] += d.usedcores
+    result: dict[str, tuple[int, int, int]] = {}
+    for uuid in app.keys() | init.keys():
+        a, i = app.get(uuid, [0, 0, 0]), init.get(uuid, [0, 0, 0])
+        result[uuid] = (max(a[0], i[0]), max(a[1], i[1]), max(a[2], i[2]))
+    return result
+
+
+class ClusterState:
+    def __init__(self, nodes: Iterable[NodeDevices]):
+        self.nodes: list[NodeDevices] = [n for n in nodes if n.devices]
+        self.node_pos: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            if node.name in self.node_pos:
+                raise ValueError(f"node {node.name} given twice")
+            self.node_pos[node.name] = i
+        devices = [d for n in self.nodes for d in n.devices]
+        sizes = [len(n.devices) for n in self.nodes]
+        self.starts: IntArray = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        self.sizes: IntArray = np.asarray(sizes, dtype=np.int64)
+        self.dev_node: IntArray = np.repeat(np.arange(len(self.nodes), dtype=np.int64), sizes)
+        self.uuids: list[str] = [d.id for d in devices]
+        self.types: list[str] = [d.type for d in devices]
+        self.modes: list[str] = [d.mode for d in devices]
+        self.count: IntArray = np.asarray([d.count for d in devices], dtype=np.int64)
+        self.totalmem: IntArray = np.asarray([d.devmem for d in devices], dtype=np.int64)
+        self.totalcore: IntArray = np.asarray([d.devcore for d in devices], dtype=np.int64)
+        self.numa: IntArray = np.asarray([d.numa for d in devices], dtype=np.int64)
+        self.index: IntArray = np.asarray([d.index for d in devices], dtype=np.int64)
+        self.health = np.asarray([d.health for d in devices], dtype=bool)
+        self.cordoned = np.asarray(
+            [d.id in n.cordoned for n in self.nodes for d in n.devices], dtype=bool
+        )
+        # Distinct types and modes, so string filters run once per distinct value.
+        self.type_names, type_ids = np.unique(np.asarray(self.types, dtype=object), return_inverse=True)
+        self.type_id: IntArray = type_ids.astype(np.int64)
+        self.mode_names, mode_ids = np.unique(np.asarray(self.modes, dtype=object), return_inverse=True)
+        self.mode_id: IntArray = mode_ids.astype(np.int64)
+        self.row_of: dict[tuple[int, str], int] = {
+            (int(self.dev_node[r]), uuid): r for r, uuid in enumerate(self.uuids)
+        }
+        self.uuid_rows: dict[str, list[int]] = {}
+        for r, uuid in enumerate(self.uuids):
+            self.uuid_rows.setdefault(uuid, []).append(r)
+
+        n_dev = len(devices)
+        self.used: IntArray = np.zeros(n_dev, dtype=np.int64)
+        self.usedmem: IntArray = np.zeros(n_dev, dtype=np.int64)
+        self.usedcores: IntArray = np.zeros(n_dev, dtype=np.int64)
+        self.node_cpu: IntArray = np.asarray([n.cpu_milli for n in self.nodes], dtype=np.int64)
+        self.node_memory: IntArray = np.asarray([n.memory_mib for n in self.nodes], dtype=np.int64)
+        self.node_cpu_used: IntArray = np.zeros(len(self.nodes), dtype=np.int64)
+        self.node_memory_used: IntArray = np.zeros(len(self.nodes), dtype=np.int64)
+        # Per-node totals for HAMi's node score, kept in step with the usage arrays.
+        self.node_count_total: IntArray = self._per_node(self.count)
+        self.node_mem_total: IntArray = self._per_node(self.totalmem)
+        self.node_core_total: IntArray = self._per_node(self.totalcore)
+        self.node_used: IntArray = np.zeros(len(self.nodes), dtype=np.int64)
+        self.node_usedmem: IntArray = np.zeros(len(self.nodes), dtype=np.int64)
+        self.node_usedcores: IntArray = np.zeros(len(self.nodes), dtype=np.int64)
+        self.pods: dict[str, Footprint] = {}
+
+    def _per_node(self, values: IntArray) -> IntArray:
+        if len(self.nodes) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.add.reduceat(values, self.starts[:-1]).astype(np.int64)
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    def rows_of_node(self, node: int) -> range:
+        return range(int(self.starts[node]), int(self.starts[node + 1]))
+
+    def add_pod(
+        self,
+        key: str,
+        node_name: str,
+        allocation: PodAllocation,
+        init_count: int = 0,
+        cpu_milli: int = 0,
+        memory_mib: int = 0,
+    ) -> list[str]:
+        """Count a pod's devices as used. Returns problems (unknown node or device UUIDs)."""
+        if key in self.pods:
+            self.remove_pod(key)
+        node = self.node_pos.get(node_name)
+        if node is None:
+            return [f"pod {key}: node {node_name} has no registered devices; its allocation is ignored"]
+        problems = []
+        rows, used, mem, cores = [], [], [], []
+        for uuid, (tasks, mib, pct) in sorted(footprint_of(allocation, init_count).items()):
+            row = self.row_of.get((node, uuid))
+            if row is None:
+                problems.append(f"pod {key}: device {uuid} is not on node {node_name}; ignored")
+                continue
+            rows.append(row)
+            used.append(tasks)
+            mem.append(mib)
+            cores.append(pct)
+        footprint = Footprint(
+            node=node,
+            rows=np.asarray(rows, dtype=np.int64),
+            used=np.asarray(used, dtype=np.int64),
+            mem=np.asarray(mem, dtype=np.int64),
+            cores=np.asarray(cores, dtype=np.int64),
+            cpu_milli=cpu_milli,
+            memory_mib=memory_mib,
+        )
+        self._apply(footprint, +1)
+        self.pods[key] = footprint
+        return problems
+
+    def remove_pod(self, key: str) -> bool:
+        """Free what a pod held; False when the pod was not counted."""
+        footprint = self.pods.pop(key, None)
+        if footprint is None:
+            return False
+        self._apply(footprint, -1)
+        return True
+
+    def _apply(self, f: Footprint, sign: int) -> None:
+        np.add.at(self.used, f.rows, sign * f.used)
+        np.add.at(self.usedmem, f.rows, sign * f.mem)
+        np.add.at(self.usedcores, f.rows, sign * f.cores)
+        self.node_used[f.node] += sign * int(f.used.sum())
+        self.node_usedmem[f.node] += sign * int(f.mem.sum())
+        self.node_usedcores[f.node] += sign * int(f.cores.sum())
+        self.node_cpu_used[f.node] += sign * f.cpu_milli
+        self.node_memory_used[f.node] += sign * f.memory_mib
+
+    def nodes_named(self, names: Sequence[str]) -> IntArray:
+        return np.asarray([self.node_pos[n] for n in names if n in self.node_pos], dtype=np.int64)
