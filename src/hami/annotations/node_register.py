@@ -40,6 +40,8 @@ def decode_node_devices(value: str) -> list[DeviceInfo]:
     text = value.strip()
     if text.startswith("["):
         return _decode_json(text)
+    if text.startswith("{"):
+        raise AnnotationError("neither a JSON list nor the colon-separated device form (a JSON object)")
     if ":" in text:
         return _decode_legacy(text)
     raise AnnotationError("neither a JSON list nor the colon-separated device form")
