@@ -40,10 +40,12 @@ from hami.annotations.selectors import (
 )
 from hami.model import ContainerDevice, DeviceInfo
 
-ids = st.text(alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="-_"),
-              min_size=1, max_size=20)
-types = st.text(alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="- "),
-                min_size=1, max_size=30)
+ids = st.text(
+    alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="-_"), min_size=1, max_size=20
+)
+types = st.text(
+    alphabet=st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="- "), min_size=1, max_size=30
+)
 devices = st.builds(
     DeviceInfo,
     id=ids.map(lambda s: "GPU-" + s),
@@ -57,8 +59,11 @@ devices = st.builds(
     mode=st.sampled_from(["hami-core", "mig", "mps"]),
 )
 container_devices = st.builds(
-    ContainerDevice, uuid=ids.map(lambda s: "GPU-" + s), vendor=st.just("NVIDIA"),
-    usedmem=st.integers(0, 2**31 - 1), usedcores=st.integers(0, 100),
+    ContainerDevice,
+    uuid=ids.map(lambda s: "GPU-" + s),
+    vendor=st.just("NVIDIA"),
+    usedmem=st.integers(0, 2**31 - 1),
+    usedcores=st.integers(0, 100),
 )
 allocations = st.lists(st.lists(container_devices, max_size=4).map(tuple), max_size=5).map(tuple)
 
@@ -69,30 +74,46 @@ def test_node_register_round_trip(devs: list[DeviceInfo]) -> None:
 
 
 def test_node_register_reads_hami_json_and_legacy_forms() -> None:
-    hami = ('[{"id":"GPU-a","count":10,"devmem":81920,"devcore":100,"type":"NVIDIA-A100-SXM4-80GB",'
-            '"numa":0,"health":true,"index":0,"mode":"hami-core"}]')
+    hami = (
+        '[{"id":"GPU-a","count":10,"devmem":81920,"devcore":100,"type":"NVIDIA-A100-SXM4-80GB",'
+        '"numa":0,"health":true,"index":0,"mode":"hami-core"}]'
+    )
     (d,) = decode_node_devices(hami)
-    assert (d.id, d.count, d.devmem, d.devcore, d.type, d.health) == ("GPU-a", 10, 81920, 100, "NVIDIA-A100-SXM4-80GB", True)
+    assert (d.id, d.count, d.devmem, d.devcore, d.type, d.health) == (
+        "GPU-a",
+        10,
+        81920,
+        100,
+        "NVIDIA-A100-SXM4-80GB",
+        True,
+    )
     # Go's omitempty drops zero values and false: absent index/numa are 0, absent health is false.
     (sparse,) = decode_node_devices('[{"id":"GPU-b","count":4,"devmem":1000,"devcore":100,"type":"T4"}]')
     assert (sparse.index, sparse.numa, sparse.health, sparse.mode) == (0, 0, False, "hami-core")
-    legacy = decode_node_devices("GPU-x,10,32768,100,NVIDIA-Tesla V100,0,true:GPU-y,10,32768,100,NVIDIA-Tesla V100,1,false,1,mig:")
+    legacy = decode_node_devices(
+        "GPU-x,10,32768,100,NVIDIA-Tesla V100,0,true:GPU-y,10,32768,100,NVIDIA-Tesla V100,1,false,1,mig:"
+    )
     assert [(x.id, x.numa, x.health, x.index, x.mode) for x in legacy] == [
-        ("GPU-x", 0, True, 0, "hami-core"), ("GPU-y", 1, False, 1, "mig")]
+        ("GPU-x", 0, True, 0, "hami-core"),
+        ("GPU-y", 1, False, 1, "mig"),
+    ]
 
 
-@pytest.mark.parametrize("value, message", [
-    ("not an annotation", "neither a JSON list"),
-    ("[{", "invalid JSON"),
-    ('{"id": "x"}', "neither"),
-    ('[{"count": 1}]', "missing 'id'"),
-    ('[{"id": "g", "count": "ten"}]', "'count' must be an integer"),
-    ('[{"id": "g", "devmem": -5}]', "'devmem' is negative"),
-    ('[{"id": "g", "health": "yes"}]', "'health' must be true or false"),
-    ("GPU-x,10,32768:", "expected 7 or 9"),
-    ("GPU-x,ten,32768,100,T,0,true:", "must be integers"),
-    ("GPU-x,10,32768,100,T,0,maybe:", "health must be true or false"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("not an annotation", "neither a JSON list"),
+        ("[{", "invalid JSON"),
+        ('{"id": "x"}', "neither"),
+        ('[{"count": 1}]', "missing 'id'"),
+        ('[{"id": "g", "count": "ten"}]', "'count' must be an integer"),
+        ('[{"id": "g", "devmem": -5}]', "'devmem' is negative"),
+        ('[{"id": "g", "health": "yes"}]', "'health' must be true or false"),
+        ("GPU-x,10,32768:", "expected 7 or 9"),
+        ("GPU-x,ten,32768,100,T,0,true:", "must be integers"),
+        ("GPU-x,10,32768,100,T,0,maybe:", "health must be true or false"),
+    ],
+)
 def test_node_register_errors(value: str, message: str) -> None:
     with pytest.raises(AnnotationError, match=message):
         decode_node_devices(value)
@@ -160,16 +181,26 @@ def test_handshake_reads_go_time_string() -> None:
 
 @given(st.lists(ids, max_size=5))
 def test_selector_lists_round_trip(items: list[str]) -> None:
-    annotations = {keys.USE_GPUUUID: encode_list(items), keys.NOUSE_GPUUUID: encode_list(items),
-                   keys.USE_GPUTYPE: encode_list(items), keys.NOUSE_GPUTYPE: encode_list(items)}
+    annotations = {
+        keys.USE_GPUUUID: encode_list(items),
+        keys.NOUSE_GPUUUID: encode_list(items),
+        keys.USE_GPUTYPE: encode_list(items),
+        keys.NOUSE_GPUTYPE: encode_list(items),
+    }
     selectors = decode_selectors(annotations)
     assert list(selectors.use_uuids) == items and list(selectors.nouse_uuids) == items
     assert list(selectors.use_types) == [i.upper() for i in items]
 
 
 def test_selectors_semantics() -> None:
-    s = decode_selectors({keys.USE_GPUTYPE: "a100,H100,", keys.NOUSE_GPUTYPE: "PCIE", keys.VGPU_MODE: "hami-core",
-                          keys.NUMA_BIND: "true"})
+    s = decode_selectors(
+        {
+            keys.USE_GPUTYPE: "a100,H100,",
+            keys.NOUSE_GPUTYPE: "PCIE",
+            keys.VGPU_MODE: "hami-core",
+            keys.NUMA_BIND: "true",
+        }
+    )
     assert s.type_allowed("NVIDIA-A100-SXM4-80GB") and not s.type_allowed("NVIDIA-A100-PCIE-40GB")
     assert not s.type_allowed("NVIDIA-Tesla-T4")  # the trailing empty item does not allow every type
     assert s.mode_allowed("hami-core") and not s.mode_allowed("mig") and s.numa_bind
@@ -185,8 +216,14 @@ def test_policy_annotations(node: Policy, gpu: Policy) -> None:
         decode_policy("topology", "x")
 
 
-@given(st.builds(ScoringWeights, slot=st.integers(0, 10).map(float), core=st.integers(0, 10).map(float),
-                 memory=st.integers(0, 10).map(float)))
+@given(
+    st.builds(
+        ScoringWeights,
+        slot=st.integers(0, 10).map(float),
+        core=st.integers(0, 10).map(float),
+        memory=st.integers(0, 10).map(float),
+    )
+)
 def test_scoring_weights_round_trip(weights: ScoringWeights) -> None:
     assert decode_weights(encode_weights(weights)) == weights
 

@@ -49,9 +49,15 @@ def clusters(draw: st.DrawFn) -> list[NodeDevices]:
 def container_requests(draw: st.DrawFn) -> ContainerRequest:
     nums = draw(st.integers(0, 3))
     if draw(st.booleans()):
-        return ContainerRequest(nums=nums, memreq=draw(st.integers(1, 20000)), coresreq=draw(st.sampled_from([0, 10, 30, 50, 100])))
-    return ContainerRequest(nums=nums, memreq=0, mem_percentage=draw(st.sampled_from([0, 10, 50, 100])),
-                            coresreq=draw(st.sampled_from([0, 25, 100])))
+        return ContainerRequest(
+            nums=nums, memreq=draw(st.integers(1, 20000)), coresreq=draw(st.sampled_from([0, 10, 30, 50, 100]))
+        )
+    return ContainerRequest(
+        nums=nums,
+        memreq=0,
+        mem_percentage=draw(st.sampled_from([0, 10, 50, 100])),
+        coresreq=draw(st.sampled_from([0, 25, 100])),
+    )
 
 
 @st.composite
@@ -93,8 +99,13 @@ def check_decision_respects_rules(state: ClusterState, request: PodRequest, deci
             assert ctx.selectors.type_allowed(state.types[row])
             assert ctx.selectors.uuid_allowed(d.uuid)
             assert d.usedcores == want.coresreq
-            expected_mem = want.memreq if want.memreq else (
-                int(state.totalmem[row]) * want.mem_percentage // 100 if want.mem_percentage != NO_PERCENTAGE else 0)
+            expected_mem = (
+                want.memreq
+                if want.memreq
+                else (
+                    int(state.totalmem[row]) * want.mem_percentage // 100 if want.mem_percentage != NO_PERCENTAGE else 0
+                )
+            )
             assert d.usedmem == expected_mem
             numas.add(int(state.numa[row]))
         if ctx.selectors.numa_bind and got:

@@ -99,10 +99,12 @@ def test_unhealthy_and_cordoned_devices_are_skipped() -> None:
 
 
 def test_type_allow_and_deny_lists() -> None:
-    state = ClusterState([
-        node("a100", gpu("g0", dtype="NVIDIA-A100-SXM4-80GB", mem=80000)),
-        node("t4", gpu("g1", dtype="NVIDIA-Tesla-T4", mem=15000)),
-    ])
+    state = ClusterState(
+        [
+            node("a100", gpu("g0", dtype="NVIDIA-A100-SXM4-80GB", mem=80000)),
+            node("t4", gpu("g1", dtype="NVIDIA-Tesla-T4", mem=15000)),
+        ]
+    )
     use = pod("p", container(gpu=1, mem=100), annotations={"nvidia.com/use-gputype": "a100, H100"})
     d = schedule(state, use)
     assert d.node == "a100" and d.reasons == {"t4": "1/1 CardTypeMismatch"}
@@ -136,7 +138,9 @@ def test_several_containers_share_the_node_cumulatively() -> None:
 
 def test_init_containers_use_the_node_as_it_is() -> None:
     state = ClusterState([node("n1", gpu("g0", mem=10000))])
-    request = pod("p", container("app", gpu=1, mem=8000, cores=10), init=(container("init", gpu=1, mem=9000, cores=10),))
+    request = pod(
+        "p", container("app", gpu=1, mem=8000, cores=10), init=(container("init", gpu=1, mem=9000, cores=10),)
+    )
     d = place(state, request)
     assert devices_of(d) == [["g0"], ["g0"]]
     # The pod holds max(init 9000, app 8000) = 9000 MiB, not the sum.
@@ -173,10 +177,22 @@ def test_scoring_weights_change_the_device_choice() -> None:
     for i in range(4):
         state.add_pod(f"light{i}", "n1", ((_dev("g0", 100, 1),),))
     state.add_pod("heavy", "n1", ((_dev("g1", 20000, 1),),))
-    by_memory = pod("p", container(gpu=1, mem=100), annotations={
-        "hami.io/gpu-scheduler-policy": "binpack", "hami.io/device-scoring-weights": "slot=0,core=0,memory=1"})
-    by_slots = pod("q", container(gpu=1, mem=100), annotations={
-        "hami.io/gpu-scheduler-policy": "binpack", "hami.io/device-scoring-weights": "slot=1,core=0,memory=0"})
+    by_memory = pod(
+        "p",
+        container(gpu=1, mem=100),
+        annotations={
+            "hami.io/gpu-scheduler-policy": "binpack",
+            "hami.io/device-scoring-weights": "slot=0,core=0,memory=1",
+        },
+    )
+    by_slots = pod(
+        "q",
+        container(gpu=1, mem=100),
+        annotations={
+            "hami.io/gpu-scheduler-policy": "binpack",
+            "hami.io/device-scoring-weights": "slot=1,core=0,memory=0",
+        },
+    )
     assert devices_of(schedule(state, by_memory)) == [["g1"]]
     assert devices_of(schedule(state, by_slots)) == [["g0"]]
 

@@ -25,7 +25,9 @@ def test_example_snapshot_json_shape_and_answers() -> None:
     notebook = decisions["research/notebook"]
     # Binpack nodes: node-a already holds a pod; spread GPUs: the idle GPU-a1.
     assert notebook["node"] == "node-a"
-    assert notebook["containers"] == [[{"uuid": "GPU-a1", "type": "NVIDIA-A100-SXM4-80GB", "memory": 8000, "cores": 20}]]
+    assert notebook["containers"] == [
+        [{"uuid": "GPU-a1", "type": "NVIDIA-A100-SXM4-80GB", "memory": 8000, "cores": 20}]
+    ]
     trainer = decisions["research/trainer"]
     assert trainer["node"] == "node-a"
     assert sorted(d["memory"] for d in trainer["containers"][0]) == [40960, 40960]
@@ -82,18 +84,21 @@ spec:
 """
 
 
-@pytest.mark.parametrize("content, message", [
-    ("just: [unclosed", "not valid YAML"),
-    ("- 1\n- 2\n", "not a Kubernetes object"),
-    ("kind: List\nitems: 3\n", "without an 'items' list"),
-    ("kind: Pod\nmetadata: {}\n", "no metadata.name"),
-    ("", "holds no Kubernetes objects"),
-    (NODE + pod_with("{nvidia.com/gpu: 1, nvidia.com/gpumem: -5}"), "is negative"),
-    (NODE + pod_with("{nvidia.com/gpu: 1, nvidia.com/gpumem: lots}"), "not a number"),
-    (NODE + pod_with("{nvidia.com/gpu: 1, nvidia.com/gpucores: 120}"), "over 100"),
-    (NODE + pod_with("{nvidia.com/gpu: 1, nvidia.com/gpumem-percentage: 101}"), "over 100"),
-    (NODE + pod_with("{nvidia.com/gpu: 1.5}"), "not a whole number"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("just: [unclosed", "not valid YAML"),
+        ("- 1\n- 2\n", "not a Kubernetes object"),
+        ("kind: List\nitems: 3\n", "without an 'items' list"),
+        ("kind: Pod\nmetadata: {}\n", "no metadata.name"),
+        ("", "holds no Kubernetes objects"),
+        (NODE + pod_with("{nvidia.com/gpu: 1, nvidia.com/gpumem: -5}"), "is negative"),
+        (NODE + pod_with("{nvidia.com/gpu: 1, nvidia.com/gpumem: lots}"), "not a number"),
+        (NODE + pod_with("{nvidia.com/gpu: 1, nvidia.com/gpucores: 120}"), "over 100"),
+        (NODE + pod_with("{nvidia.com/gpu: 1, nvidia.com/gpumem-percentage: 101}"), "over 100"),
+        (NODE + pod_with("{nvidia.com/gpu: 1.5}"), "not a whole number"),
+    ],
+)
 def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, content: str, message: str) -> None:
     result = hami("schedule", "--snapshot", write(tmp_path, content), "-o", "json")
     assert result.returncode == 2
@@ -119,8 +124,10 @@ def test_malformed_registration_skips_the_node_with_a_warning(tmp_path: Path) ->
 
 def test_config_file_sets_resource_names_and_defaults(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text("nvidia:\n  resourceCountName: example.com/vgpu\n  defaultMemory: 300\n"
-                      "scheduler:\n  gpuSchedulerPolicy: binpack\n")
+    config.write_text(
+        "nvidia:\n  resourceCountName: example.com/vgpu\n  defaultMemory: 300\n"
+        "scheduler:\n  gpuSchedulerPolicy: binpack\n"
+    )
     text = NODE + pod_with("{example.com/vgpu: 1, nvidia.com/gpucores: 10}")
     result = hami("schedule", "--snapshot", write(tmp_path, text), "--config", str(config), "-o", "json")
     assert result.returncode == 0, result.stderr
