@@ -36,7 +36,7 @@ def decision_json(decision: Any) -> dict[str, Any]:
             for container, types in zip(decision.allocation, decision.device_types, strict=True)
         ],
         "reasons": dict(sorted(decision.reasons.items())),
-        "score": decision.scores.get(decision.node) if decision.node else None,
+        "score": decision.score,
     }
 
 

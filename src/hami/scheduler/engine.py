@@ -47,6 +47,14 @@ class PodContext:
     node_policy: Policy
     gpu_policy: Policy
     weights: ScoringWeights
+    _static: dict[int, IntArray] = field(default_factory=dict, compare=False, repr=False)
+
+    def static_codes(self, state: ClusterState) -> IntArray:
+        """static_codes() for this pod, computed once per state."""
+        key = id(state)
+        if key not in self._static:
+            self._static[key] = static_codes(state, self.selectors)
+        return self._static[key]
 
     @staticmethod
     def of(pod: PodRequest, defaults: PolicyDefaults) -> PodContext:
@@ -69,8 +77,10 @@ class Decision:
     device_types: tuple[tuple[str, ...], ...] = ()
     # Every node that did not fit, with HAMi's "N/M Reason" text.
     reasons: dict[str, str] = field(default_factory=dict)
-    # HAMi's node score of every node that fits (before placement).
+    # HAMi's node score of every node that fits (before placement), when asked for.
     scores: dict[str, float] = field(default_factory=dict)
+    # HAMi's node score of the chosen node (before placement).
+    score: float | None = None
 
 
 # A chooser picks the node (and devices) among those that fit; the simulator's policies are
@@ -278,18 +288,7 @@ def feasible_nodes(
         too_few_devices = sizes < request.nums
         failing = fits & ((ok < request.nums) | too_few_devices)
         if explain and failing.any():
-            for k in np.flatnonzero(failing).tolist():
-                node = int(candidates[k])
-                n = int(sizes[k])
-                if too_few_devices[k]:
-                    reasons[node] = f"{n}/{n} {R.NODE_INSUFFICIENT_DEVICE}"
-                    continue
-                node_codes = codes[state.starts[node] : state.starts[node + 1]]
-                tally = np.bincount(node_codes, minlength=len(R.DEVICE_CHECKS) + 1)
-                counts = {name: int(tally[c]) for name, c in R.CODE_OF.items()}
-                if ok[k]:
-                    counts[R.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] = int(ok[k])
-                reasons[node] = R.format_reason(counts, n)
+            reasons.update(_explain(state, candidates[failing], codes, ok[failing], too_few_devices[failing]))
         fits &= ~failing
 
     if not _independent(pod) or ctx.selectors.numa_bind:
@@ -301,6 +300,33 @@ def feasible_nodes(
                 fits[k] = False
                 reasons[node] = reason
     return Feasibility(candidates=candidates, fits=fits, reasons=reasons)
+
+
+def _explain(
+    state: ClusterState, nodes: IntArray, codes: IntArray, ok: IntArray, too_few: np.ndarray
+) -> dict[int, str]:
+    """Reason texts for failing nodes, formatted once per distinct pattern of counts."""
+    k = len(R.DEVICE_CHECKS) + 1
+    per_node = np.bincount(state.dev_node * k + codes, minlength=len(state.nodes) * k).reshape(-1, k)
+    patterns = np.column_stack([per_node[nodes, 1:], ok, too_few.astype(np.int64), state.sizes[nodes]]).tolist()
+    texts: dict[tuple[int, ...], str] = {}
+    result: dict[int, str] = {}
+    for node, row in zip(nodes.tolist(), patterns, strict=True):
+        key = tuple(row)
+        text = texts.get(key)
+        if text is None:
+            text = texts[key] = _reason_text(row, k)
+        result[node] = text
+    return result
+
+
+def _reason_text(row: list[int], k: int) -> str:
+    devices = row[-1]
+    if row[-2]:
+        return f"{devices}/{devices} {R.NODE_INSUFFICIENT_DEVICE}"
+    counts = dict(zip(R.DEVICE_CHECKS, row[: k - 1], strict=True))
+    counts[R.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] = row[k - 1]
+    return R.format_reason(counts, devices)
 
 
 def hami_node_scores(state: ClusterState, nodes: IntArray) -> np.ndarray:
@@ -316,19 +342,23 @@ def hami_node_scores(state: ClusterState, nodes: IntArray) -> np.ndarray:
 
 def rank_nodes(state: ClusterState, nodes: IntArray, scores: np.ndarray, policy: Policy) -> IntArray:
     """Nodes best first: binpack the highest score, spread the lowest; ties by node name."""
-    names = [state.nodes[i].name for i in nodes.tolist()]
-    name_rank = np.argsort(np.argsort(np.asarray(names, dtype=object), kind="stable"), kind="stable")
     primary = -scores.astype(np.float64) if policy is Policy.BINPACK else scores.astype(np.float64)
-    return nodes[np.lexsort((name_rank, primary))]
+    return nodes[np.lexsort((state.name_rank[nodes], primary))]
+
+
+def best_node(state: ClusterState, nodes: IntArray, scores: np.ndarray, policy: Policy) -> int:
+    """rank_nodes(...)[0] without sorting: the best score, then the first name."""
+    best = scores.max() if policy is Policy.BINPACK else scores.min()
+    tied = nodes[scores == best]
+    return int(tied[np.argmin(state.name_rank[tied])])
 
 
 def hami_chooser(state: ClusterState, ctx: PodContext, fitting: IntArray) -> tuple[int, PodAllocation] | None:
     """HAMi's choice: the best node by node score, then its devices by the GPU policy."""
     if len(fitting) == 0:
         return None
-    best = int(rank_nodes(state, fitting, hami_node_scores(state, fitting), ctx.node_policy)[0])
-    static = static_codes(state, ctx.selectors)
-    allocation, _ = fit_pod_on_node(state, best, ctx, static)
+    best = best_node(state, fitting, hami_node_scores(state, fitting), ctx.node_policy)
+    allocation, _ = fit_pod_on_node(state, best, ctx, ctx.static_codes(state))
     if allocation is None:  # cannot happen when feasibility is exact; kept as a guard
         return None
     return best, allocation
@@ -341,6 +371,7 @@ def schedule(
     nodes: Sequence[str] | None = None,
     explain: bool = True,
     chooser: Chooser = hami_chooser,
+    with_scores: bool = False,
 ) -> Decision:
     """Decide where `pod` goes among `nodes` (all nodes with devices when None).
 
@@ -350,12 +381,13 @@ def schedule(
     candidates = (
         np.arange(len(state.nodes), dtype=np.int64) if nodes is None else state.nodes_named(nodes)
     )
-    static = static_codes(state, ctx.selectors)
+    static = ctx.static_codes(state)
     feasibility = feasible_nodes(state, ctx, candidates, static, explain=explain)
     fitting = candidates[feasibility.fits]
-    reasons = {state.nodes[i].name: text for i, text in feasibility.reasons.items()} if explain else {}
+    names = state.names
+    reasons = {names[i]: text for i, text in feasibility.reasons.items()} if explain else {}
     scores: dict[str, float] = {}
-    if explain and len(fitting):
+    if with_scores and len(fitting):
         values = hami_node_scores(state, fitting)
         scores = {state.nodes[i].name: float(v) for i, v in zip(fitting.tolist(), values.tolist(), strict=True)}
     choice = chooser(state, ctx, fitting)
@@ -372,6 +404,7 @@ def schedule(
         device_types=device_types,
         reasons=reasons,
         scores=scores,
+        score=float(hami_node_scores(state, np.asarray([node], dtype=np.int64))[0]),
     )
 
 

@@ -63,6 +63,7 @@ def footprint_of(allocation: PodAllocation, init_count: int) -> dict[str, tuple[
 class ClusterState:
     def __init__(self, nodes: Iterable[NodeDevices]):
         self.nodes: list[NodeDevices] = [n for n in nodes if n.devices]
+        self.names: list[str] = [n.name for n in self.nodes]
         self.node_pos: dict[str, int] = {}
         for i, node in enumerate(self.nodes):
             if node.name in self.node_pos:
@@ -90,6 +91,9 @@ class ClusterState:
         self.type_id: IntArray = type_ids.astype(np.int64)
         self.mode_names, mode_ids = np.unique(np.asarray(self.modes, dtype=object), return_inverse=True)
         self.mode_id: IntArray = mode_ids.astype(np.int64)
+        order = sorted(range(len(self.nodes)), key=lambda i: self.nodes[i].name)
+        self.name_rank: IntArray = np.empty(len(self.nodes), dtype=np.int64)
+        self.name_rank[order] = np.arange(len(self.nodes), dtype=np.int64)
         self.row_of: dict[tuple[int, str], int] = {
             (int(self.dev_node[r]), uuid): r for r, uuid in enumerate(self.uuids)
         }
@@ -121,7 +125,7 @@ class ClusterState:
 
     @property
     def node_names(self) -> list[str]:
-        return [n.name for n in self.nodes]
+        return self.names
 
     def rows_of_node(self, node: int) -> range:
         return range(int(self.starts[node]), int(self.starts[node + 1]))

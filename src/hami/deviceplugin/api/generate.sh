@@ -1,0 +1,16 @@
+#!/bin/sh
+# Regenerate api_pb2.py, api_pb2.pyi and api_pb2_grpc.py from api.proto.
+# Needs grpcio-tools (the `test` extra). Run from anywhere:
+#   sh src/hami/deviceplugin/api/generate.sh
+# To refresh api.proto itself:
+#   go mod download -json k8s.io/kubelet@<version>
+# and copy pkg/apis/deviceplugin/v1beta1/api.proto from the printed Dir,
+# keeping the header above `syntax`.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+src=$(cd "$here/../../.." && pwd)
+python=${PYTHON:-python}
+cd "$src"
+"$python" -m grpc_tools.protoc -I . \
+  --python_out=. --pyi_out=. --grpc_python_out=. \
+  hami/deviceplugin/api/api.proto
