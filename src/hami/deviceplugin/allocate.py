@@ -1,0 +1,314 @@
+"""Allocate: which pod is starting, which of its containers kubelet asks for, and what it gets.
+
+Kubelet's Allocate carries device IDs only, no pod and no container. The pod is the one named
+by the node lock (else the pod on this node in bind-phase `allocating`); the container is the
+first one, init containers first in spec order, still waiting for devices in
+`hami.io/vgpu-devices-to-allocate` whose device count matches the request. Containers are
+known by name: a sidecar without devices, or one put in another position, does not shift the
+match, and every error names the container it is about.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from hami.annotations import keys
+from hami.annotations.errors import AnnotationError
+from hami.annotations.pod_devices import (
+    BindPhase,
+    bind_annotations,
+    decode_pod_devices,
+    encode_container_devices,
+)
+from hami.config import NvidiaConfig
+from hami.deviceplugin.pods import Pod, PodSource, PodSourceError
+from hami.model.allocation import ContainerDevice
+
+log = logging.getLogger(__name__)
+
+# Where the enforcement library and its files appear inside the container (HAMi's paths).
+CONTAINER_LIBRARY = "/usr/local/vgpu/libvgpu.so"
+CONTAINER_PRELOAD = "/etc/ld.so.preload"
+CONTAINER_CACHE_DIR = "/usr/local/vgpu/cache"
+CACHE_FILE = "vgpu.cache"
+LOCK_DIR = "/tmp/vgpulock"
+DISABLE_CONTROL_ENV = "CUDA_DISABLE_CONTROL"
+# Why a bind failed, for `kubectl get pod -o yaml` readers (not part of HAMi's contract).
+BIND_FAILURE_REASON = "hami.io/bind-failure-reason"
+
+
+class AllocateError(Exception):
+    """A request that cannot be served; `code` is the gRPC status name to answer with."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Mount:
+    container_path: str
+    host_path: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class ContainerGrant:
+    """What one container gets: the answer to one ContainerAllocateRequest."""
+
+    container: str
+    devices: tuple[ContainerDevice, ...]
+    envs: dict[str, str]
+    mounts: tuple[Mount, ...]
+    cache_dir: str = ""
+
+
+@dataclass(frozen=True)
+class AllocateSettings:
+    node: str
+    nvidia: NvidiaConfig = field(default_factory=NvidiaConfig)
+    memory_scaling: float = 1.0
+    # Host directory with libvgpu.so and ld.so.preload (the file that names the library).
+    hook_path: str = "/usr/local/vgpu"
+    # Host directory under which each container gets `<pod uid>_<container name>/`.
+    cache_root: str = "/usr/local/vgpu/containers"
+
+
+def pod_name(pod: Pod) -> str:
+    meta = pod.get("metadata") or {}
+    return f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}"
+
+
+def containers_in_order(pod: Pod) -> list[dict[str, Any]]:
+    """Init containers then app containers, in spec order: the order of the allocation annotation."""
+    spec = pod.get("spec") or {}
+    return list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
+
+
+def _annotations(pod: Pod) -> dict[str, str]:
+    return dict((pod.get("metadata") or {}).get("annotations") or {})
+
+
+def pending_parts(pod: Pod) -> list[tuple[ContainerDevice, ...]]:
+    """The to-allocate annotation, one entry per container (missing trailing parts are empty)."""
+    text = _annotations(pod).get(keys.DEVICES_TO_ALLOCATE, "")
+    try:
+        parts = list(decode_pod_devices(text))
+    except AnnotationError as exc:
+        raise AllocateError("FAILED_PRECONDITION", f"pod {pod_name(pod)}: {keys.DEVICES_TO_ALLOCATE}: {exc}") from None
+    containers = containers_in_order(pod)
+    if len(parts) > len(containers):
+        raise AllocateError(
+            "FAILED_PRECONDITION",
+            f"pod {pod_name(pod)}: {keys.DEVICES_TO_ALLOCATE} lists {len(parts)} containers "
+            f"but the pod has {len(containers)} (init and app)",
+        )
+    return parts + [()] * (len(containers) - len(parts))
+
+
+def _waiting(pod: Pod, node: str) -> bool:
+    ann = _annotations(pod)
+    if ann.get(keys.BIND_PHASE) != BindPhase.ALLOCATING.value:
+        return False
+    if ann.get(keys.VGPU_NODE, node) != node:
+        return False
+    try:
+        return any(pending_parts(pod))
+    except AllocateError:
+        return True  # let the caller report the broken annotation for this pod
+
+
+def parse_node_lock(value: str) -> tuple[str, str] | None:
+    """`<RFC3339 time>,<namespace>,<pod>` -> (namespace, pod); None for the bare-time form of old HAMi."""
+    parts = value.split(",")
+    if len(parts) >= 3 and parts[1] and parts[2]:
+        return parts[1], parts[2]
+    return None
+
+
+def find_pod(source: PodSource, node: str) -> Pod:
+    """The pod kubelet is starting on this node; AllocateError NOT_FOUND when there is none."""
+    try:
+        lock = source.node_annotations(node).get(keys.NODE_LOCK, "")
+        owner = parse_node_lock(lock) if lock else None
+        if owner is not None:
+            pod = source.get_pod(*owner)
+            if pod is not None and _waiting(pod, node):
+                return pod
+        candidates = [p for p in source.pods_on_node(node) if _waiting(p, node)]
+    except PodSourceError as exc:
+        raise AllocateError("UNAVAILABLE", f"cannot look up the pod being started: {exc}") from None
+    if not candidates:
+        raise AllocateError(
+            "NOT_FOUND",
+            f"no pod on node {node} is waiting for devices ({keys.BIND_PHASE}=allocating "
+            f"with containers left in {keys.DEVICES_TO_ALLOCATE})",
+        )
+
+    def bind_time(pod: Pod) -> int:
+        try:
+            return int(_annotations(pod).get(keys.BIND_TIME, "0"))
+        except ValueError:
+            return 0
+
+    return min(candidates, key=bind_time)
+
+
+def _resource_count(container: dict[str, Any], resource: str) -> int | None:
+    limits = (container.get("resources") or {}).get("limits") or {}
+    value = limits.get(resource)
+    try:
+        return int(str(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def choose_container(
+    pod: Pod, parts: Sequence[tuple[ContainerDevice, ...]], count: int, resource: str
+) -> int:
+    """Index of the container a request for `count` devices is for; AllocateError naming the mismatch."""
+    containers = containers_in_order(pod)
+    waiting = [i for i, part in enumerate(parts) if part]
+    if not waiting:
+        raise AllocateError(
+            "FAILED_PRECONDITION",
+            f"pod {pod_name(pod)}: kubelet asks for {count} device(s) but no container is left "
+            f"in {keys.DEVICES_TO_ALLOCATE}",
+        )
+    # First choice: the container that asks kubelet for exactly this many (its limit), with a
+    # decision of that size; then any waiting container with a decision of that size.
+    for i in waiting:
+        if len(parts[i]) == count and _resource_count(containers[i], resource) == count:
+            return i
+    for i in waiting:
+        if len(parts[i]) == count and _resource_count(containers[i], resource) is None:
+            return i
+    first = waiting[0]
+    listing = ", ".join(f"{containers[i].get('name')!r}={len(parts[i])}" for i in waiting)
+    raise AllocateError(
+        "FAILED_PRECONDITION",
+        f"pod {pod_name(pod)}: device number not matched: kubelet asks for {count} {resource}, but container "
+        f"{containers[first].get('name')!r} was assigned {len(parts[first])} by the scheduler "
+        f"(containers waiting: {listing})",
+    )
+
+
+def _go_bool(value: str) -> bool:
+    return value in ("1", "t", "T", "TRUE", "true", "True")
+
+
+def _env_value(container: dict[str, Any], name: str) -> str | None:
+    for item in container.get("env") or []:
+        if isinstance(item, dict) and item.get("name") == name:
+            value = item.get("value")
+            return value if isinstance(value, str) else None
+    return None
+
+
+def grant(pod: Pod, container: dict[str, Any], devices: tuple[ContainerDevice, ...],
+          settings: AllocateSettings) -> ContainerGrant:
+    """The env and mounts for one container (HAMi's names and values)."""
+    name = str(container.get("name", ""))
+    uid = str((pod.get("metadata") or {}).get("uid") or pod_name(pod).replace("/", "_"))
+    cache_dir = str(PurePosixPath(settings.cache_root) / f"{uid}_{name}")
+    envs = {"NVIDIA_VISIBLE_DEVICES": ",".join(d.uuid for d in devices)}
+    for i, device in enumerate(devices):
+        envs[f"CUDA_DEVICE_MEMORY_LIMIT_{i}"] = f"{device.usedmem}m"
+    envs["CUDA_DEVICE_SM_LIMIT"] = str(devices[0].usedcores)
+    envs["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = f"{CONTAINER_CACHE_DIR}/{CACHE_FILE}"
+    priority = _resource_count(container, settings.nvidia.resourcePriorityName)
+    if priority is not None:
+        envs["CUDA_TASK_PRIORITY"] = str(priority)
+    if settings.memory_scaling > 1:
+        envs["CUDA_OVERSUBSCRIBE"] = "true"
+    if settings.nvidia.gpuCorePolicy != "default":
+        envs["GPU_CORE_UTILIZATION_POLICY"] = settings.nvidia.gpuCorePolicy
+    if settings.nvidia.libCudaLogLevel:
+        envs["LIBCUDA_LOG_LEVEL"] = str(settings.nvidia.libCudaLogLevel)
+    hook = PurePosixPath(settings.hook_path)
+    mounts = [
+        Mount(CONTAINER_LIBRARY, str(hook / "libvgpu.so"), True),
+        Mount(CONTAINER_CACHE_DIR, cache_dir, False),
+        Mount(LOCK_DIR, LOCK_DIR, False),
+    ]
+    if not _go_bool(_env_value(container, DISABLE_CONTROL_ENV) or ""):
+        mounts.append(Mount(CONTAINER_PRELOAD, str(hook / "ld.so.preload"), True))
+    return ContainerGrant(container=name, devices=devices, envs=envs, mounts=tuple(mounts), cache_dir=cache_dir)
+
+
+def _encode_parts(parts: Sequence[tuple[ContainerDevice, ...]]) -> str:
+    return "".join(encode_container_devices(p) + ";" for p in parts)
+
+
+def release_node_lock(source: PodSource, node: str, pod: Pod) -> None:
+    """Remove the node lock when this pod holds it (another pod's lock is left alone)."""
+    meta = pod.get("metadata") or {}
+    lock = source.node_annotations(node).get(keys.NODE_LOCK)
+    if lock is None:
+        return
+    if parse_node_lock(lock) in (None, (meta.get("namespace", "default"), meta.get("name"))):
+        source.patch_node_annotations(node, {keys.NODE_LOCK: None})
+
+
+def mark_failed(source: PodSource, node: str, pod: Pod, reason: str, now: datetime) -> None:
+    meta = pod.get("metadata") or {}
+    try:
+        patch: dict[str, str | None] = dict(bind_annotations(BindPhase.FAILED, now))
+        patch[BIND_FAILURE_REASON] = reason
+        source.patch_pod_annotations(meta.get("namespace", "default"), str(meta.get("name")), patch)
+        release_node_lock(source, node, pod)
+    except PodSourceError as exc:
+        log.error("pod %s: could not record the failed bind: %s", pod_name(pod), exc)
+
+
+def allocate(
+    source: PodSource,
+    settings: AllocateSettings,
+    requests: Sequence[int],
+    prepare: Callable[[ContainerGrant], None] | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> list[ContainerGrant]:
+    """Serve one Allocate call: `requests` holds the device count of each ContainerAllocateRequest.
+
+    On success the served containers' parts of to-allocate are blanked; once none is left the pod
+    is marked bind-phase success and the node lock released. On a mismatch the pod is marked
+    failed (with the reason) and the lock released, and AllocateError is raised.
+    """
+    pod = find_pod(source, settings.node)
+    meta = pod.get("metadata") or {}
+    namespace, name = str(meta.get("namespace", "default")), str(meta.get("name"))
+    containers = containers_in_order(pod)
+    try:
+        parts = pending_parts(pod)
+        grants = []
+        for count in requests:
+            index = choose_container(pod, parts, count, settings.nvidia.resourceCountName)
+            result = grant(pod, containers[index], parts[index], settings)
+            if prepare is not None:
+                prepare(result)
+            grants.append(result)
+            parts[index] = ()
+    except AllocateError as exc:
+        log.warning("Allocate failed: %s", exc.message)
+        if exc.code != "UNAVAILABLE":
+            mark_failed(source, settings.node, pod, exc.message, now())
+        raise
+    try:
+        patch: dict[str, str | None] = {keys.DEVICES_TO_ALLOCATE: _encode_parts(parts)}
+        done = not any(parts)
+        if done:
+            patch.update(bind_annotations(BindPhase.SUCCESS, now()))
+        source.patch_pod_annotations(namespace, name, patch)
+        if done:
+            release_node_lock(source, settings.node, pod)
+    except PodSourceError as exc:
+        raise AllocateError("UNAVAILABLE", f"pod {namespace}/{name}: cannot record the allocation: {exc}") from None
+    for g in grants:
+        log.info("pod %s container %r: %s", pod_name(pod), g.container, g.envs["NVIDIA_VISIBLE_DEVICES"])
+    return grants

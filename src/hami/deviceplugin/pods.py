@@ -1,0 +1,180 @@
+"""The plugin's view of the API server: find pods, patch pod and node annotations.
+
+A small interface so that the gRPC tests run on an in-memory implementation and the daemon
+on lightkube (kubeconfig or in-cluster service account).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from hami.errors import HamiError
+
+Pod = dict[str, Any]
+
+
+class PodSourceError(Exception):
+    """The API server could not be asked (network, permissions); worth retrying."""
+
+
+class PodSource(Protocol):
+    def get_pod(self, namespace: str, name: str) -> Pod | None:
+        """The pod as the API server returns it (JSON shape), or None when it does not exist."""
+
+    def pods_on_node(self, node: str) -> list[Pod]:
+        """Pods bound to the node (spec.nodeName)."""
+
+    def node_annotations(self, node: str) -> dict[str, str]:
+        """The node's annotations; PodSourceError when the node does not exist."""
+
+    def patch_pod_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+        """Merge-patch annotations; a None value removes the key."""
+
+    def patch_node_annotations(self, node: str, annotations: Mapping[str, str | None]) -> None:
+        """Merge-patch annotations; a None value removes the key."""
+
+
+def _merge(target: dict[str, str], annotations: Mapping[str, str | None]) -> None:
+    for key, value in annotations.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+
+
+class InMemoryPodSource:
+    """Pods and nodes held in memory (tests, and `--pods FILE` runs without an API server)."""
+
+    def __init__(self, pods: list[Pod] | None = None, nodes: dict[str, dict[str, str]] | None = None) -> None:
+        self._lock = threading.Lock()
+        self.pods: dict[tuple[str, str], Pod] = {}
+        self.nodes: dict[str, dict[str, str]] = {name: dict(ann) for name, ann in (nodes or {}).items()}
+        self.pod_patches: list[tuple[str, str, dict[str, str | None]]] = []
+        self.node_patches: list[tuple[str, dict[str, str | None]]] = []
+        for pod in pods or []:
+            self.add_pod(pod)
+
+    def add_pod(self, pod: Pod) -> None:
+        meta = pod.setdefault("metadata", {})
+        meta.setdefault("namespace", "default")
+        meta.setdefault("annotations", {})
+        with self._lock:
+            self.pods[(meta["namespace"], meta["name"])] = copy.deepcopy(pod)
+
+    def get_pod(self, namespace: str, name: str) -> Pod | None:
+        with self._lock:
+            pod = self.pods.get((namespace, name))
+            return copy.deepcopy(pod) if pod is not None else None
+
+    def pods_on_node(self, node: str) -> list[Pod]:
+        with self._lock:
+            return [copy.deepcopy(p) for p in self.pods.values() if (p.get("spec") or {}).get("nodeName") == node]
+
+    def node_annotations(self, node: str) -> dict[str, str]:
+        with self._lock:
+            if node not in self.nodes:
+                raise PodSourceError(f"node {node} not found")
+            return dict(self.nodes[node])
+
+    def patch_pod_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+        with self._lock:
+            pod = self.pods.get((namespace, name))
+            if pod is None:
+                raise PodSourceError(f"pod {namespace}/{name} not found")
+            _merge(pod["metadata"].setdefault("annotations", {}), annotations)
+            self.pod_patches.append((namespace, name, dict(annotations)))
+
+    def patch_node_annotations(self, node: str, annotations: Mapping[str, str | None]) -> None:
+        with self._lock:
+            if node not in self.nodes:
+                raise PodSourceError(f"node {node} not found")
+            _merge(self.nodes[node], annotations)
+            self.node_patches.append((node, dict(annotations)))
+
+
+def in_memory_from_list(data: Any, what: str) -> InMemoryPodSource:
+    """From `kubectl get pods,nodes -o yaml` output (a List), or a single Pod or Node."""
+    if not isinstance(data, dict):
+        raise HamiError(f"{what}: expected a Kubernetes object or a List")
+    items = data.get("items") if data.get("kind") == "List" or "items" in data else [data]
+    if not isinstance(items, list):
+        raise HamiError(f"{what}: 'items' must be a list")
+    source = InMemoryPodSource()
+    for position, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance((item.get("metadata") or {}).get("name"), str):
+            raise HamiError(f"{what}: item {position} has no metadata.name")
+        if item.get("kind") == "Node":
+            source.nodes[item["metadata"]["name"]] = dict(item["metadata"].get("annotations") or {})
+        elif item.get("kind", "Pod") == "Pod":
+            source.add_pod(item)
+    return source
+
+
+class KubePodSource:
+    """The real API server, through lightkube."""
+
+    def __init__(self, kubeconfig: str | None = None) -> None:
+        from lightkube import Client, KubeConfig
+
+        try:
+            config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
+        except Exception as exc:  # lightkube raises several types for a missing or bad config
+            raise HamiError(f"cannot load Kubernetes config: {exc}") from None
+        self._client = Client(config=config)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from lightkube import ApiError
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise PodSourceError(f"{what}: {exc.status.code} {exc.status.message}") from None
+        except Exception as exc:  # httpx transport errors: the API server is unreachable
+            raise PodSourceError(f"{what}: {exc}") from None
+
+    def get_pod(self, namespace: str, name: str) -> Pod | None:
+        from lightkube.resources.core_v1 import Pod as PodResource
+
+        found = self._call(f"get pod {namespace}/{name}", self._client.get, PodResource, name, namespace=namespace)
+        return None if found is None else dict(found.to_dict())
+
+    def pods_on_node(self, node: str) -> list[Pod]:
+        from lightkube.resources.core_v1 import Pod as PodResource
+
+        def fetch() -> list[Pod]:
+            return [
+                dict(p.to_dict())
+                for p in self._client.list(PodResource, namespace="*", fields={"spec.nodeName": node})
+            ]
+
+        result: list[Pod] | None = self._call(f"list pods on {node}", fetch)
+        return result or []
+
+    def node_annotations(self, node: str) -> dict[str, str]:
+        from lightkube.resources.core_v1 import Node
+
+        found = self._call(f"get node {node}", self._client.get, Node, node)
+        if found is None:
+            raise PodSourceError(f"node {node} not found")
+        return dict(found.metadata.annotations or {})
+
+    def patch_pod_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+        from lightkube.resources.core_v1 import Pod as PodResource
+
+        patch = {"metadata": {"annotations": dict(annotations)}}
+        done = self._call(f"patch pod {namespace}/{name}", self._client.patch, PodResource, name, patch,
+                          namespace=namespace)
+        if done is None:
+            raise PodSourceError(f"pod {namespace}/{name} not found")
+
+    def patch_node_annotations(self, node: str, annotations: Mapping[str, str | None]) -> None:
+        from lightkube.resources.core_v1 import Node
+
+        patch = {"metadata": {"annotations": dict(annotations)}}
+        if self._call(f"patch node {node}", self._client.patch, Node, node, patch) is None:
+            raise PodSourceError(f"node {node} not found")
