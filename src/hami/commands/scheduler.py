@@ -1,0 +1,100 @@
+"""`hami scheduler`: the kube-scheduler extender (with the webhook, like HAMi) as one process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+from hami.annotations.selectors import Policy
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+    parser.add_argument("--config", metavar="FILE", help="HAMi device config (device-config.yaml shape)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    parser.add_argument("--port", type=int, default=8443, help="extender and webhook port (default 8443)")
+    parser.add_argument("--tls-cert", help="certificate file: serve HTTPS (reloaded when it changes)")
+    parser.add_argument("--tls-key", help="key file for --tls-cert")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="also serve /metrics on this port (HAMi uses 9395); 0 = only on --port")
+    parser.add_argument("--scheduler-name", default="hami-scheduler", help="schedulerName the webhook sets")
+    parser.add_argument("--no-overwrite-default-scheduler", action="store_true",
+                        help="leave pods that name default-scheduler alone")
+    parser.add_argument("--no-webhook", action="store_true", help="do not serve /webhook")
+    parser.add_argument("--node-policy", choices=[p.value for p in Policy], help="default node policy")
+    parser.add_argument("--gpu-policy", choices=[p.value for p in Policy], help="default GPU policy")
+    parser.add_argument("--only-best-node", action="store_true",
+                        help="/filter returns only our chosen node, as HAMi does (default: every node that fits)")
+    parser.add_argument("--hold-lock-until-allocated", action="store_true",
+                        help="keep the node lock after binding until the device plugin releases it (HAMi's way)")
+    parser.add_argument("--lock-stale-seconds", type=float, default=60.0,
+                        help="a node lock older than this is taken over")
+    parser.add_argument("--leader-elect", action="store_true", help="run for leadership on a Lease (for 2 replicas)")
+    parser.add_argument("--lease-namespace", default="kube-system")
+    parser.add_argument("--lease-name", default="hami-scheduler")
+    parser.add_argument("--identity", default=None, help="this replica's name in the Lease (default: hostname-pid)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from lightkube.resources.core_v1 import Node, Pod
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from hami.config import load_config
+    from hami.scheduler.app import build_app
+    from hami.scheduler.cache import ClusterCache, pod_key
+    from hami.scheduler.engine import PolicyDefaults
+    from hami.scheduler.extender import Extender, ExtenderOptions
+    from hami.scheduler.informer import Informer
+    from hami.scheduler.kube import KubeApi, make_client
+    from hami.scheduler.leader import LeaderElector
+    from hami.scheduler.metrics import SchedulerCollector
+    from hami.scheduler.nodelock import NodeLocker
+    from hami.serve import serve
+    from hami.webhook.mutate import WebhookOptions
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    config = load_config(args.config)
+    client = make_client(args.kubeconfig)
+    api = KubeApi(client)
+    cache = ClusterCache(config)
+    defaults = PolicyDefaults(
+        node_policy=Policy(args.node_policy) if args.node_policy else config.scheduler.node_policy,
+        gpu_policy=Policy(args.gpu_policy) if args.gpu_policy else config.scheduler.gpu_policy,
+    )
+    extender = Extender(cache, api, NodeLocker(api, stale_after=args.lock_stale_seconds),
+                        ExtenderOptions(defaults=defaults, only_best_node=args.only_best_node,
+                                        hold_lock_until_allocated=args.hold_lock_until_allocated))
+    registry = CollectorRegistry()
+    registry.register(SchedulerCollector(cache))
+    stop = threading.Event()
+
+    def start(target: object, name: str) -> None:
+        threading.Thread(target=target, daemon=True, name=name).start()  # type: ignore[arg-type]
+
+    start(Informer(client, Node, cache.replace_nodes, cache.upsert_node,
+                   lambda n: cache.delete_node(n["metadata"]["name"]), stop).run, "informer-nodes")
+    start(Informer(client, Pod, cache.replace_pods, cache.upsert_pod,
+                   lambda p: cache.delete_pod(pod_key(p)), stop).run, "informer-pods")
+    if args.leader_elect:
+        extender.is_leader.clear()
+        identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"
+        elector = LeaderElector(client, args.lease_namespace, args.lease_name, identity, extender.is_leader)
+        start(lambda: elector.run(stop), "leader-election")
+    if args.metrics_port:
+        start_http_server(args.metrics_port, registry=registry)
+
+    webhook = None if args.no_webhook else WebhookOptions(
+        scheduler_name=args.scheduler_name, overwrite_default_scheduler=not args.no_overwrite_default_scheduler)
+    app = build_app(extender, registry, webhook, ready=lambda: cache.ready and extender.is_leader.is_set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logging.getLogger("hami").info("serving on %s:%d (%s)", args.host, args.port, "https" if args.tls_cert else "http")
+    serve(app, args.host, args.port, args.tls_cert, args.tls_key, stop)
+    stop.set()
+    return 0

@@ -1,0 +1,87 @@
+"""The HTTP(S) face of the scheduler process: extender routes, the webhook, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from hami.config import NvidiaConfig
+from hami.errors import HamiError
+from hami.scheduler.extender import BadRequest, Extender
+from hami.webhook.mutate import WebhookOptions, review_response
+
+log = logging.getLogger(__name__)
+MAX_BODY = 64 * 1024 * 1024
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise BadRequest("request body too large")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body is not a JSON object")
+    return data
+
+
+def _handler(work: Callable[[dict[str, Any]], Any], error_shape: Callable[[str], Any]) -> Callable[
+        [Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        try:
+            body = await _json_body(request)
+            result = await run_in_threadpool(work, body)
+            return JSONResponse(result)
+        except (BadRequest, HamiError) as exc:
+            log.warning("%s: bad request: %s", request.url.path, exc)
+            return JSONResponse(error_shape(str(exc)), status_code=400)
+        except Exception as exc:  # noqa: BLE001 - answer kube-scheduler instead of dropping the connection
+            log.exception("%s failed", request.url.path)
+            return JSONResponse(error_shape(f"internal error: {type(exc).__name__}: {exc}"), status_code=500)
+
+    return handle
+
+
+def build_app(extender: Extender | None, registry: CollectorRegistry | None, webhook: WebhookOptions | None,
+              ready: Callable[[], bool], nvidia: NvidiaConfig | None = None) -> Starlette:
+    routes: list[Route] = []
+    if extender is not None:
+        routes += [
+            Route("/filter", _handler(extender.filter,
+                                      lambda e: {"NodeNames": [], "FailedNodes": {}, "Error": e}), methods=["POST"]),
+            Route("/prioritize", _handler(extender.prioritize, lambda e: []), methods=["POST"]),
+            Route("/bind", _handler(extender.bind, lambda e: {"Error": e}), methods=["POST"]),
+        ]
+    if webhook is not None:
+        resources = nvidia or (extender.cache.config.nvidia if extender is not None else NvidiaConfig())
+        routes.append(Route("/webhook", _handler(lambda review: review_response(review, resources, webhook),
+                                                 lambda e: {"error": e}), methods=["POST"]))
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(request: Request) -> Response:
+        if ready():
+            return PlainTextResponse("ok")
+        return PlainTextResponse("not ready", status_code=503)
+
+    async def metrics(request: Request) -> Response:
+        if registry is None:
+            return PlainTextResponse("", media_type=CONTENT_TYPE_LATEST)
+        payload = await run_in_threadpool(generate_latest, registry)
+        return Response(payload, media_type=CONTENT_TYPE_LATEST)
+
+    routes += [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
+    return Starlette(routes=routes)

@@ -1,0 +1,216 @@
+"""The scheduler's view of the cluster, fed by informers and by its own decisions.
+
+Holds node registrations and the pods that carry a decision; builds the engine's
+ClusterState from them. Thread-safe: informer threads write, HTTP handlers read.
+Only pods with a decision count; a pod that ends (Succeeded, Failed) or is deleted frees
+its devices at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hami.annotations import keys
+from hami.annotations.errors import AnnotationError
+from hami.annotations.node_register import decode_node_devices
+from hami.annotations.pod_devices import pod_allocation_from_annotations
+from hami.annotations.selectors import decode_cordon
+from hami.config import HamiConfig
+from hami.errors import HamiError
+from hami.model.allocation import PodAllocation
+from hami.model.devices import NodeDevices
+from hami.model.requests import PodRequest
+from hami.scheduler.engine import Decision, PolicyDefaults, schedule
+from hami.scheduler.state import ClusterState
+from hami.vendors.nvidia import pod_request
+
+log = logging.getLogger(__name__)
+ENDED = ("Succeeded", "Failed")
+
+
+def pod_key(pod: dict[str, Any]) -> str:
+    metadata = pod.get("metadata") or {}
+    return f"{metadata.get('namespace') or 'default'}/{metadata.get('name')}"
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A pod that holds devices: where, what, and its container order (init first)."""
+
+    node: str
+    allocation: PodAllocation
+    init_count: int
+    uid: str
+
+
+class ClusterCache:
+    def __init__(self, config: HamiConfig):
+        self.config = config
+        self._lock = threading.RLock()
+        self._nodes: dict[str, NodeDevices] = {}
+        self._node_sources: dict[str, tuple[str | None, str | None]] = {}
+        self._holdings: dict[str, Holding] = {}
+        self._state: ClusterState | None = None
+        self.nodes_synced = False
+        self.pods_synced = False
+
+    # ---- nodes -------------------------------------------------------------------------
+
+    def upsert_node(self, node: dict[str, Any]) -> None:
+        metadata = node.get("metadata") or {}
+        name = str(metadata.get("name"))
+        annotations = metadata.get("annotations") or {}
+        source = (annotations.get(keys.NODE_NVIDIA_REGISTER), annotations.get(keys.DEVICE_CORDON))
+        with self._lock:
+            if self._node_sources.get(name) == source and (name in self._nodes) == (source[0] is not None):
+                return  # only the handshake or other annotations changed
+            self._node_sources[name] = source
+            devices = None
+            if source[0] is not None:
+                try:
+                    devices = decode_node_devices(source[0])
+                except AnnotationError as exc:
+                    log.warning("node %s: malformed %s annotation (%s); its devices are not offered",
+                                name, keys.NODE_NVIDIA_REGISTER, exc)
+            if devices:
+                self._nodes[name] = NodeDevices(name=name, devices=tuple(devices), cordoned=decode_cordon(source[1]))
+            else:
+                self._nodes.pop(name, None)
+            self._state = None
+
+    def delete_node(self, name: str) -> None:
+        with self._lock:
+            self._node_sources.pop(name, None)
+            if self._nodes.pop(name, None) is not None:
+                self._state = None
+
+    def replace_nodes(self, nodes: Iterable[dict[str, Any]]) -> None:
+        """A full list (first sync or a relist): nodes not in it are gone."""
+        with self._lock:
+            seen = set()
+            for node in nodes:
+                seen.add(str((node.get("metadata") or {}).get("name")))
+                self.upsert_node(node)
+            for name in set(self._node_sources) - seen:
+                self.delete_node(name)
+            self.nodes_synced = True
+
+    # ---- pods --------------------------------------------------------------------------
+
+    def upsert_pod(self, pod: dict[str, Any]) -> None:
+        key = pod_key(pod)
+        metadata = pod.get("metadata") or {}
+        annotations = {str(k): str(v) for k, v in (metadata.get("annotations") or {}).items()}
+        phase = (pod.get("status") or {}).get("phase")
+        holding = None
+        if phase not in ENDED:  # a pod being deleted still holds its devices until it is gone
+            try:
+                allocation = pod_allocation_from_annotations(annotations)
+            except AnnotationError as exc:
+                log.warning("pod %s: malformed decision annotation (%s); not counted", key, exc)
+                allocation = None
+            node = annotations.get(keys.VGPU_NODE) or (pod.get("spec") or {}).get("nodeName")
+            if allocation is not None and node:
+                spec = pod.get("spec") or {}
+                holding = Holding(str(node), allocation, len(spec.get("initContainers") or []),
+                                  str(metadata.get("uid") or ""))
+        with self._lock:
+            self._set_holding(key, holding)
+
+    def delete_pod(self, key: str) -> None:
+        with self._lock:
+            self._set_holding(key, None)
+
+    def replace_pods(self, pods: Iterable[dict[str, Any]]) -> None:
+        with self._lock:
+            seen = set()
+            for pod in pods:
+                seen.add(pod_key(pod))
+                self.upsert_pod(pod)
+            for key in set(self._holdings) - seen:
+                self._set_holding(key, None)
+            self.pods_synced = True
+
+    def assume(self, key: str, decision: Decision, init_count: int, uid: str = "") -> None:
+        """Count a decision at once, before the watch brings the annotated pod back."""
+        if decision.node is None:
+            return
+        with self._lock:
+            self._set_holding(key, Holding(decision.node, decision.allocation, init_count, uid))
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._set_holding(key, None)
+
+    def _set_holding(self, key: str, holding: Holding | None) -> None:
+        old = self._holdings.get(key)
+        if old == holding:
+            return
+        if holding is None:
+            self._holdings.pop(key, None)
+        else:
+            self._holdings[key] = holding
+        if self._state is not None:
+            self._state.remove_pod(key)
+            if holding is not None:
+                self._add(self._state, key, holding)
+
+    def _add(self, state: ClusterState, key: str, holding: Holding) -> None:
+        for problem in state.add_pod(key, holding.node, holding.allocation, holding.init_count):
+            log.warning("%s", problem)
+
+    # ---- reads -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.nodes_synced and self.pods_synced
+
+    def state(self) -> ClusterState:
+        """The engine's state (rebuilt after node changes). Call with the lock held for a consistent view."""
+        with self._lock:
+            if self._state is None:
+                state = ClusterState(sorted(self._nodes.values(), key=lambda n: n.name))
+                for key, holding in self._holdings.items():
+                    self._add(state, key, holding)
+                self._state = state
+            return self._state
+
+    def holdings(self) -> dict[str, Holding]:
+        with self._lock:
+            return dict(self._holdings)
+
+    def holding(self, key: str) -> Holding | None:
+        with self._lock:
+            return self._holdings.get(key)
+
+    def request_of(self, pod: dict[str, Any]) -> PodRequest:
+        return pod_request(pod, self.config.nvidia)
+
+    def decide(self, pod: dict[str, Any], node_names: Sequence[str] | None, defaults: PolicyDefaults,
+               with_scores: bool = False) -> Decision:
+        """Schedule a pod on the current state. Its own earlier decision does not count against it.
+
+        Raises HamiError for a pod whose requests or annotations are malformed.
+        """
+        request = self.request_of(pod)
+        key = request.key
+        with self._lock:
+            previous = self._holdings.get(key)
+            state = self.state()
+            if previous is not None:
+                state.remove_pod(key)
+            try:
+                decision = schedule(state, request, defaults, nodes=node_names, with_scores=with_scores)
+            except AnnotationError as exc:
+                raise HamiError(f"pod {key}: {exc}") from None
+            finally:
+                if previous is not None:
+                    self._add(state, key, previous)
+            return decision
+
+    def lock(self) -> threading.RLock:
+        return self._lock

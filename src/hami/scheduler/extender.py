@@ -1,0 +1,262 @@
+"""The kube-scheduler extender: /filter, /prioritize and /bind on the wire types of
+k8s.io/kube-scheduler/extender/v1 (ExtenderArgs, ExtenderFilterResult, HostPriorityList,
+ExtenderBindingArgs, ExtenderBindingResult). Field names are Go's, without JSON tags.
+
+Filter decides with the engine, writes the decision on the pod (HAMi's annotations) and
+counts it at once. By default it returns every node that fits, so kube-scheduler can weigh
+our /prioritize score with its own plugins; `only_best_node` returns just our choice, as HAMi.
+Bind re-decides when kube-scheduler picked another fitting node, then binds under the node lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from lightkube import ApiError
+
+from hami.annotations import keys
+from hami.annotations.pod_devices import BindPhase, bind_annotations, decision_annotations
+from hami.errors import HamiError
+from hami.scheduler import reasons as R
+from hami.scheduler.cache import ClusterCache, pod_key
+from hami.scheduler.engine import Decision, PolicyDefaults
+from hami.scheduler.kube import KubeApi
+from hami.scheduler.nodelock import NodeLocker, NodeLockError
+from hami.vendors.nvidia import requests_managed_resources
+
+log = logging.getLogger(__name__)
+MAX_EXTENDER_PRIORITY = 10
+
+
+class BadRequest(Exception):
+    """A request body that is not the wire type it should be."""
+
+
+def field(body: dict[str, Any], name: str) -> Any:
+    """Go's encoding/json matches field names case-insensitively; so do we."""
+    if name in body:
+        return body[name]
+    lower = name.lower()
+    for key, value in body.items():
+        if key.lower() == lower:
+            return value
+    return None
+
+
+def candidate_names(args: dict[str, Any]) -> list[str]:
+    names = field(args, "NodeNames")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BadRequest("NodeNames must be a list of strings")
+        return list(names)
+    nodes = field(args, "Nodes")
+    if isinstance(nodes, dict) and isinstance(nodes.get("items"), list):
+        return [str((n.get("metadata") or {}).get("name")) for n in nodes["items"]]
+    raise BadRequest("ExtenderArgs has neither NodeNames nor Nodes")
+
+
+def pod_of(args: dict[str, Any]) -> dict[str, Any]:
+    pod = field(args, "Pod")
+    if not isinstance(pod, dict) or not isinstance((pod.get("metadata") or {}).get("name"), str):
+        raise BadRequest("ExtenderArgs has no Pod with metadata.name")
+    return pod
+
+
+@dataclass
+class ExtenderOptions:
+    defaults: PolicyDefaults = PolicyDefaults()
+    only_best_node: bool = False
+    hold_lock_until_allocated: bool = False
+
+
+class Extender:
+    def __init__(self, cache: ClusterCache, api: KubeApi | None, locker: NodeLocker | None,
+                 options: ExtenderOptions | None = None):
+        self.cache = cache
+        self.api = api
+        self.locker = locker
+        self.options = options or ExtenderOptions()
+        self.is_leader = threading.Event()
+        self.is_leader.set()
+        # Pods are decided one at a time, so that two decisions never count the same free share.
+        self._decide_lock = threading.Lock()
+
+    # ---- /filter -----------------------------------------------------------------------
+
+    def filter(self, args: dict[str, Any]) -> dict[str, Any]:
+        pod = pod_of(args)
+        names = candidate_names(args)
+        config = self.cache.config.nvidia
+        if not requests_managed_resources(pod, config):
+            return {"NodeNames": names, "FailedNodes": {}, "Error": ""}
+        if not self.is_leader.is_set():
+            return {"NodeNames": [], "FailedNodes": {}, "Error": "this hami-scheduler replica is not the leader"}
+        key = pod_key(pod)
+        with self._decide_lock:
+            try:
+                decision = self.cache.decide(pod, names, self.options.defaults)
+            except HamiError as exc:
+                return {"NodeNames": [], "FailedNodes": {}, "Error": str(exc)}
+            failed = dict(decision.reasons)
+            known = set(self.cache.state().names)
+            for name in names:
+                if name not in known:
+                    failed[name] = R.NODE_UNREGISTERED
+            if decision.node is None:
+                self._event(pod, "FilteringFailed", _summary(failed))
+                return {"NodeNames": [], "FailedNodes": failed, "Error": ""}
+            error = self._write_decision(pod, decision)
+            if error:
+                return {"NodeNames": [], "FailedNodes": failed, "Error": error}
+            self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
+                              str((pod.get("metadata") or {}).get("uid") or ""))
+        fitting = [decision.node] if self.options.only_best_node else [n for n in names if n not in failed]
+        return {"NodeNames": fitting, "FailedNodes": failed, "Error": ""}
+
+    def _write_decision(self, pod: dict[str, Any], decision: Decision) -> str:
+        if self.api is None or decision.node is None:
+            return ""
+        metadata = pod["metadata"]
+        try:
+            self.api.patch_pod_annotations(
+                metadata.get("namespace") or "default", metadata["name"],
+                dict(decision_annotations(decision.node, decision.allocation, datetime.now(UTC))),
+            )
+        except ApiError as exc:
+            return f"writing the decision on pod {pod_key(pod)} failed: {exc.status.message}"
+        return ""
+
+    # ---- /prioritize -------------------------------------------------------------------
+
+    def prioritize(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        pod = pod_of(args)
+        names = candidate_names(args)
+        if not requests_managed_resources(pod, self.cache.config.nvidia):
+            return [{"Host": n, "Score": 0} for n in names]
+        holding = self.cache.holding(pod_key(pod))
+        try:
+            decision = self.cache.decide(pod, names, self.options.defaults, with_scores=True)
+        except HamiError:
+            return [{"Host": n, "Score": 0} for n in names]
+        chosen = holding.node if holding is not None else decision.node
+        scores = decision.scores
+        values = list(scores.values())
+        low, high = (min(values), max(values)) if values else (0.0, 0.0)
+        result = []
+        for name in names:
+            if name == chosen:
+                score = MAX_EXTENDER_PRIORITY
+            elif name in scores and high > low:
+                fraction = (scores[name] - low) / (high - low)
+                if self.options.defaults.node_policy.value == "spread":
+                    fraction = 1 - fraction
+                score = int(round(fraction * (MAX_EXTENDER_PRIORITY - 1)))
+            else:
+                score = 0
+            result.append({"Host": name, "Score": score})
+        return result
+
+    # ---- /bind -------------------------------------------------------------------------
+
+    def bind(self, args: dict[str, Any]) -> dict[str, Any]:
+        name, namespace, node = field(args, "PodName"), field(args, "PodNamespace"), field(args, "Node")
+        uid = field(args, "PodUID")
+        if not all(isinstance(v, str) and v for v in (name, namespace, node)):
+            raise BadRequest("ExtenderBindingArgs needs PodName, PodNamespace and Node")
+        if not self.is_leader.is_set():
+            return {"Error": "this hami-scheduler replica is not the leader"}
+        if self.api is None or self.locker is None:
+            return {"Error": "binding needs a Kubernetes API connection"}
+        key = f"{namespace}/{name}"
+        try:
+            pod = self.api.get_pod(namespace, name)
+        except ApiError as exc:
+            return {"Error": f"reading pod {key}: {exc.status.message}"}
+        if pod is None:
+            self.cache.forget(key)
+            return {"Error": f"pod {key} not found"}
+        if uid and (pod.get("metadata") or {}).get("uid") not in (None, uid):
+            return {"Error": f"pod {key} was replaced (uid changed)"}
+        managed = requests_managed_resources(pod, self.cache.config.nvidia)
+        if managed:
+            error = self._settle_decision(pod, key, node)
+            if error:
+                self._event(pod, "BindFailed", error)
+                return {"Error": error}
+            try:
+                self.locker.lock(node, namespace, name)
+            except (NodeLockError, ApiError) as exc:
+                message = str(exc.status.message) if isinstance(exc, ApiError) else str(exc)
+                self._event(pod, "BindFailed", message)
+                return {"Error": message}
+        try:
+            if managed:
+                self.api.patch_pod_annotations(namespace, name, dict(bind_annotations(BindPhase.ALLOCATING,
+                                                                                      datetime.now(UTC))))
+            self.api.bind(namespace, name, uid if isinstance(uid, str) else None, node)
+        except ApiError as exc:
+            message = f"binding pod {key} to {node} failed: {exc.status.message}"
+            self._undo(pod, key, node)
+            self._event(pod, "BindFailed", message)
+            return {"Error": message}
+        if managed and not self.options.hold_lock_until_allocated:
+            # Bind order (bind-time) tells the device plugin which pod comes next; holding the
+            # lock until Allocate would make every other pod for this node wait (HAMi's trouble).
+            self.locker.release(node, namespace, name)
+        return {"Error": ""}
+
+    def _settle_decision(self, pod: dict[str, Any], key: str, node: str) -> str:
+        """Make sure the pod's decision is for `node` (kube-scheduler may pick another fitting node)."""
+        holding = self.cache.holding(key)
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        if holding is not None and holding.node == node and annotations.get(keys.VGPU_NODE) == node:
+            return ""
+        with self._decide_lock:
+            try:
+                decision = self.cache.decide(pod, [node], self.options.defaults)
+            except HamiError as exc:
+                return str(exc)
+            if decision.node is None:
+                return f"pod {key} no longer fits node {node}: {decision.reasons.get(node, 'unknown node')}"
+            error = self._write_decision(pod, decision)
+            if error:
+                return error
+            self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
+                              str((pod.get("metadata") or {}).get("uid") or ""))
+        return ""
+
+    def _undo(self, pod: dict[str, Any], key: str, node: str) -> None:
+        """After a failed bind: release the lock, clear what we wrote, free the devices."""
+        metadata = pod.get("metadata") or {}
+        assert self.api is not None and self.locker is not None
+        self.locker.release(node, metadata.get("namespace") or "default", metadata["name"])
+        try:
+            self.api.patch_pod_annotations(
+                metadata.get("namespace") or "default", metadata["name"],
+                {keys.VGPU_NODE: None, keys.VGPU_TIME: None, keys.DEVICES_TO_ALLOCATE: None,
+                 keys.DEVICES_ALLOCATED: None, keys.BIND_PHASE: BindPhase.FAILED.value,
+                 keys.BIND_TIME: str(int(datetime.now(UTC).timestamp()))},
+            )
+        except ApiError as exc:
+            log.warning("pod %s: could not clear the decision after a failed bind: %s", key, exc.status.message)
+        self.cache.forget(key)
+
+    def _event(self, pod: dict[str, Any], reason: str, message: str) -> None:
+        log.info("pod %s: %s: %s", pod_key(pod), reason, message)
+        if self.api is not None:
+            self.api.event(pod, reason, message)
+
+
+def _summary(failed: dict[str, str]) -> str:
+    """`0/3 nodes are available: 2 CardInsufficientMemory, 1 node unregistered.`"""
+    counts: dict[str, int] = {}
+    for text in failed.values():
+        for part in text.split(", "):
+            reason = part.split(" ", 1)[1] if "/" in part.split(" ", 1)[0] else part
+            counts[reason] = counts.get(reason, 0) + 1
+    detail = ", ".join(f"{n} {r}" for r, n in sorted(counts.items(), key=lambda x: (-x[1], x[0])))
+    return f"0/{len(failed)} nodes are available: {detail}."

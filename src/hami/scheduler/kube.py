@@ -1,0 +1,91 @@
+"""The Kubernetes API calls the scheduler makes, on lightkube, with plain dicts in and out."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx2
+from lightkube import ApiError, Client, KubeConfig
+from lightkube.models.core_v1 import EventSource, ObjectReference
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Event, Node, Pod
+from lightkube.types import PatchType
+
+log = logging.getLogger(__name__)
+
+
+def make_client(kubeconfig: str | None, timeout: float = 30.0) -> Client:
+    """A client from a kubeconfig file, or the in-cluster service account when None."""
+    limit = httpx2.Timeout(timeout)
+    if kubeconfig:
+        return Client(config=KubeConfig.from_file(kubeconfig), timeout=limit, field_manager="hami-scheduler")
+    return Client(timeout=limit, field_manager="hami-scheduler")
+
+
+class KubeApi:
+    def __init__(self, client: Client, component: str = "hami-scheduler"):
+        self.client = client
+        self.component = component
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.client.get(Pod, name=name, namespace=namespace).to_dict()
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.client.get(Node, name=name).to_dict()
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+
+    def patch_pod_annotations(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+        """Merge-patch annotations; a None value removes the key."""
+        self.client.patch(Pod, name, {"metadata": {"annotations": annotations}}, namespace=namespace,
+                          patch_type=PatchType.MERGE)
+
+    def patch_node_annotations(self, name: str, annotations: dict[str, str | None],
+                               resource_version: str | None = None) -> None:
+        """Merge-patch a node's annotations; with a resourceVersion, fail with 409 if it changed."""
+        metadata: dict[str, Any] = {"annotations": annotations}
+        if resource_version is not None:
+            metadata["resourceVersion"] = resource_version
+        self.client.patch(Node, name, {"metadata": metadata}, patch_type=PatchType.MERGE)
+
+    def bind(self, namespace: str, name: str, uid: str | None, node: str) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, **({"uid": uid} if uid else {})},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        binding: Any = Pod.Binding.from_dict(body)
+        self.client.create(binding, name=name, namespace=namespace)
+
+    def event(self, pod: dict[str, Any], reason: str, message: str, warning: bool = True) -> None:
+        """Record an Event on the pod; failures are logged, never raised."""
+        metadata = pod.get("metadata") or {}
+        now = datetime.now(UTC)
+        try:
+            self.client.create(
+                Event(
+                    metadata=ObjectMeta(generateName=f"{metadata.get('name')}.", namespace=metadata.get("namespace")),
+                    involvedObject=ObjectReference(kind="Pod", name=metadata.get("name"),
+                                                   namespace=metadata.get("namespace"), uid=metadata.get("uid")),
+                    reason=reason,
+                    message=message[:1024],
+                    type="Warning" if warning else "Normal",
+                    source=EventSource(component=self.component),
+                    firstTimestamp=now,
+                    lastTimestamp=now,
+                    count=1,
+                )
+            )
+        except ApiError as exc:
+            log.warning("could not record event %s on pod %s: %s", reason, metadata.get("name"), exc.status.message)

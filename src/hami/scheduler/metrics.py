@@ -1,0 +1,67 @@
+"""Prometheus metrics of the scheduler, with HAMi's names, read from the cache at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from hami.scheduler.cache import ClusterCache
+
+MIB = 1024 * 1024
+DEVICE_LABELS = ["node", "device_uuid", "device_index", "device_type"]
+POD_LABELS = ["namespace", "pod", "container_index", *DEVICE_LABELS]
+
+
+class SchedulerCollector(Collector):
+    def __init__(self, cache: ClusterCache):
+        self.cache = cache
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = {
+            "mem_limit": GaugeMetricFamily("hami_gpu_memory_limit_bytes", "Device memory offered for sharing",
+                                           labels=DEVICE_LABELS),
+            "core_limit": GaugeMetricFamily("hami_gpu_core_limit_ratio", "Device compute offered (1 = all SMs)",
+                                            labels=DEVICE_LABELS),
+            "mem_alloc": GaugeMetricFamily("hami_gpu_memory_allocated_bytes", "Device memory allocated to pods",
+                                           labels=DEVICE_LABELS),
+            "core_alloc": GaugeMetricFamily("hami_gpu_core_allocated_ratio", "Device compute allocated (1 = all SMs)",
+                                            labels=DEVICE_LABELS),
+            "shared": GaugeMetricFamily("hami_gpu_shared_count", "Tasks sharing the device", labels=DEVICE_LABELS),
+            "node_mem": GaugeMetricFamily("hami_node_gpu_memory_allocated_ratio",
+                                          "Share of the node's GPU memory allocated", labels=["node"]),
+            "node_overview": GaugeMetricFamily("hami_node_gpu_overview", "GPUs registered on the node",
+                                               labels=["node"]),
+            "vgpu_mem": GaugeMetricFamily("hami_vgpu_memory_allocated_bytes", "Device memory allocated to a container",
+                                          labels=POD_LABELS),
+            "vgpu_core": GaugeMetricFamily("hami_vgpu_core_allocated_ratio", "Device compute allocated to a container",
+                                           labels=POD_LABELS),
+        }
+        with self.cache.lock():
+            state = self.cache.state()
+            labels_of: dict[tuple[str, str], list[str]] = {}
+            for row, uuid in enumerate(state.uuids):
+                node = state.names[int(state.dev_node[row])]
+                labels = [node, uuid, str(int(state.index[row])), state.types[row]]
+                labels_of[(node, uuid)] = labels
+                families["mem_limit"].add_metric(labels, float(state.totalmem[row]) * MIB)
+                families["core_limit"].add_metric(labels, float(state.totalcore[row]) / 100)
+                families["mem_alloc"].add_metric(labels, float(state.usedmem[row]) * MIB)
+                families["core_alloc"].add_metric(labels, float(state.usedcores[row]) / 100)
+                families["shared"].add_metric(labels, float(state.used[row]))
+            for i, node in enumerate(state.names):
+                total = float(state.node_mem_total[i])
+                families["node_mem"].add_metric([node], float(state.node_usedmem[i]) / total if total else 0.0)
+                families["node_overview"].add_metric([node], float(state.sizes[i]))
+            for key, holding in self.cache.holdings().items():
+                namespace, _, name = key.partition("/")
+                for position, container in enumerate(holding.allocation):
+                    for device in container:
+                        device_labels = labels_of.get((holding.node, device.uuid))
+                        if device_labels is None:
+                            continue
+                        pod_labels = [namespace, name, str(position), *device_labels]
+                        families["vgpu_mem"].add_metric(pod_labels, float(device.usedmem) * MIB)
+                        families["vgpu_core"].add_metric(pod_labels, float(device.usedcores) / 100)
+        yield from families.values()

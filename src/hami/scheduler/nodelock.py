@@ -1,0 +1,112 @@
+"""HAMi's node lock, `hami.io/mutex.lock: <RFC3339 time>,<namespace>,<pod name>`.
+
+Taken with an optimistic write (the node's resourceVersion), so two schedulers can never
+both hold it. A lock older than `stale_after` seconds, or whose owner pod is gone, is taken over.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from lightkube import ApiError
+
+from hami.annotations import keys
+from hami.scheduler.kube import KubeApi
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LockValue:
+    at: datetime
+    namespace: str
+    name: str
+
+
+def encode_lock(at: datetime, namespace: str, name: str) -> str:
+    return f"{at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')},{namespace},{name}"
+
+
+def decode_lock(value: str) -> LockValue | None:
+    """None for a value that is not a lock (it is then treated as stale)."""
+    parts = value.split(",")
+    if len(parts) != 3:
+        return None
+    try:
+        at = datetime.fromisoformat(parts[0].replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return LockValue(at=at, namespace=parts[1], name=parts[2])
+
+
+class NodeLockError(Exception):
+    pass
+
+
+class NodeLocker:
+    def __init__(
+        self, api: KubeApi, stale_after: float = 60.0, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ):
+        self.api = api
+        self.stale_after = stale_after
+        self.now = now
+
+    def _free_or_takeable(self, node: dict[str, Any], namespace: str, name: str) -> bool:
+        value = ((node.get("metadata") or {}).get("annotations") or {}).get(keys.NODE_LOCK)
+        if not value:
+            return True
+        lock = decode_lock(value)
+        if lock is None:
+            log.warning("node %s: unreadable lock %r taken over", node["metadata"]["name"], value)
+            return True
+        if (lock.namespace, lock.name) == (namespace, name):
+            return True
+        if (self.now() - lock.at).total_seconds() > self.stale_after:
+            log.info("node %s: lock of %s/%s is stale, taken over", node["metadata"]["name"], lock.namespace, lock.name)
+            return True
+        if self.api.get_pod(lock.namespace, lock.name) is None:
+            log.info("node %s: lock owner %s/%s is gone, taken over", node["metadata"]["name"], lock.namespace,
+                     lock.name)
+            return True
+        return False
+
+    def lock(self, node_name: str, namespace: str, name: str, attempts: int = 5) -> None:
+        for _ in range(attempts):
+            node = self.api.get_node(node_name)
+            if node is None:
+                raise NodeLockError(f"node {node_name} not found")
+            if not self._free_or_takeable(node, namespace, name):
+                holder = node["metadata"]["annotations"][keys.NODE_LOCK]
+                raise NodeLockError(f"node {node_name} is locked by another pod ({holder})")
+            try:
+                self.api.patch_node_annotations(
+                    node_name, {keys.NODE_LOCK: encode_lock(self.now(), namespace, name)},
+                    resource_version=node["metadata"].get("resourceVersion"),
+                )
+                return
+            except ApiError as exc:
+                if exc.status.code != 409:
+                    raise
+        raise NodeLockError(f"node {node_name}: the lock kept changing under us")
+
+    def release(self, node_name: str, namespace: str, name: str) -> None:
+        """Remove the lock if this pod holds it; never raises for a lock already gone."""
+        try:
+            node = self.api.get_node(node_name)
+            if node is None:
+                return
+            value = ((node.get("metadata") or {}).get("annotations") or {}).get(keys.NODE_LOCK)
+            lock = decode_lock(value) if value else None
+            if lock is None or (lock.namespace, lock.name) != (namespace, name):
+                return
+            self.api.patch_node_annotations(node_name, {keys.NODE_LOCK: None},
+                                            resource_version=node["metadata"].get("resourceVersion"))
+        except ApiError as exc:
+            log.warning("node %s: could not release lock of %s/%s: %s", node_name, namespace, name,
+                        exc.status.message)

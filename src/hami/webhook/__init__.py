@@ -1,0 +1,1 @@
+"""The mutating admission webhook: route GPU pods to our scheduler and fill HAMi's defaults."""
