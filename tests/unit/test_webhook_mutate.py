@@ -38,8 +38,8 @@ def ctr(name: str = "c", privileged: bool = False, **limits: Any) -> dict[str, A
     return c
 
 
-def apply(p: dict[str, Any], options: WebhookOptions = WebhookOptions()) -> dict[str, Any]:
-    verdict = mutate(p, CFG, options)
+def apply(p: dict[str, Any], options: WebhookOptions | None = None) -> dict[str, Any]:
+    verdict = mutate(p, CFG, options or WebhookOptions())
     assert verdict.allowed, verdict.message
     result = json.loads(json.dumps(p))
     for op in verdict.patch:
