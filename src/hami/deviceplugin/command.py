@@ -54,6 +54,7 @@ def _source(args: argparse.Namespace, node: str) -> Any:
             raise HamiError(f"{args.pods} is not valid YAML: {exc}") from None
         memory = in_memory_from_list(data if data is not None else {"items": []}, args.pods)
         memory.nodes.setdefault(node, {})
+        memory.log_patches = True
         return memory
     return KubePodSource(args.kubeconfig)
 

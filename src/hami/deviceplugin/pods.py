@@ -7,6 +7,7 @@ on lightkube (kubeconfig or in-cluster service account).
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -14,6 +15,8 @@ from typing import Any, Protocol
 from hami.errors import HamiError
 
 Pod = dict[str, Any]
+
+log = logging.getLogger(__name__)
 
 
 class PodSourceError(Exception):
@@ -48,8 +51,10 @@ def _merge(target: dict[str, str], annotations: Mapping[str, str | None]) -> Non
 class InMemoryPodSource:
     """Pods and nodes held in memory (tests, and `--pods FILE` runs without an API server)."""
 
-    def __init__(self, pods: list[Pod] | None = None, nodes: dict[str, dict[str, str]] | None = None) -> None:
+    def __init__(self, pods: list[Pod] | None = None, nodes: dict[str, dict[str, str]] | None = None,
+                 log_patches: bool = False) -> None:
         self._lock = threading.Lock()
+        self.log_patches = log_patches
         self.pods: dict[tuple[str, str], Pod] = {}
         self.nodes: dict[str, dict[str, str]] = {name: dict(ann) for name, ann in (nodes or {}).items()}
         self.pod_patches: list[tuple[str, str, dict[str, str | None]]] = []
@@ -86,6 +91,8 @@ class InMemoryPodSource:
                 raise PodSourceError(f"pod {namespace}/{name} not found")
             _merge(pod["metadata"].setdefault("annotations", {}), annotations)
             self.pod_patches.append((namespace, name, dict(annotations)))
+        if self.log_patches:
+            log.info("pod %s/%s annotations: %s", namespace, name, dict(annotations))
 
     def patch_node_annotations(self, node: str, annotations: Mapping[str, str | None]) -> None:
         with self._lock:
@@ -93,6 +100,8 @@ class InMemoryPodSource:
                 raise PodSourceError(f"node {node} not found")
             _merge(self.nodes[node], annotations)
             self.node_patches.append((node, dict(annotations)))
+        if self.log_patches:
+            log.info("node %s annotations: %s", node, dict(annotations))
 
 
 def in_memory_from_list(data: Any, what: str) -> InMemoryPodSource:
