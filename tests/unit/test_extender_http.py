@@ -204,3 +204,19 @@ def test_webhook_route(server: tuple[str, ClusterCache]) -> None:
     assert status == 200 and result["response"]["uid"] == "u1" and result["response"]["allowed"] is True
     status, result = post(url + "/webhook", {"request": {}})
     assert status == 400 and "request.uid" in result["error"]
+
+
+def test_unbound_decisions_expire_and_bound_ones_do_not() -> None:
+    cache = ClusterCache(HamiConfig())
+    cache.replace_nodes([node("n1", gpu("g0"))])
+    annotations = {keys.VGPU_NODE: "n1", keys.VGPU_TIME: "1000", keys.DEVICES_ALLOCATED: "g0,NVIDIA,4000,10:;"}
+    pending = {**pod("p", 4000), "metadata": {"name": "p", "namespace": "t", "annotations": annotations}}
+    bound = {"metadata": {"name": "b", "namespace": "t", "annotations": annotations},
+             "spec": {**pod("b", 4000)["spec"], "nodeName": "n1"}}
+    cache.replace_pods([pending, bound])
+    assert int(cache.state().usedmem[0]) == 8000
+    assert cache.expire_unbound(now=1200, ttl=300) == []
+    assert cache.expire_unbound(now=1400, ttl=300) == ["t/p"]
+    assert int(cache.state().usedmem[0]) == 4000
+    cache.upsert_pod({"metadata": bound["metadata"], "spec": bound["spec"], "status": {"phase": "Succeeded"}})
+    assert int(cache.state().usedmem[0]) == 0

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 from hami.annotations.selectors import Policy
 
@@ -34,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the node lock after binding until the device plugin releases it (HAMi's way)")
     parser.add_argument("--lock-stale-seconds", type=float, default=60.0,
                         help="a node lock older than this is taken over")
+    parser.add_argument("--unbound-decision-ttl", type=int, default=300,
+                        help="seconds a decision on a pod that is never bound keeps its devices (default 300)")
     parser.add_argument("--leader-elect", action="store_true", help="run for leadership on a Lease (for 2 replicas)")
     parser.add_argument("--lease-namespace", default="kube-system")
     parser.add_argument("--lease-name", default="hami-scheduler")
@@ -87,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
         identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaderElector(client, args.lease_namespace, args.lease_name, identity, extender.is_leader)
         start(lambda: elector.run(stop), "leader-election")
+    def expire() -> None:
+        while not stop.wait(15):
+            for key in cache.expire_unbound(int(time.time()), args.unbound_decision_ttl):
+                logging.getLogger("hami").info("pod %s: decision expired unbound; its devices are free", key)
+
+    start(expire, "expire-unbound")
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=registry)
 

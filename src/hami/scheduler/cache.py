@@ -45,6 +45,10 @@ class Holding:
     allocation: PodAllocation
     init_count: int
     uid: str
+    # Bound pods hold their devices until they end; a decision on a pod that was never
+    # bound expires (see expire_unbound), so a pod kube-scheduler gave up on frees its share.
+    bound: bool = False
+    decided_at: int = 0
 
 
 class ClusterCache:
@@ -113,11 +117,16 @@ class ClusterCache:
             except AnnotationError as exc:
                 log.warning("pod %s: malformed decision annotation (%s); not counted", key, exc)
                 allocation = None
-            node = annotations.get(keys.VGPU_NODE) or (pod.get("spec") or {}).get("nodeName")
+            spec = pod.get("spec") or {}
+            node = annotations.get(keys.VGPU_NODE) or spec.get("nodeName")
             if allocation is not None and node:
-                spec = pod.get("spec") or {}
+                try:
+                    decided_at = int(annotations.get(keys.VGPU_TIME, "0"))
+                except ValueError:
+                    decided_at = 0
                 holding = Holding(str(node), allocation, len(spec.get("initContainers") or []),
-                                  str(metadata.get("uid") or ""))
+                                  str(metadata.get("uid") or ""), bound=bool(spec.get("nodeName")),
+                                  decided_at=decided_at)
         with self._lock:
             self._set_holding(key, holding)
 
@@ -135,12 +144,20 @@ class ClusterCache:
                 self._set_holding(key, None)
             self.pods_synced = True
 
-    def assume(self, key: str, decision: Decision, init_count: int, uid: str = "") -> None:
+    def assume(self, key: str, decision: Decision, init_count: int, uid: str = "", now: int = 0) -> None:
         """Count a decision at once, before the watch brings the annotated pod back."""
         if decision.node is None:
             return
         with self._lock:
-            self._set_holding(key, Holding(decision.node, decision.allocation, init_count, uid))
+            self._set_holding(key, Holding(decision.node, decision.allocation, init_count, uid, decided_at=now))
+
+    def expire_unbound(self, now: int, ttl: int) -> list[str]:
+        """Stop counting decisions older than `ttl` seconds on pods that were never bound."""
+        with self._lock:
+            stale = [k for k, h in self._holdings.items() if not h.bound and h.decided_at and now - h.decided_at > ttl]
+            for key in stale:
+                self._set_holding(key, None)
+            return stale
 
     def forget(self, key: str) -> None:
         with self._lock:

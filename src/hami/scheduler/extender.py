@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -113,7 +114,7 @@ class Extender:
             if error:
                 return {"NodeNames": [], "FailedNodes": failed, "Error": error}
             self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
-                              str((pod.get("metadata") or {}).get("uid") or ""))
+                              str((pod.get("metadata") or {}).get("uid") or ""), int(time.time()))
         fitting = [decision.node] if self.options.only_best_node else [n for n in names if n not in failed]
         return {"NodeNames": fitting, "FailedNodes": failed, "Error": ""}
 
@@ -226,7 +227,7 @@ class Extender:
             if error:
                 return error
             self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
-                              str((pod.get("metadata") or {}).get("uid") or ""))
+                              str((pod.get("metadata") or {}).get("uid") or ""), int(time.time()))
         return ""
 
     def _undo(self, pod: dict[str, Any], key: str, node: str) -> None:
