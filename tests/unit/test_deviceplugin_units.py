@@ -350,3 +350,23 @@ def test_command_runs_by_hand_with_fake_devices() -> None:
         assert process.returncode == 0, output
         assert "registered nvidia.com/gpu with kubelet" in output
         assert "node node-1: registered 3 GPU(s)" in output
+
+
+def test_unreachable_api_server_is_unavailable(tmp_path: Path) -> None:
+    from hami.deviceplugin.pods import KubePodSource, PodSourceError
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+    }))
+    source = KubePodSource(str(kubeconfig))
+    with pytest.raises(PodSourceError, match="patch node n"):
+        source.patch_node_annotations("n", {"a": "b"})
+    with pytest.raises(alloc.AllocateError) as info:
+        alloc.find_pod(source, "n")
+    assert info.value.code == "UNAVAILABLE" and "get node n" in info.value.message
+    with pytest.raises(HamiError, match="cannot load Kubernetes config"):
+        KubePodSource(str(tmp_path / "missing"))
