@@ -9,8 +9,6 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../../.." && pwd)
-python=${PYTHON:-python}
-cd "$src"
-"$python" -m grpc_tools.protoc -I . \
-  --python_out=. --pyi_out=. --grpc_python_out=. \
-  hami/deviceplugin/api/api.proto
+"${PYTHON:-python}" -m grpc_tools.protoc -I "$src" \
+  --python_out="$src" --pyi_out="$src" --grpc_python_out="$src" \
+  "$src/hami/deviceplugin/api/api.proto"
