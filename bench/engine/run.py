@@ -38,7 +38,9 @@ def build_cluster(nodes: int, rng: np.random.Generator) -> ClusterState:
 
 def random_pod(key: str, rng: np.random.Generator) -> PodRequest:
     nums = 1 if rng.random() < 0.85 else int(rng.integers(2, 5))
-    request = ContainerRequest(nums=nums, memreq=int(rng.integers(1000, 16000)), coresreq=int(rng.choice([0, 10, 20, 30])))
+    request = ContainerRequest(
+        nums=nums, memreq=int(rng.integers(1000, 16000)), coresreq=int(rng.choice([0, 10, 20, 30]))
+    )
     return PodRequest(key=key, containers=(request,))
 
 

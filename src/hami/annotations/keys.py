@@ -13,6 +13,8 @@ DEVICES_TO_ALLOCATE = "hami.io/vgpu-devices-to-allocate"
 DEVICES_ALLOCATED = "hami.io/vgpu-devices-allocated"
 BIND_PHASE = "hami.io/bind-phase"
 BIND_TIME = "hami.io/bind-time"
+# Ours, not HAMi's: why the device plugin marked bind-phase failed.
+BIND_FAILURE_REASON = "hami.io/bind-failure-reason"
 
 # Pod selectors and policies, written by users
 USE_GPUTYPE = "nvidia.com/use-gputype"

@@ -39,7 +39,7 @@ CACHE_FILE = "vgpu.cache"
 LOCK_DIR = "/tmp/vgpulock"
 DISABLE_CONTROL_ENV = "CUDA_DISABLE_CONTROL"
 # Why a bind failed, for `kubectl get pod -o yaml` readers (not part of HAMi's contract).
-BIND_FAILURE_REASON = "hami.io/bind-failure-reason"
+BIND_FAILURE_REASON = keys.BIND_FAILURE_REASON
 
 
 class AllocateError(Exception):
