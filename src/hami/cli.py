@@ -11,6 +11,7 @@ from hami.errors import HamiError
 # name -> (module, one-line help). Each module has add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "schedule": ("hami.commands.schedule", "schedule pending pods of a cluster snapshot with the engine"),
+    "simulate": ("hami.sim.command", "replay GPU-cluster traces through the engine and compare policies"),
     "scheduler": ("hami.commands.scheduler", "run the kube-scheduler extender and the admission webhook"),
     "webhook": ("hami.commands.webhook", "run the mutating admission webhook alone"),
     "device-plugin": ("hami.deviceplugin.command", "run the NVIDIA device plugin and node agent on a node"),

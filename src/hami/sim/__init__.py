@@ -1,0 +1,1 @@
+"""The cluster simulator: GPU-cluster traces replayed through the scheduling engine."""

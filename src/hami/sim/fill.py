@@ -1,0 +1,105 @@
+"""The fill experiment of "Beware of Fragmentation": tasks drawn from the workload arrive one by
+one, nothing leaves, until the arrived GPU demand reaches a multiple of the cluster's capacity.
+
+After every arrival: allocation ratio (allocated GPU capacity / total) and the share of arrived GPU
+demand that could not be placed; at every 1% of capacity also the fragmentation (hami.sim.frag).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from hami.scheduler.engine import commit, schedule
+from hami.scheduler.state import ClusterState
+from hami.sim.frag import Classes, Layout, node_fragmentation
+from hami.sim.policies.base import PolicySpec, SimContext
+from hami.sim.workload import Workload, build_cluster, pod_request
+
+FloatArray = npt.NDArray[np.float64]
+STEP = 0.01  # checkpoints every 1% of cluster GPU capacity
+
+
+@dataclass
+class FillResult:
+    policy: str
+    seed: int
+    arrived: FloatArray  # after each arrival: arrived GPU demand / capacity
+    allocated: FloatArray  # after each arrival: allocated GPU capacity / capacity
+    unallocated: FloatArray  # after each arrival: unplaced GPU demand / arrived GPU demand
+    checkpoints: FloatArray  # 0.01, 0.02, ...
+    frag: FloatArray  # fragmentation / capacity at each checkpoint
+    tasks: int
+    seconds: float
+
+    def at(self, multiple: float) -> tuple[float, float]:
+        """(allocation ratio, unallocated share) right after the arrival that reached `multiple`."""
+        k = int(np.searchsorted(self.arrived, multiple - 1e-9))
+        k = min(k, len(self.arrived) - 1)
+        return float(self.allocated[k]), float(self.unallocated[k])
+
+
+def run_fill(
+    workload: Workload,
+    spec: PolicySpec,
+    seed: int,
+    until: float = 1.1,
+    split_count: int = 10,
+    check: Callable[[ClusterState], None] | None = None,
+) -> FillResult:
+    started = time.perf_counter()
+    state = ClusterState(build_cluster(workload.nodes, split_count))
+    layout = Layout.of(state)
+    tasks = workload.tasks
+    classes = Classes.of(tasks, layout)
+    chooser = spec.chooser(
+        SimContext(layout=layout, classes=classes, tasks=tasks, rng=np.random.default_rng([seed, 1]))
+    )
+    draw = np.random.default_rng(seed)
+    capacity = layout.capacity_milli
+    demand_of = tasks.gpu_demand_milli
+    arrived_l: list[float] = []
+    allocated_l: list[float] = []
+    unallocated_l: list[float] = []
+    frag_l: list[float] = []
+    arrived = failed = 0
+    next_checkpoint = STEP
+    n = 0
+    while arrived < until * capacity:
+        batch = draw.integers(len(tasks), size=256).tolist()
+        for t in batch:
+            if arrived >= until * capacity:
+                break
+            pod = pod_request(f"t{n}", int(tasks.num_gpu[t]), int(tasks.gpu_milli[t]), tasks.gpu_spec[t],
+                              int(tasks.cpu_milli[t]), int(tasks.memory_mib[t]))
+            n += 1
+            decision = schedule(state, pod, spec.defaults, explain=False, chooser=chooser)
+            demand = int(demand_of[t])
+            arrived += demand
+            if decision.node is None:
+                failed += demand
+            else:
+                commit(state, pod, decision)
+            if check is not None:
+                check(state)
+            arrived_l.append(arrived / capacity)
+            allocated_l.append(int(state.usedcores.sum()) * 10 / capacity)
+            unallocated_l.append(failed / arrived if arrived else 0.0)
+            while arrived >= next_checkpoint * capacity:
+                frag_l.append(float(node_fragmentation(state, layout, classes).sum()) / capacity)
+                next_checkpoint = round(next_checkpoint + STEP, 10)
+    return FillResult(
+        policy=spec.name,
+        seed=seed,
+        arrived=np.asarray(arrived_l),
+        allocated=np.asarray(allocated_l),
+        unallocated=np.asarray(unallocated_l),
+        checkpoints=STEP * np.arange(1, len(frag_l) + 1, dtype=np.float64),
+        frag=np.asarray(frag_l),
+        tasks=n,
+        seconds=time.perf_counter() - started,
+    )

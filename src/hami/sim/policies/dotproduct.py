@@ -1,0 +1,35 @@
+"""Dot-product (Tetris): the placement whose free resources align best with the task's demand:
+max over (node, GPU) of cpu_demand/cpu_cap * cpu_free/cpu_cap + gpu_demand * gpu_free (GPU shares)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hami.model.allocation import PodAllocation
+from hami.scheduler.engine import PodContext
+from hami.scheduler.state import ClusterState, IntArray
+from hami.sim.policies.base import SimContext, fitting_devices, on_node, shape_of, share_on
+
+
+class DotProduct:
+    def __init__(self, sim: SimContext):
+        self.sim = sim
+
+    def __call__(self, state: ClusterState, ctx: PodContext, fitting: IntArray) -> tuple[int, PodAllocation] | None:
+        if len(fitting) == 0:
+            return None
+        shape = shape_of(ctx)
+        cpu_cap = np.maximum(state.node_cpu, 1).astype(np.float64)
+        cpu_term = (shape.cpu / cpu_cap) * ((state.node_cpu - state.node_cpu_used) / cpu_cap)
+        if not shape.sharing:
+            gpu_free = (state.node_core_total - state.node_usedcores) / np.maximum(state.node_core_total, 1)
+            score = cpu_term[fitting] + shape.num_gpu * gpu_free[fitting]
+            return on_node(state, ctx, int(fitting[np.argmax(score)]))
+        ok = fitting_devices(state, ctx, fitting)
+        gpu_free = (state.totalcore - state.usedcores) / 100
+        key = np.where(ok, cpu_term[state.dev_node] + (shape.milli / 1000) * gpu_free, -np.inf)
+        row = int(np.argmax(key))
+        return int(state.dev_node[row]), share_on(state, ctx, row)
+
+
+make = DotProduct
