@@ -18,7 +18,7 @@ from hami.scheduler.engine import commit, schedule
 from hami.scheduler.state import ClusterState
 from hami.sim.frag import Classes, Layout, node_fragmentation
 from hami.sim.policies.base import PolicySpec, SimContext
-from hami.sim.workload import Workload, build_cluster, pod_request
+from hami.sim.workload import Placer, Workload, build_cluster, pod_request
 
 FloatArray = npt.NDArray[np.float64]
 STEP = 0.01  # checkpoints every 1% of cluster GPU capacity
@@ -59,6 +59,7 @@ def run_fill(
     chooser = spec.chooser(
         SimContext(layout=layout, classes=classes, tasks=tasks, rng=np.random.default_rng([seed, 1]))
     )
+    placer = Placer(state, tasks, spec.defaults, chooser)
     draw = np.random.default_rng(seed)
     capacity = layout.capacity_milli
     demand_of = tasks.gpu_demand_milli
@@ -74,16 +75,12 @@ def run_fill(
         for t in batch:
             if arrived >= until * capacity:
                 break
-            pod = pod_request(f"t{n}", int(tasks.num_gpu[t]), int(tasks.gpu_milli[t]), tasks.gpu_spec[t],
-                              int(tasks.cpu_milli[t]), int(tasks.memory_mib[t]))
+            placed = placer.place(f"t{n}", t)
             n += 1
-            decision = schedule(state, pod, spec.defaults, explain=False, chooser=chooser)
             demand = int(demand_of[t])
             arrived += demand
-            if decision.node is None:
+            if not placed:
                 failed += demand
-            else:
-                commit(state, pod, decision)
             if check is not None:
                 check(state)
             arrived_l.append(arrived / capacity)
@@ -103,3 +100,26 @@ def run_fill(
         tasks=n,
         seconds=time.perf_counter() - started,
     )
+
+
+def run_sequence(
+    workload: Workload, spec: PolicySpec, order: list[int], split_count: int = 10, seed: int = 0
+) -> tuple[ClusterState, list[str | None]]:
+    """Place the workload's tasks in the given order (no departures); the final state and each
+    task's node (None when it could not be placed). For checks by hand."""
+    state = ClusterState(build_cluster(workload.nodes, split_count))
+    layout = Layout.of(state)
+    classes = Classes.of(workload.tasks, layout)
+    chooser = spec.chooser(
+        SimContext(layout=layout, classes=classes, tasks=workload.tasks, rng=np.random.default_rng([seed, 1]))
+    )
+    tasks = workload.tasks
+    placed: list[str | None] = []
+    for n, t in enumerate(order):
+        pod = pod_request(f"t{n}", int(tasks.num_gpu[t]), int(tasks.gpu_milli[t]), tasks.gpu_spec[t],
+                          int(tasks.cpu_milli[t]), int(tasks.memory_mib[t]))
+        decision = schedule(state, pod, spec.defaults, explain=False, chooser=chooser)
+        if decision.node is not None:
+            commit(state, pod, decision)
+        placed.append(decision.node)
+    return state, placed

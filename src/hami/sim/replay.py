@@ -11,11 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from hami.errors import HamiError
-from hami.scheduler.engine import commit, schedule
 from hami.scheduler.state import ClusterState
 from hami.sim.frag import Classes, Layout
 from hami.sim.policies.base import PolicySpec, SimContext
-from hami.sim.workload import Workload, build_cluster, pod_request
+from hami.sim.workload import Placer, Workload, build_cluster
 
 RETRIES_PER_DEPARTURE = 32  # queued tasks tried after each departure (bounded work per event)
 SERIES_POINTS = 200
@@ -48,6 +47,7 @@ def run_replay(workload: Workload, spec: PolicySpec, seed: int = 0, split_count:
     classes = Classes.of(tasks, layout)
     chooser = spec.chooser(SimContext(layout=layout, classes=classes, tasks=tasks,
                                       rng=np.random.default_rng([seed, 1])))
+    placer = Placer(state, tasks, spec.defaults, chooser)
     capacity = layout.capacity_milli
     creation, lifetime = tasks.creation, tasks.deletion - tasks.creation
     t0 = int(creation.min())
@@ -60,12 +60,8 @@ def run_replay(workload: Workload, spec: PolicySpec, seed: int = 0, split_count:
     delays: list[float] = []
 
     def start(i: int, now: int) -> bool:
-        pod = pod_request(f"t{i}", int(tasks.num_gpu[i]), int(tasks.gpu_milli[i]), tasks.gpu_spec[i],
-                          int(tasks.cpu_milli[i]), int(tasks.memory_mib[i]))
-        decision = schedule(state, pod, spec.defaults, explain=False, chooser=chooser)
-        if decision.node is None:
+        if not placer.place(f"t{i}", i):
             return False
-        commit(state, pod, decision)
         heapq.heappush(events, (now + int(lifetime[i]), 0, i))
         return True
 

@@ -22,6 +22,8 @@ import numpy as np
 from hami.annotations import keys
 from hami.errors import HamiError
 from hami.model import ContainerRequest, DeviceInfo, NodeDevices, PodRequest
+from hami.scheduler.engine import Chooser, PodContext, PolicyDefaults, feasible_nodes
+from hami.scheduler.state import ClusterState
 from hami.sim.trace import DEFAULT_NODES, DEFAULT_TASKS, GPU_MEMORY_MIB, Nodes, Tasks, read_nodes, read_tasks
 
 BUILTIN_MODEL = "sim-openb-workload.json"
@@ -156,3 +158,39 @@ def write_builtin_model(trace_dir: Path, out: Path) -> None:
     nodes = read_nodes(trace_dir / DEFAULT_NODES)
     tasks = read_tasks(trace_dir / DEFAULT_TASKS)
     out.write_text(json.dumps(summarize(nodes, tasks), indent=None, separators=(",", ":")) + "\n")
+
+
+class Placer:
+    """Places tasks with the engine: feasibility (engine.feasible_nodes) then the policy's chooser,
+    then the state counts the pod. The same steps as engine.schedule + engine.commit without the
+    per-node reason texts, with each task class decoded once (PodContext per class)."""
+
+    def __init__(self, state: ClusterState, tasks: Tasks, defaults: PolicyDefaults, chooser: Chooser):
+        self.state = state
+        self.tasks = tasks
+        self.defaults = defaults
+        self.chooser = chooser
+        self.all_nodes = np.arange(len(state.nodes), dtype=np.int64)
+        self._contexts: dict[tuple[int, int, str, int, int], PodContext] = {}
+
+    def context(self, t: int) -> PodContext:
+        tasks = self.tasks
+        key = (int(tasks.num_gpu[t]), int(tasks.gpu_milli[t]), tasks.gpu_spec[t], int(tasks.cpu_milli[t]),
+               int(tasks.memory_mib[t]))
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = self._contexts[key] = PodContext.of(pod_request("class", *key), self.defaults)
+        return ctx
+
+    def place(self, key: str, t: int) -> bool:
+        """Place task t as pod `key`; False when no node takes it."""
+        state = self.state
+        ctx = self.context(t)
+        feasibility = feasible_nodes(state, ctx, self.all_nodes, ctx.static_codes(state), explain=False)
+        choice = self.chooser(state, ctx, self.all_nodes[feasibility.fits])
+        if choice is None:
+            return False
+        node, allocation = choice
+        pod = ctx.pod
+        state.add_pod(key, state.names[node], allocation, pod.init_count, pod.cpu_milli, pod.memory_mib)
+        return True
