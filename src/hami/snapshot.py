@@ -81,25 +81,47 @@ def load_objects(path: str | Path) -> list[dict[str, Any]]:
     return objects
 
 
-def _node(obj: dict[str, Any], snapshot: Snapshot) -> None:
-    name = obj["metadata"]["name"]
-    annotations = obj["metadata"].get("annotations") or {}
+def registered_node(obj: dict[str, Any]) -> NodeDevices | None:
+    """The devices a Node object offers; None when it registered none. Raises AnnotationError."""
+    metadata = obj.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
     value = annotations.get(keys.NODE_NVIDIA_REGISTER)
     if value is None:
-        snapshot.unregistered.append(name)
-        return
+        return None
+    devices = decode_node_devices(str(value))
+    if not devices:
+        return None
+    return NodeDevices(
+        name=str(metadata.get("name")),
+        devices=tuple(devices),
+        cordoned=decode_cordon(annotations.get(keys.DEVICE_CORDON)),
+    )
+
+
+def pod_decision(obj: dict[str, Any]) -> tuple[str, PodAllocation] | None:
+    """(node, devices) a Pod object holds by its decision annotations; None without one.
+
+    Raises AnnotationError for a malformed decision.
+    """
+    annotations = {str(k): str(v) for k, v in ((obj.get("metadata") or {}).get("annotations") or {}).items()}
+    allocation = pod_allocation_from_annotations(annotations)
+    node = annotations.get(keys.VGPU_NODE) or (obj.get("spec") or {}).get("nodeName")
+    if allocation is None or not node:
+        return None
+    return str(node), allocation
+
+
+def _node(obj: dict[str, Any], snapshot: Snapshot) -> None:
+    name = obj["metadata"]["name"]
     try:
-        devices = decode_node_devices(str(value))
+        node = registered_node(obj)
     except AnnotationError as exc:
         snapshot.warnings.append(f"node {name}: malformed {keys.NODE_NVIDIA_REGISTER} annotation ({exc}); skipped")
+        node = None
+    if node is None:
         snapshot.unregistered.append(name)
-        return
-    if not devices:
-        snapshot.unregistered.append(name)
-        return
-    snapshot.nodes.append(
-        NodeDevices(name=name, devices=tuple(devices), cordoned=decode_cordon(annotations.get(keys.DEVICE_CORDON)))
-    )
+    else:
+        snapshot.nodes.append(node)
 
 
 def _pod(obj: dict[str, Any], config: HamiConfig, snapshot: Snapshot) -> None:
@@ -109,18 +131,13 @@ def _pod(obj: dict[str, Any], config: HamiConfig, snapshot: Snapshot) -> None:
     if status.get("phase") in ENDED_PHASES:
         return
     request = pod_request(obj, config.nvidia)
-    annotations = obj["metadata"].get("annotations") or {}
-    node = annotations.get(keys.VGPU_NODE) or (obj.get("spec") or {}).get("nodeName")
     try:
-        allocation = pod_allocation_from_annotations({str(k): str(v) for k, v in annotations.items()})
+        decision = pod_decision(obj)
     except AnnotationError as exc:
         snapshot.warnings.append(f"pod {request.key}: malformed decision annotation ({exc}); not counted")
         return
-    if allocation is not None:
-        if not node:
-            snapshot.warnings.append(f"pod {request.key}: has a decision but no node; not counted")
-            return
-        snapshot.running.append(RunningPod(request=request, node=str(node), allocation=allocation))
+    if decision is not None:
+        snapshot.running.append(RunningPod(request=request, node=decision[0], allocation=decision[1]))
         return
     if (obj.get("spec") or {}).get("nodeName"):
         snapshot.warnings.append(f"pod {request.key}: bound to a node without a HAMi decision; not counted")

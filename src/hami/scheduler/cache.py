@@ -16,9 +16,6 @@ from typing import Any
 
 from hami.annotations import keys
 from hami.annotations.errors import AnnotationError
-from hami.annotations.node_register import decode_node_devices
-from hami.annotations.pod_devices import pod_allocation_from_annotations
-from hami.annotations.selectors import decode_cordon
 from hami.config import HamiConfig
 from hami.errors import HamiError
 from hami.model.allocation import PodAllocation
@@ -26,6 +23,7 @@ from hami.model.devices import NodeDevices
 from hami.model.requests import PodRequest
 from hami.scheduler.engine import Decision, PolicyDefaults, schedule
 from hami.scheduler.state import ClusterState
+from hami.snapshot import pod_decision, registered_node
 from hami.vendors.nvidia import pod_request
 
 log = logging.getLogger(__name__)
@@ -70,18 +68,17 @@ class ClusterCache:
         annotations = metadata.get("annotations") or {}
         source = (annotations.get(keys.NODE_NVIDIA_REGISTER), annotations.get(keys.DEVICE_CORDON))
         with self._lock:
-            if self._node_sources.get(name) == source and (name in self._nodes) == (source[0] is not None):
+            if name in self._node_sources and self._node_sources[name] == source:
                 return  # only the handshake or other annotations changed
             self._node_sources[name] = source
-            devices = None
-            if source[0] is not None:
-                try:
-                    devices = decode_node_devices(source[0])
-                except AnnotationError as exc:
-                    log.warning("node %s: malformed %s annotation (%s); its devices are not offered",
-                                name, keys.NODE_NVIDIA_REGISTER, exc)
-            if devices:
-                self._nodes[name] = NodeDevices(name=name, devices=tuple(devices), cordoned=decode_cordon(source[1]))
+            try:
+                registered = registered_node(node)
+            except AnnotationError as exc:
+                log.warning("node %s: malformed %s annotation (%s); its devices are not offered",
+                            name, keys.NODE_NVIDIA_REGISTER, exc)
+                registered = None
+            if registered is not None:
+                self._nodes[name] = registered
             else:
                 self._nodes.pop(name, None)
             self._state = None
@@ -108,23 +105,20 @@ class ClusterCache:
     def upsert_pod(self, pod: dict[str, Any]) -> None:
         key = pod_key(pod)
         metadata = pod.get("metadata") or {}
-        annotations = {str(k): str(v) for k, v in (metadata.get("annotations") or {}).items()}
-        phase = (pod.get("status") or {}).get("phase")
+        spec = pod.get("spec") or {}
         holding = None
-        if phase not in ENDED:  # a pod being deleted still holds its devices until it is gone
+        if (pod.get("status") or {}).get("phase") not in ENDED:  # a pod being deleted holds until it is gone
             try:
-                allocation = pod_allocation_from_annotations(annotations)
+                decision = pod_decision(pod)
             except AnnotationError as exc:
                 log.warning("pod %s: malformed decision annotation (%s); not counted", key, exc)
-                allocation = None
-            spec = pod.get("spec") or {}
-            node = annotations.get(keys.VGPU_NODE) or spec.get("nodeName")
-            if allocation is not None and node:
+                decision = None
+            if decision is not None:
                 try:
-                    decided_at = int(annotations.get(keys.VGPU_TIME, "0"))
+                    decided_at = int((metadata.get("annotations") or {}).get(keys.VGPU_TIME, "0"))
                 except ValueError:
                     decided_at = 0
-                holding = Holding(str(node), allocation, len(spec.get("initContainers") or []),
+                holding = Holding(decision[0], decision[1], len(spec.get("initContainers") or []),
                                   str(metadata.get("uid") or ""), bound=bool(spec.get("nodeName")),
                                   decided_at=decided_at)
         with self._lock:
