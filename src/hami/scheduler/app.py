@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -37,12 +38,19 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return data
 
 
-def _handler(work: Callable[[dict[str, Any]], Any], error_shape: Callable[[str], Any]) -> Callable[
-        [Request], Awaitable[Response]]:
+# Fine buckets (0.25 ms to ~5 s, x1.25 each) so that p50/p99 can be read off the histogram.
+LATENCY_BUCKETS = tuple(0.00025 * 1.25**i for i in range(45))
+
+
+def _handler(work: Callable[[dict[str, Any]], Any], error_shape: Callable[[str], Any],
+             latency: Histogram | None = None) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
+        started = time.perf_counter()
         try:
             body = await _json_body(request)
             result = await run_in_threadpool(work, body)
+            if latency is not None:
+                latency.labels(request.url.path.strip("/")).observe(time.perf_counter() - started)
             return JSONResponse(result)
         except (BadRequest, HamiError) as exc:
             log.warning("%s: bad request: %s", request.url.path, exc)
@@ -57,12 +65,17 @@ def _handler(work: Callable[[dict[str, Any]], Any], error_shape: Callable[[str],
 def build_app(extender: Extender | None, registry: CollectorRegistry | None, webhook: WebhookOptions | None,
               ready: Callable[[], bool], nvidia: NvidiaConfig | None = None) -> Starlette:
     routes: list[Route] = []
+    latency = None
+    if registry is not None:
+        latency = Histogram("hami_extender_request_duration_seconds", "Time to answer an extender call",
+                            ["route"], registry=registry, buckets=LATENCY_BUCKETS)
     if extender is not None:
         routes += [
             Route("/filter", _handler(extender.filter,
-                                      lambda e: {"NodeNames": [], "FailedNodes": {}, "Error": e}), methods=["POST"]),
-            Route("/prioritize", _handler(extender.prioritize, lambda e: []), methods=["POST"]),
-            Route("/bind", _handler(extender.bind, lambda e: {"Error": e}), methods=["POST"]),
+                                      lambda e: {"NodeNames": [], "FailedNodes": {}, "Error": e}, latency),
+                  methods=["POST"]),
+            Route("/prioritize", _handler(extender.prioritize, lambda e: [], latency), methods=["POST"]),
+            Route("/bind", _handler(extender.bind, lambda e: {"Error": e}, latency), methods=["POST"]),
         ]
     if webhook is not None:
         resources = nvidia or (extender.cache.config.nvidia if extender is not None else NvidiaConfig())
