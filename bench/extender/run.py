@@ -78,12 +78,7 @@ def main() -> None:
             print(f"{args.nodes} nodes x 8 GPUs added in {time.perf_counter() - started:.0f} s", flush=True)
             hami = HamiScheduler(cp, Path(tmp) / "hami", scheduler_name="hami-scheduler").start()
             cp.start_scheduler(hami.extender_config())
-            cp.create_namespace("bench")
-            namespace = next(
-                n["metadata"]["name"]
-                for n in cp.api("GET", "/api/v1/namespaces")["items"]
-                if n["metadata"]["name"].startswith("bench-")
-            )
+            namespace = cp.create_namespace("bench")
             pods = [
                 gpu_pod(f"p{i:05d}", "hami-scheduler", memory=4000 + 500 * (i % 16), cores=10 * (i % 4))
                 for i in range(args.pods)
