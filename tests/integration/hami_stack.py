@@ -5,6 +5,7 @@ through a MutatingWebhookConfiguration."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import signal
@@ -14,9 +15,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from hami.annotations import keys
 from hami.annotations.node_register import encode_node_devices
@@ -250,3 +253,20 @@ def wait_bound(cp: ControlPlane, namespace: str, count: int, timeout: float) -> 
 
 def settle(seconds: float) -> None:
     time.sleep(seconds)
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def stack(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, start_scheduler: Any
+) -> Iterator[tuple[HamiScheduler, str]]:
+    """`hami scheduler` plus a kube-scheduler profile (named uniquely) that calls it."""
+    name = f"hami-{next(_names)}-{namespace}"[:60]
+    hami = HamiScheduler(control_plane, tmp_path / "hami", scheduler_name=name).start()
+    start_scheduler(hami.extender_config())
+    try:
+        yield hami, name
+    finally:
+        hami.stop()

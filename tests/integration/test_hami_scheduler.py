@@ -4,9 +4,6 @@ API server calls our webhook. No kubelet: bound pods stay Pending, and hold thei
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,32 +15,15 @@ from hami.scheduler.state import ClusterState
 from hami.snapshot import registered_node
 from hami.vendors.nvidia import pod_request
 from tests.cluster import ApiCallError, ControlPlane, wait_for
-from tests.integration.hami_stack import (
-    HamiScheduler,
+from tests.integration.hami_stack import (  # noqa: F401 - `stack` is a fixture
     create_pod,
     gpu_node_annotations,
     gpu_pod,
     pods_in,
+    stack,
     usage_by_device,
     wait_bound,
 )
-
-_names = itertools.count()
-
-
-@pytest.fixture
-def stack(
-    control_plane: ControlPlane, namespace: str, tmp_path: Path, start_scheduler, add_node
-) -> Iterator[  # type: ignore[no-untyped-def]
-    tuple[HamiScheduler, str]
-]:
-    name = f"hami-{next(_names)}-{namespace}"[:60]
-    hami = HamiScheduler(control_plane, tmp_path / "hami", scheduler_name=name).start()
-    start_scheduler(hami.extender_config())
-    try:
-        yield hami, name
-    finally:
-        hami.stop()
 
 
 def engine_expectation(cp: ControlPlane, node_names: list[str], pod: dict) -> tuple[str | None, list[list[str]]]:  # type: ignore[type-arg]
