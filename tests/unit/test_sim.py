@@ -229,3 +229,18 @@ def test_fill_places_as_engine_schedule_does(name: str) -> None:
     state, placed = run_sequence(w, POLICIES[name], order[: result.tasks], seed=11)
     assert int(state.usedcores.sum()) * 10 / (int(state.totalcore.sum()) * 10) == pytest.approx(result.allocated[-1])
     assert sum(p is None for p in placed) > 0  # the run goes past full: some tasks fail
+
+
+def test_engine_names_cpu_and_memory_shortage() -> None:
+    # The node CPU/memory checks the simulator relies on, with and without reason texts.
+    from hami.scheduler.engine import PolicyDefaults, schedule
+
+    state = ClusterState(build_cluster(handmade().nodes))
+    state.node_memory_used[1] = 65536 - 100
+    big_cpu = pod_request("a", 1, 500, "", 17000, 10)
+    assert schedule(state, big_cpu).reasons == {"n1": "NodeInsufficientCPU", "n2": "NodeInsufficientCPU"}
+    big_mem = pod_request("b", 1, 500, "", 1000, 200)
+    d = schedule(state, big_mem, PolicyDefaults())
+    assert d.node == "n1" and d.reasons == {"n2": "NodeInsufficientMemory"}
+    quiet = schedule(state, big_mem, explain=False)
+    assert quiet.node == "n1" and quiet.reasons == {}

@@ -231,17 +231,13 @@ def fit_pod_on_node(
     return tuple(allocation), ""
 
 
-def _resource_failures(state: ClusterState, pod: PodRequest) -> dict[int, str]:
-    failures: dict[int, str] = {}
-    if pod.cpu_milli > 0:
-        short = (state.node_cpu > 0) & (state.node_cpu - state.node_cpu_used < pod.cpu_milli)
-        for i in np.flatnonzero(short).tolist():
-            failures[i] = R.NODE_INSUFFICIENT_CPU
-    if pod.memory_mib > 0:
-        short = (state.node_memory > 0) & (state.node_memory - state.node_memory_used < pod.memory_mib)
-        for i in np.flatnonzero(short).tolist():
-            failures.setdefault(i, R.NODE_INSUFFICIENT_MEMORY)
-    return failures
+def _resource_short(state: ClusterState, pod: PodRequest) -> tuple[np.ndarray, np.ndarray]:
+    """Per node: too little free CPU, too little free memory for the pod (capacity 0 = not checked)."""
+    cpu = (pod.cpu_milli > 0) & (state.node_cpu > 0) & (state.node_cpu - state.node_cpu_used < pod.cpu_milli)
+    memory = (
+        (pod.memory_mib > 0) & (state.node_memory > 0) & (state.node_memory - state.node_memory_used < pod.memory_mib)
+    )
+    return cpu, memory
 
 
 def _independent(pod: PodRequest) -> bool:
@@ -265,12 +261,13 @@ def feasible_nodes(
     pod = ctx.pod
     fits = np.ones(len(candidates), dtype=bool)
     reasons: dict[int, str] = {}
-    resource_failures = _resource_failures(state, pod)
-    if resource_failures:
-        for k, node in enumerate(candidates.tolist()):
-            if node in resource_failures:
-                fits[k] = False
-                reasons[node] = resource_failures[node]
+    cpu_short, memory_short = _resource_short(state, pod)
+    short = (cpu_short | memory_short)[candidates]
+    if short.any():
+        fits &= ~short
+        if explain:
+            for node in candidates[short].tolist():
+                reasons[node] = R.NODE_INSUFFICIENT_CPU if cpu_short[node] else R.NODE_INSUFFICIENT_MEMORY
 
     sizes = state.sizes[candidates]
     starts = state.starts[:-1]
