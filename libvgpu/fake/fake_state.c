@@ -96,10 +96,11 @@ void fake_lock(void) {
 void fake_unlock(void) { __atomic_store_n(&fake_state()->lock, 0, __ATOMIC_RELEASE); }
 
 static fake_proc_t *proc_slot(fake_dev_t *d, int pid) {
-    fake_proc_t *free_slot = NULL;
-    for (int i = 0; i < FAKE_PROCS; i++) {
+    for (int i = 0; i < FAKE_PROCS; i++)
         if (d->procs[i].pid == pid) return &d->procs[i];
-        if (!free_slot && (d->procs[i].pid == 0 || (kill(d->procs[i].pid, 0) == -1 && errno == ESRCH))) {
+    fake_proc_t *free_slot = NULL;
+    for (int i = 0; i < FAKE_PROCS && !free_slot; i++) {
+        if (d->procs[i].pid == 0 || (kill(d->procs[i].pid, 0) == -1 && errno == ESRCH)) {
             if (d->procs[i].pid) d->mem_used -= d->procs[i].mem; /* the driver frees a dead process's memory */
             free_slot = &d->procs[i];
         }

@@ -89,11 +89,11 @@ static void reclaim_dead(void) {
             memset(s, 0, sizeof *s);
             continue;
         }
-        for (int d = 0; d < VGPU_MAX_DEVICES; d++) sum[d] += s->used[d];
+        for (int d = 0; d < VGPU_MAX_DEVICES; d++) sum[d] += __atomic_load_n(&s->used[d], __ATOMIC_SEQ_CST);
     }
     if (self_slot == &fallback_slot)
         for (int d = 0; d < VGPU_MAX_DEVICES; d++) sum[d] += fallback_slot.used[d];
-    for (int d = 0; d < VGPU_MAX_DEVICES; d++) r->dev[d].used = sum[d];
+    for (int d = 0; d < VGPU_MAX_DEVICES; d++) __atomic_store_n(&r->dev[d].used, sum[d], __ATOMIC_SEQ_CST);
 }
 
 static void init_header(vgpu_region_t *r) {
@@ -235,35 +235,64 @@ static void reattach_after_fork(void) {
     lock_file(F_UNLCK);
 }
 
-int region_reserve(int dev, uint64_t bytes) {
-    if (dev < 0 || dev >= VGPU_MAX_DEVICES || !vgpu_region) return 0;
-    region_lock();
-    if (unlikely(vgpu_cfg.debug_hold_lock_ms)) usleep((useconds_t)vgpu_cfg.debug_hold_lock_ms * 1000u);
-    vgpu_device_t *d = &vgpu_region->dev[dev];
-    int ok = 1;
-    if (d->limit && (d->used + bytes > d->limit || d->used + bytes < bytes)) {
-        reclaim_dead();
-        if (d->used + bytes > d->limit || d->used + bytes < bytes) ok = 0;
+vgpu_proc_t *region_self(void) {
+    if (unlikely(need_reattach)) {
+        region_lock();
+        region_unlock();
     }
-    if (ok) {
-        self_slot->used[dev] += bytes;
-        d->used += bytes;
-    }
-    region_unlock();
-    if (!ok) LOG_INFO("device %d: %llu bytes more would pass the limit of %llu", dev, (unsigned long long)bytes,
-                      (unsigned long long)d->limit);
-    return ok ? 0 : -1;
+    return self_slot;
 }
 
+/* Reservations are lock-free: the process adds to its own slot first, then
+ * moves the device's used with a compare-and-swap that refuses to pass the
+ * limit, so two processes racing for the last bytes cannot both win. The
+ * lock is only taken on the way to a refusal, to reclaim dead processes and
+ * recompute used from the slots. That recomputation can only over-count a
+ * reservation in flight (never under-count), and the next refusal corrects it. */
+static int try_reserve(vgpu_device_t *d, uint64_t *mine, uint64_t bytes) {
+    __atomic_fetch_add(mine, bytes, __ATOMIC_SEQ_CST);
+    uint64_t old = __atomic_load_n(&d->used, __ATOMIC_SEQ_CST);
+    for (;;) {
+        uint64_t lim = __atomic_load_n(&d->limit, __ATOMIC_RELAXED);
+        uint64_t nw = old + bytes;
+        if (nw < old || (lim && nw > lim)) {
+            __atomic_fetch_sub(mine, bytes, __ATOMIC_SEQ_CST);
+            return -1;
+        }
+        if (__atomic_compare_exchange_n(&d->used, &old, nw, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) return 0;
+    }
+}
+
+int region_reserve(int dev, uint64_t bytes) {
+    if (dev < 0 || dev >= VGPU_MAX_DEVICES || !vgpu_region) return 0;
+    vgpu_proc_t *me = region_self();
+    vgpu_device_t *d = &vgpu_region->dev[dev];
+    if (likely(!vgpu_cfg.debug_hold_lock_ms) && try_reserve(d, &me->used[dev], bytes) == 0) return 0;
+    region_lock();
+    if (unlikely(vgpu_cfg.debug_hold_lock_ms)) usleep((useconds_t)vgpu_cfg.debug_hold_lock_ms * 1000u);
+    reclaim_dead();
+    int rc = try_reserve(d, &self_slot->used[dev], bytes);
+    region_unlock();
+    if (rc) LOG_INFO("device %d: %llu bytes more would pass the limit of %llu", dev, (unsigned long long)bytes,
+                     (unsigned long long)d->limit);
+    return rc;
+}
+
+static void sub_sat(uint64_t *v, uint64_t bytes) {
+    uint64_t old = __atomic_load_n(v, __ATOMIC_SEQ_CST), nw;
+    do {
+        nw = old >= bytes ? old - bytes : 0;
+    } while (!__atomic_compare_exchange_n(v, &old, nw, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
+}
+
+/* Device first, then the slot: a recomputation in between over-counts. */
 void region_release(int dev, uint64_t bytes) {
     if (dev < 0 || dev >= VGPU_MAX_DEVICES || !vgpu_region) return;
-    region_lock();
-    vgpu_device_t *d = &vgpu_region->dev[dev];
-    uint64_t mine = self_slot->used[dev];
+    vgpu_proc_t *me = region_self();
+    uint64_t mine = __atomic_load_n(&me->used[dev], __ATOMIC_SEQ_CST);
     if (bytes > mine) bytes = mine;
-    self_slot->used[dev] -= bytes;
-    d->used = d->used >= bytes ? d->used - bytes : 0;
-    region_unlock();
+    sub_sat(&vgpu_region->dev[dev].used, bytes);
+    sub_sat(&me->used[dev], bytes);
 }
 
 uint64_t region_used(int dev) {
@@ -279,14 +308,6 @@ uint64_t region_limit(int dev) {
 void region_note_total(int dev, uint64_t total) {
     if (dev < 0 || dev >= VGPU_MAX_DEVICES || !vgpu_region) return;
     __atomic_store_n(&vgpu_region->dev[dev].total, total, __ATOMIC_RELAXED);
-}
-
-vgpu_proc_t *region_self(void) {
-    if (unlikely(need_reattach)) {
-        region_lock();
-        region_unlock();
-    }
-    return self_slot;
 }
 
 void region_pids(int32_t *pids, int *n, int max) {
