@@ -37,6 +37,7 @@ def fill_summary(results: list[FillResult], until: float) -> dict[str, Any]:
         "unallocated_gpu_share": {m: round(float(np.mean(v)), 5) for m, v in unalloc.items()},
         "fragmentation_share": {m: round(float(np.mean(v)), 5) for m, v in frag.items()},
         "tasks": int(sum(r.tasks for r in results)),
+        "seconds_per_seed": round(float(np.mean([r.seconds for r in results])), 2),
         "curve": curve(results, until),
     }
 

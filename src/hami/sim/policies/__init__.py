@@ -15,7 +15,7 @@ POLICIES: dict[str, PolicySpec] = {
         PolicySpec("best-fit", "node left with the least free GPU+CPU share, tightest GPU", PolicyDefaults(),
                    bestfit.make),
         PolicySpec("random", "random node and GPU among those that fit", PolicyDefaults(), random.make),
-        PolicySpec("dot-product", "free resources best aligned with the demand (Tetris)", PolicyDefaults(),
+        PolicySpec("dot-product", "smallest dot product of demand and free resources (Tetris)", PolicyDefaults(),
                    dotproduct.make),
         PolicySpec("fgd", "fragmentation gradient descent (Weng et al., ATC 2023)", PolicyDefaults(), fgd.make),
         PolicySpec(ours.NAME, ours.SUMMARY, PolicyDefaults(), ours.make),

@@ -1,5 +1,8 @@
-"""Dot-product (Tetris): the placement whose free resources align best with the task's demand:
-max over (node, GPU) of cpu_demand/cpu_cap * cpu_free/cpu_cap + gpu_demand * gpu_free (GPU shares)."""
+"""Dot-product (the Tetris heuristic as the FGD authors' simulator scores it): the placement with
+the smallest dot product of the task's demand and the node's free resources, both as shares of
+the node's capacity: min over (node, GPU) of cpu_demand/cpu_cap * cpu_free/cpu_cap +
+gpu_demand * gpu_free (GPU shares). Small products favour nodes where the task's dimensions
+are already scarce, which packs."""
 
 from __future__ import annotations
 
@@ -24,11 +27,11 @@ class DotProduct:
         if not shape.sharing:
             gpu_free = (state.node_core_total - state.node_usedcores) / np.maximum(state.node_core_total, 1)
             score = cpu_term[fitting] + shape.num_gpu * gpu_free[fitting]
-            return on_node(state, ctx, int(fitting[np.argmax(score)]))
+            return on_node(state, ctx, int(fitting[np.argmin(score)]))
         ok = fitting_devices(state, ctx, fitting)
         gpu_free = (state.totalcore - state.usedcores) / 100
-        key = np.where(ok, cpu_term[state.dev_node] + (shape.milli / 1000) * gpu_free, -np.inf)
-        row = int(np.argmax(key))
+        key = np.where(ok, cpu_term[state.dev_node] + (shape.milli / 1000) * gpu_free, np.inf)
+        row = int(np.argmin(key))
         return int(state.dev_node[row]), share_on(state, ctx, row)
 
 
