@@ -187,10 +187,18 @@ int region_attach(void) {
         lock_file(F_WRLCK);
         struct stat st;
         void *p = MAP_FAILED;
-        if (fstat(region_fd, &st) == 0 &&
-            (st.st_size >= (off_t)sizeof(vgpu_region_t) || ftruncate(region_fd, sizeof(vgpu_region_t)) == 0))
-            p = mmap(NULL, sizeof(vgpu_region_t), PROT_READ | PROT_WRITE, MAP_SHARED, region_fd, 0);
-        if (p == MAP_FAILED) {
+        int other = 0;
+        if (fstat(region_fd, &st) == 0) {
+            if (st.st_size > 0 && st.st_size < (off_t)sizeof(vgpu_region_t)) other = 1; /* never resize it */
+            else if (st.st_size >= (off_t)sizeof(vgpu_region_t) || ftruncate(region_fd, sizeof(vgpu_region_t)) == 0)
+                p = mmap(NULL, sizeof(vgpu_region_t), PROT_READ | PROT_WRITE, MAP_SHARED, region_fd, 0);
+        }
+        if (other) {
+            LOG_ERR("shared region %s has another layout (size %lld); limits apply to this process alone",
+                    region_path, (long long)st.st_size);
+            lock_file(F_UNLCK);
+            use_private_region();
+        } else if (p == MAP_FAILED) {
             LOG_ERR("cannot map shared region %s (%s); limits apply to this process alone", region_path,
                     strerror(errno));
             lock_file(F_UNLCK);

@@ -1,0 +1,1 @@
+"""Node monitor: reads the containers' shared regions written by libvgpu."""
