@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per API call otherwise
     config = load_config(args.config)
     client = make_client(args.kubeconfig)
     api = KubeApi(client)

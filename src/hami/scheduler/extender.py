@@ -199,9 +199,11 @@ class Extender:
                 self.api.patch_pod_annotations(namespace, name, dict(bind_annotations(BindPhase.ALLOCATING,
                                                                                       datetime.now(UTC))))
             self.api.bind(namespace, name, uid if isinstance(uid, str) else None, node)
-        except ApiError as exc:
-            message = f"binding pod {key} to {node} failed: {exc.status.message}"
-            self._undo(pod, key, node)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, never keep the lock or the decision
+            detail = str(exc.status.message) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+            message = f"binding pod {key} to {node} failed: {detail}"
+            if managed:
+                self._undo(pod, key, node)
             self._event(pod, "BindFailed", message)
             return {"Error": message}
         if managed and not self.options.hold_lock_until_allocated:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx2
+import msgspec
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
@@ -66,7 +68,10 @@ class KubeApi:
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         binding: Any = Pod.Binding.from_dict(body)
-        self.client.create(binding, name=name, namespace=namespace)
+        # The API server answers a binding with a Status, which lightkube tries to read as a
+        # Binding; an error status would have raised ApiError before, so this is a success.
+        with contextlib.suppress(msgspec.ValidationError):
+            self.client.create(binding, name=name, namespace=namespace)
 
     def event(self, pod: dict[str, Any], reason: str, message: str, warning: bool = True) -> None:
         """Record an Event on the pod; failures are logged, never raised."""
