@@ -35,7 +35,7 @@ def test_allocate_finds_the_bound_pod_and_records_success(
     source = KubePodSource(str(control_plane.kubeconfig))
     settings = AllocateSettings(node=node)
     (grant,) = allocate(source, settings, requests=[2])
-    assert grant.container == "worker"
+    assert grant.container == "main"  # matched by name and count, past the sidecar listed first
     assert sorted(grant.envs["NVIDIA_VISIBLE_DEVICES"].split(",")) == [f"GPU-{node}-0", f"GPU-{node}-1"]
     assert grant.envs["CUDA_DEVICE_MEMORY_LIMIT_0"] == "5000m" and grant.envs["CUDA_DEVICE_SM_LIMIT"] == "20"
 
