@@ -60,7 +60,8 @@ class HamiScheduler:
     def ca_pem(self) -> bytes:
         return self.ca.cert_pem
 
-    def start(self) -> HamiScheduler:
+    def start(self, wait: str = "/readyz") -> HamiScheduler:
+        """Start and wait until `wait` answers 200 (/healthz for a replica that may not lead)."""
         log = open(self.log_file, "ab")  # noqa: SIM115 - the child owns it
         self.process = subprocess.Popen(
             [
@@ -86,15 +87,15 @@ class HamiScheduler:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        wait_for(self.ready, timeout=60, message=f"hami scheduler ready\n{self.log_tail()}")
+        wait_for(lambda: self.answers(wait), timeout=60, message=f"hami scheduler {wait}\n{self.log_tail()}")
         return self
 
-    def ready(self) -> bool:
+    def answers(self, path: str = "/readyz") -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
             raise RuntimeError(f"hami scheduler exited with {self.process.returncode}:\n{self.log_tail()}")
         try:
-            return self.get("/readyz")[0] == 200
+            return self.get(path)[0] == 200
         except OSError:
             return False
 

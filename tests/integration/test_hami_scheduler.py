@@ -4,6 +4,7 @@ API server calls our webhook. No kubelet: bound pods stay Pending, and hold thei
 from __future__ import annotations
 
 import concurrent.futures
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from hami.snapshot import registered_node
 from hami.vendors.nvidia import pod_request
 from tests.cluster import ApiCallError, ControlPlane, wait_for
 from tests.integration.hami_stack import (  # noqa: F401 - `stack` is a fixture
+    HamiScheduler,
     create_pod,
     gpu_node_annotations,
     gpu_pod,
@@ -176,3 +178,22 @@ def _try_create(cp: ControlPlane, namespace: str, pod: dict) -> dict | None:  # 
         if "failed calling webhook" in str(exc):
             return None
         raise
+
+
+def test_two_replicas_elect_one_leader_and_fail_over(control_plane: ControlPlane, namespace: str,
+                                                     tmp_path: Path) -> None:
+    lease = f"hami-{namespace}"[:60]
+    args = ["--leader-elect", "--lease-namespace", "kube-system", "--lease-name", lease]
+    first = HamiScheduler(control_plane, tmp_path / "a", "hami-a", [*args, "--identity", "a"]).start("/healthz")
+    second = HamiScheduler(control_plane, tmp_path / "b", "hami-b", [*args, "--identity", "b"]).start("/healthz")
+    try:
+        wait_for(lambda: first.answers() or second.answers(), timeout=60, message="a leader")
+        leader, follower = (first, second) if first.answers() else (second, first)
+        assert not follower.answers(), "both replicas report ready"
+        holder = control_plane.api("GET", f"/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{lease}")
+        assert holder["spec"]["holderIdentity"] == ("a" if leader is first else "b")
+        leader.kill()
+        wait_for(follower.answers, timeout=90, message="the other replica takes over")
+    finally:
+        first.stop()
+        second.stop()
