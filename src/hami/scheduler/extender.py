@@ -10,6 +10,7 @@ Bind re-decides when kube-scheduler picked another fitting node, then binds unde
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -67,6 +68,38 @@ def pod_of(args: dict[str, Any]) -> dict[str, Any]:
     return pod
 
 
+class DecisionWriter:
+    """Writes decisions on pods in the background, in order, so /filter answers without an API
+    round trip; /bind waits for the pod's write before it binds."""
+
+    def __init__(self, api: KubeApi):
+        self.api = api
+        # One worker: writes for the same pod land in the order they were decided.
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decision-writer")
+        self._pending: dict[str, concurrent.futures.Future[None]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, key: str, annotations: dict[str, str | None]) -> None:
+        namespace, _, name = key.partition("/")
+        future = self._pool.submit(self.api.patch_pod_annotations, namespace, name, annotations)
+        with self._lock:
+            self._pending[key] = future
+
+    def wait(self, key: str, timeout: float = 10.0) -> tuple[bool, str]:
+        """(whether a write was pending, error text or "") for the pod's latest write."""
+        with self._lock:
+            future = self._pending.pop(key, None)
+        if future is None:
+            return False, ""
+        try:
+            future.result(timeout)
+            return True, ""
+        except ApiError as exc:
+            return True, f"writing the decision on pod {key} failed: {exc.status.message}"
+        except Exception as exc:  # noqa: BLE001 - a timeout or transport error: report, bind decides again
+            return True, f"writing the decision on pod {key} failed: {type(exc).__name__}: {exc}"
+
+
 @dataclass
 class ExtenderOptions:
     defaults: PolicyDefaults = PolicyDefaults()
@@ -81,6 +114,7 @@ class Extender:
         self.api = api
         self.locker = locker
         self.options = options or ExtenderOptions()
+        self.writer = DecisionWriter(api) if api is not None else None
         self.is_leader = threading.Event()
         self.is_leader.set()
         # Pods are decided one at a time, so that two decisions never count the same free share.
@@ -110,11 +144,11 @@ class Extender:
             if decision.node is None:
                 self._event(pod, "FilteringFailed", _summary(failed))
                 return {"NodeNames": [], "FailedNodes": failed, "Error": ""}
-            error = self._write_decision(pod, decision)
-            if error:
-                return {"NodeNames": [], "FailedNodes": failed, "Error": error}
+            now = datetime.now(UTC)
             self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
-                              str((pod.get("metadata") or {}).get("uid") or ""), int(time.time()))
+                              str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()))
+            if self.writer is not None and decision.node is not None:
+                self.writer.submit(key, dict(decision_annotations(decision.node, decision.allocation, now)))
         fitting = [decision.node] if self.options.only_best_node else [n for n in names if n not in failed]
         return {"NodeNames": fitting, "FailedNodes": failed, "Error": ""}
 
@@ -183,13 +217,14 @@ class Extender:
         if uid and (pod.get("metadata") or {}).get("uid") not in (None, uid):
             return {"Error": f"pod {key} was replaced (uid changed)"}
         managed = requests_managed_resources(pod, self.cache.config.nvidia)
+        lock_version = ""
         if managed:
             error = self._settle_decision(pod, key, node)
             if error:
                 self._event(pod, "BindFailed", error)
                 return {"Error": error}
             try:
-                self.locker.lock(node, namespace, name)
+                lock_version = self.locker.lock(node, namespace, name)
             except (NodeLockError, ApiError) as exc:
                 message = str(exc.status.message) if isinstance(exc, ApiError) else str(exc)
                 self._event(pod, "BindFailed", message)
@@ -209,14 +244,16 @@ class Extender:
         if managed and not self.options.hold_lock_until_allocated:
             # Bind order (bind-time) tells the device plugin which pod comes next; holding the
             # lock until Allocate would make every other pod for this node wait (HAMi's trouble).
-            self.locker.release(node, namespace, name)
+            self.locker.release(node, namespace, name, lock_version)
         return {"Error": ""}
 
     def _settle_decision(self, pod: dict[str, Any], key: str, node: str) -> str:
         """Make sure the pod's decision is for `node` (kube-scheduler may pick another fitting node)."""
+        written, write_error = self.writer.wait(key) if self.writer is not None else (False, "")
         holding = self.cache.holding(key)
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        if holding is not None and holding.node == node and annotations.get(keys.VGPU_NODE) == node:
+        on_pod = written or annotations.get(keys.VGPU_NODE) == node
+        if not write_error and holding is not None and holding.node == node and on_pod:
             return ""
         with self._decide_lock:
             try:

@@ -53,12 +53,16 @@ class KubeApi:
                           patch_type=PatchType.MERGE)
 
     def patch_node_annotations(self, name: str, annotations: dict[str, str | None],
-                               resource_version: str | None = None) -> None:
-        """Merge-patch a node's annotations; with a resourceVersion, fail with 409 if it changed."""
+                               resource_version: str | None = None) -> str:
+        """Merge-patch a node's annotations; with a resourceVersion, fail with 409 if it changed.
+
+        Returns the node's new resourceVersion.
+        """
         metadata: dict[str, Any] = {"annotations": annotations}
         if resource_version is not None:
             metadata["resourceVersion"] = resource_version
-        self.client.patch(Node, name, {"metadata": metadata}, patch_type=PatchType.MERGE)
+        node = self.client.patch(Node, name, {"metadata": metadata}, patch_type=PatchType.MERGE)
+        return str(node.metadata.resourceVersion) if node.metadata is not None else ""
 
     def bind(self, namespace: str, name: str, uid: str | None, node: str) -> None:
         body = {

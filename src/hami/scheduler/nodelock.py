@@ -7,6 +7,7 @@ both hold it. A lock older than `stale_after` seconds, or whose owner pod is gon
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,27 +77,47 @@ class NodeLocker:
             return True
         return False
 
-    def lock(self, node_name: str, namespace: str, name: str, attempts: int = 5) -> None:
-        for _ in range(attempts):
+    def lock(self, node_name: str, namespace: str, name: str, wait: float = 10.0) -> str:
+        """Take the lock, waiting up to `wait` seconds while another pod's bind holds it.
+
+        Returns the node's resourceVersion after the lock was written (for a cheap release).
+        """
+        deadline = time.monotonic() + wait
+        pause = 0.02
+        while True:
             node = self.api.get_node(node_name)
             if node is None:
                 raise NodeLockError(f"node {node_name} not found")
-            if not self._free_or_takeable(node, namespace, name):
-                holder = node["metadata"]["annotations"][keys.NODE_LOCK]
-                raise NodeLockError(f"node {node_name} is locked by another pod ({holder})")
+            if self._free_or_takeable(node, namespace, name):
+                try:
+                    return self.api.patch_node_annotations(
+                        node_name, {keys.NODE_LOCK: encode_lock(self.now(), namespace, name)},
+                        resource_version=node["metadata"].get("resourceVersion"),
+                    )
+                except ApiError as exc:
+                    if exc.status.code != 409:
+                        raise
+            if time.monotonic() > deadline:
+                holder = ((node.get("metadata") or {}).get("annotations") or {}).get(keys.NODE_LOCK)
+                raise NodeLockError(f"node {node_name} is locked by another pod ({holder}) for more than {wait:g}s")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    def release(self, node_name: str, namespace: str, name: str, resource_version: str | None = None) -> None:
+        """Remove the lock if this pod holds it; never raises for a lock already gone.
+
+        With the resourceVersion our lock write returned, one PATCH does it when nothing else
+        touched the node since; otherwise the node is read again.
+        """
+        if resource_version:
             try:
-                self.api.patch_node_annotations(
-                    node_name, {keys.NODE_LOCK: encode_lock(self.now(), namespace, name)},
-                    resource_version=node["metadata"].get("resourceVersion"),
-                )
+                self.api.patch_node_annotations(node_name, {keys.NODE_LOCK: None}, resource_version=resource_version)
                 return
             except ApiError as exc:
                 if exc.status.code != 409:
-                    raise
-        raise NodeLockError(f"node {node_name}: the lock kept changing under us")
-
-    def release(self, node_name: str, namespace: str, name: str) -> None:
-        """Remove the lock if this pod holds it; never raises for a lock already gone."""
+                    log.warning("node %s: could not release lock of %s/%s: %s", node_name, namespace, name,
+                                exc.status.message)
+                    return
         try:
             node = self.api.get_node(node_name)
             if node is None:
