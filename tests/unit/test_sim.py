@@ -126,10 +126,10 @@ def test_fragmentation_by_hand(tmp_path: Path) -> None:
 
 
 def test_fgd_picks_the_gpu_that_leaves_no_fragment(tmp_path: Path) -> None:
-    # Workload: 500 and 300 shares. A 500 task on a GPU with 800 free would leave 300 (usable by
-    # the 300 class); on an empty GPU it would leave 500 (usable by both): FGD prefers the 800 one
-    # only if it leaves less fragment: 300 < 500 so it is a fragment for the 500 class; the empty
-    # GPU leaves 500, a fragment for none. FGD must take the empty GPU.
+    # Workload: 500 and 200 shares, half each. A 200 task is placed first (on either GPU); then
+    # a 500 task. On the GPU with 800 free it would leave 300 there: a fragment for the 500 class
+    # (weight 1/2 x 300) while the other GPU stays whole. On the empty GPU it leaves 500 and 800:
+    # no fragment for either class. FGD must take the empty GPU; binpack stacks them.
     (tmp_path / "nodes.csv").write_text("sn,cpu_milli,memory_mib,gpu,model\nA,8000,65536,2,T4\n")
     (tmp_path / "pods.csv").write_text(
         "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np,100,10,1,500\nq,100,10,1,200\n"
