@@ -119,6 +119,10 @@ class Extender:
         self.is_leader.set()
         # Pods are decided one at a time, so that two decisions never count the same free share.
         self._decide_lock = threading.Lock()
+        # kube-scheduler binds in parallel; binds to one node queue here first, so the API lock
+        # (which guards against other replicas and the device plugin) is rarely contended.
+        self._node_locks: dict[str, threading.Lock] = {}
+        self._node_locks_guard = threading.Lock()
 
     # ---- /filter -----------------------------------------------------------------------
 
@@ -199,9 +203,15 @@ class Extender:
 
     def bind(self, args: dict[str, Any]) -> dict[str, Any]:
         name, namespace, node = field(args, "PodName"), field(args, "PodNamespace"), field(args, "Node")
-        uid = field(args, "PodUID")
         if not all(isinstance(v, str) and v for v in (name, namespace, node)):
             raise BadRequest("ExtenderBindingArgs needs PodName, PodNamespace and Node")
+        with self._node_locks_guard:
+            node_lock = self._node_locks.setdefault(node, threading.Lock())
+        with node_lock:
+            return self._bind(args, name, namespace, node)
+
+    def _bind(self, args: dict[str, Any], name: str, namespace: str, node: str) -> dict[str, Any]:
+        uid = field(args, "PodUID")
         if not self.is_leader.is_set():
             return {"Error": "this hami-scheduler replica is not the leader"}
         if self.api is None or self.locker is None:
