@@ -38,17 +38,20 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return data
 
 
-# Fine buckets (0.25 ms to ~5 s, x1.25 each) so that p50/p99 can be read off the histogram.
-LATENCY_BUCKETS = tuple(0.00025 * 1.25**i for i in range(45))
+# Fine buckets (0.25 ms to ~80 s, x1.25 each) so that p50/p99 can be read off the histogram.
+LATENCY_BUCKETS = tuple(0.00025 * 1.25**i for i in range(58))
 
 
 def _handler(work: Callable[[dict[str, Any]], Any], error_shape: Callable[[str], Any],
-             latency: Histogram | None = None) -> Callable[[Request], Awaitable[Response]]:
+             latency: Histogram | None = None, inline: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    """`inline` work runs on the event loop: short CPU work (filter, prioritize) must not queue
+    behind binds, which wait on the API and on node locks in the thread pool."""
+
     async def handle(request: Request) -> Response:
         started = time.perf_counter()
         try:
             body = await _json_body(request)
-            result = await run_in_threadpool(work, body)
+            result = work(body) if inline else await run_in_threadpool(work, body)
             if latency is not None:
                 latency.labels(request.url.path.strip("/")).observe(time.perf_counter() - started)
             return JSONResponse(result)
@@ -72,9 +75,9 @@ def build_app(extender: Extender | None, registry: CollectorRegistry | None, web
     if extender is not None:
         routes += [
             Route("/filter", _handler(extender.filter,
-                                      lambda e: {"NodeNames": [], "FailedNodes": {}, "Error": e}, latency),
+                                      lambda e: {"NodeNames": [], "FailedNodes": {}, "Error": e}, latency, inline=True),
                   methods=["POST"]),
-            Route("/prioritize", _handler(extender.prioritize, lambda e: [], latency), methods=["POST"]),
+            Route("/prioritize", _handler(extender.prioritize, lambda e: [], latency, inline=True), methods=["POST"]),
             Route("/bind", _handler(extender.bind, lambda e: {"Error": e}, latency), methods=["POST"]),
         ]
     if webhook is not None:
