@@ -150,12 +150,19 @@ def ensure_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:
             raise PortInUse(f"{what}: port {host}:{port} is already in use ({e.strerror})") from e
 
 
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - not Linux
+    _LIBC = None
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the parent dies, so that a
-    killed test run leaves no control plane behind (Linux only)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    killed test run leaves no control plane behind (Linux). libc is loaded in
+    the parent; the child only makes the one call."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 class Process:
@@ -861,6 +868,7 @@ class ControlPlane:
         helm_home = self.workdir / "helm"
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(helm_home),  # client-go's discovery cache goes to $HOME/.kube
             "KUBECONFIG": str(self.kubeconfig),
             "HELM_CACHE_HOME": str(helm_home / "cache"),
             "HELM_CONFIG_HOME": str(helm_home / "config"),
@@ -869,6 +877,7 @@ class ControlPlane:
         return subprocess.run(
             [str(self.binaries.helm), *args],
             env=env,
+            cwd=self.workdir,
             capture_output=True,
             text=True,
             check=check,
@@ -929,6 +938,15 @@ def _process_matches(pid: int, exe_name: str) -> bool:
     return not exe_name or first == exe_name
 
 
+def _gone(pid: int) -> bool:
+    """True if `pid` has exited (a zombie waiting for its parent counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
 def _terminate(pid: int, timeout: float) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
@@ -936,9 +954,7 @@ def _terminate(pid: int, timeout: float) -> None:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _gone(pid):
             return
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):

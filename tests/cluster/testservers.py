@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 from .pki import ServingCert
 
@@ -21,7 +22,11 @@ Handler = Callable[[str, Any], tuple[int, Any]]
 
 
 class JsonServer:
-    """Serves POSTed JSON on 127.0.0.1 from a background thread and records every request."""
+    """Serves POSTed JSON on 127.0.0.1 from a background thread and records every request.
+
+    The handler gets the request path without its query string, and the decoded body;
+    it returns (HTTP status, JSON-able reply). `requests` lists (path, body) in order.
+    """
 
     def __init__(self, handler: Handler, tls: ServingCert | None = None, host: str = "127.0.0.1") -> None:
         self.handler = handler
@@ -37,11 +42,13 @@ class JsonServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
+                # The apiserver calls webhooks as <path>?timeout=10s: match on the path alone.
+                path = urlsplit(self.path).path
                 with outer._changed:
-                    outer.requests.append((self.path, body))
+                    outer.requests.append((path, body))
                     outer._changed.notify_all()
                 try:
-                    status, reply = outer.handler(self.path, body)
+                    status, reply = outer.handler(path, body)
                 except Exception as e:  # noqa: BLE001 - reported to the caller as HTTP 500
                     status, reply = 500, {"error": f"{type(e).__name__}: {e}"}
                 data = json.dumps(reply).encode()

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 from lightkube import ApiError, Client, KubeConfig
-from lightkube.models.core_v1 import Container, ObjectReference, PodSpec, ResourceRequirements
+from lightkube.models.core_v1 import Container, PodSpec, ResourceRequirements
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import ConfigMap, Node, Pod, PodBinding
+from lightkube.resources.core_v1 import ConfigMap, Node, Pod
 from lightkube.types import PatchType
 
-from tests.cluster import Binaries, BinaryNotFound, ControlPlane, PortInUse, free_port, wait_for
+from tests.cluster import ApiCallError, Binaries, BinaryNotFound, ControlPlane, PortInUse, free_port, wait_for
 from tests.cluster.pki import serving_cert
 from tests.cluster.testservers import JsonServer
 
@@ -158,9 +158,11 @@ def test_scheduler_calls_extender_with_real_extender_args(
         assert args["Pod"]["metadata"]["name"] == "gpu-pod"
         assert args["Pod"]["metadata"]["namespace"] == namespace
         assert args["Pod"]["spec"]["schedulerName"] == scheduler_name
+        # The apiserver stores quantities in canonical form: "3000" comes back as "3k",
+        # so an extender must parse resource.Quantity syntax, not plain integers.
         assert args["Pod"]["spec"]["containers"][0]["resources"]["limits"] == {
             "nvidia.com/gpu": "1",
-            "nvidia.com/gpumem": "3000",
+            "nvidia.com/gpumem": "3k",
         }
         assert {node_a, node_b} <= set(args["NodeNames"])
         assert args.get("Nodes") is None, "nodeCacheCapable extenders get names only"
@@ -298,13 +300,21 @@ def test_watch_conflict_and_binding_subresource(
     assert conflict_put.value.status.code == 409
     assert kube.get(Pod, "w", namespace=namespace).metadata.labels == {"step": "1"}
 
-    # pods/binding: what a scheduler (or HAMi's extender) does to bind.
-    binding = PodBinding(metadata=ObjectMeta(name="w"), target=ObjectReference(kind="Node", name=node_name))
-    kube.create(binding, "w", namespace=namespace)
+    # pods/binding: what a scheduler (or HAMi's extender) does to bind. The answer is a
+    # Status (201 Success), not the Binding, so it is posted raw rather than via lightkube.
+    binding = {
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": "w"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node_name},
+    }
+    path = f"/api/v1/namespaces/{namespace}/pods/w/binding"
+    answer = control_plane.api("POST", path, binding)
+    assert (answer["kind"], answer["status"], answer["code"]) == ("Status", "Success", 201)
     assert kube.get(Pod, "w", namespace=namespace).spec.nodeName == node_name
-    with pytest.raises(ApiError) as rebind:
-        kube.create(binding, "w", namespace=namespace)
-    assert rebind.value.status.code == 409
+    with pytest.raises(ApiCallError) as rebind:
+        control_plane.api("POST", path, binding)
+    assert rebind.value.status == 409
 
     kube.delete(Pod, "w", namespace=namespace, grace_period=0)
     assert watch_done.wait(30), f"watch saw only {events}"
