@@ -101,7 +101,7 @@ def test_no_overcommit_at_any_step_and_ratio_at_most_one(name: str) -> None:
     assert (result.frag >= 0).all() and (result.frag <= 1).all()
 
 
-@pytest.mark.parametrize("name", ["random", "fgd", "fgd-demand"])
+@pytest.mark.parametrize("name", ["random", "fgd", "fgd-pack"])
 def test_same_seed_same_run(name: str) -> None:
     a = run_fill(sample(), POLICIES[name], seed=5)
     b = run_fill(sample(), POLICIES[name], seed=5)
@@ -217,7 +217,7 @@ def test_unknown_policy() -> None:
     assert main(["simulate", "--policy", "nope", "--trace", str(SAMPLE / "openb_pod_list_default.csv")]) == 2
 
 
-@pytest.mark.parametrize("name", ["hami-binpack", "fgd-demand"])
+@pytest.mark.parametrize("name", ["hami-binpack", "fgd-pack"])
 def test_fill_places_as_engine_schedule_does(name: str) -> None:
     # The fill's fast path (one PodContext per task class) must decide exactly as engine.schedule.
     w = sample()
