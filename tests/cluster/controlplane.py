@@ -158,11 +158,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies, so that a
-    killed test run leaves no control plane behind (Linux). libc is loaded in
-    the parent; the child only makes the one call."""
+    """In the child before exec: get SIGKILL when the parent dies, so that a
+    killed test run leaves no control plane behind (Linux). SIGKILL, not
+    SIGTERM: kube-apiserver's graceful shutdown hangs once etcd, killed at the
+    same moment, is gone. libc is loaded in the parent; the child only makes
+    the one call."""
     if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 class Process:
