@@ -77,23 +77,40 @@ static int proc_alive(const vgpu_proc_t *s) {
     return 1;
 }
 
-/* Under the lock: drop dead processes and recompute every device's used. */
+/* Under the lock: drop dead processes and recompute every device's used from the slots.
+ * Reservations run without the lock (slot first, then the device's used by CAS), so the
+ * recomputed sum is stored only if used did not move while the slots were read: a plain
+ * store could erase a reservation that succeeded meanwhile and let others pass the limit.
+ * When used keeps moving, it is left as it is (it never under-counts on its own). */
 static void reclaim_dead(void) {
     vgpu_region_t *r = vgpu_region;
-    uint64_t sum[VGPU_MAX_DEVICES] = {0};
     for (int i = 0; i < VGPU_MAX_PROCS; i++) {
         vgpu_proc_t *s = &r->proc[i];
-        if (!s->pid) continue;
-        if (s != self_slot && !proc_alive(s)) {
+        if (s->pid && s != self_slot && !proc_alive(s)) {
             LOG_INFO("reclaiming the usage of dead process %d", s->pid);
             memset(s, 0, sizeof *s);
-            continue;
         }
-        for (int d = 0; d < VGPU_MAX_DEVICES; d++) sum[d] += __atomic_load_n(&s->used[d], __ATOMIC_SEQ_CST);
     }
-    if (self_slot == &fallback_slot)
-        for (int d = 0; d < VGPU_MAX_DEVICES; d++) sum[d] += fallback_slot.used[d];
-    for (int d = 0; d < VGPU_MAX_DEVICES; d++) __atomic_store_n(&r->dev[d].used, sum[d], __ATOMIC_SEQ_CST);
+    for (int attempt = 0; attempt < 64; attempt++) {
+        uint64_t before[VGPU_MAX_DEVICES], sum[VGPU_MAX_DEVICES] = {0};
+        for (int d = 0; d < VGPU_MAX_DEVICES; d++) before[d] = __atomic_load_n(&r->dev[d].used, __ATOMIC_SEQ_CST);
+        for (int i = 0; i < VGPU_MAX_PROCS; i++) {
+            vgpu_proc_t *s = &r->proc[i];
+            if (!s->pid) continue;
+            for (int d = 0; d < VGPU_MAX_DEVICES; d++) sum[d] += __atomic_load_n(&s->used[d], __ATOMIC_SEQ_CST);
+        }
+        if (self_slot == &fallback_slot)
+            for (int d = 0; d < VGPU_MAX_DEVICES; d++) sum[d] += fallback_slot.used[d];
+        int moved = 0;
+        for (int d = 0; d < VGPU_MAX_DEVICES; d++) {
+            uint64_t expected = before[d];
+            if (expected != sum[d] &&
+                !__atomic_compare_exchange_n(&r->dev[d].used, &expected, sum[d], 0, __ATOMIC_SEQ_CST,
+                                             __ATOMIC_SEQ_CST))
+                moved = 1;
+        }
+        if (!moved) return;
+    }
 }
 
 static void init_header(vgpu_region_t *r) {
