@@ -244,3 +244,19 @@ def test_engine_names_cpu_and_memory_shortage() -> None:
     assert d.node == "n1" and d.reasons == {"n2": "NodeInsufficientMemory"}
     quiet = schedule(state, big_mem, explain=False)
     assert quiet.node == "n1" and quiet.reasons == {}
+
+
+def test_replay_by_hand() -> None:
+    from hami.sim.replay import run_replay
+
+    # Spread puts share50 (t=0..100) on n1 and share30 (t=10..100) on n2; whole2 (t=20) finds no
+    # node with two free GPUs and waits until t=100; cpu-hog (20 CPUs of 16) never starts.
+    spread = run_replay(handmade(), POLICIES["hami-spread"])
+    assert (spread.waited, spread.delays, spread.never_placed) == (1, [80.0], 1)
+    binpack = run_replay(handmade(), POLICIES["hami-binpack"])
+    assert (binpack.waited, binpack.never_placed) == (0, 1)
+    assert max(binpack.allocation) == pytest.approx(0.7)
+    # Ten times denser arrivals (lifetimes kept): share30 runs t=1..91 on n2 and whole2, arrived
+    # at t=2, starts there when it leaves.
+    dense = run_replay(handmade(), POLICIES["hami-spread"], speedup=10)
+    assert dense.delays == [89.0]

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "trace's own arrival and deletion times; all: both")
     parser.add_argument("--until", type=float, default=1.1,
                         help="fill: stop when arrived GPU demand reaches this multiple of capacity (default 1.1)")
+    parser.add_argument("--speedup", type=float, default=1.0,
+                        help="replay: arrivals this many times denser than in the trace, lifetimes kept "
+                             "(the trace alone loads the cluster to about 1%%; default 1)")
     parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), metavar="DIR",
                         help=f"where report.json and the plots go (default ./{DEFAULT_OUT})")
     parser.add_argument("--quick", action="store_true",
@@ -41,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _WORKLOAD: Any = None  # the workload, shared with forked workers
+
+
+_SPEEDUP = 1.0
 
 
 def _fill_job(job: tuple[str, int, float, int]) -> Any:
@@ -56,7 +62,7 @@ def _replay_job(job: tuple[str, int, float, int]) -> Any:
     from hami.sim.replay import run_replay
 
     name, seed, _, split = job
-    return run_replay(_WORKLOAD, POLICIES[name], seed, split_count=split)
+    return run_replay(_WORKLOAD, POLICIES[name], seed, split_count=split, speedup=_SPEEDUP)
 
 
 def _run_jobs(worker: Any, jobs: list[tuple[str, int, float, int]], processes: int, label: str) -> list[Any]:
@@ -93,7 +99,7 @@ def _subsample(workload: Any, every: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    global _WORKLOAD
+    global _WORKLOAD, _SPEEDUP
     from hami.errors import HamiError
     from hami.sim import report
     from hami.sim.plot import plot_fill, plot_replay
@@ -111,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
         raise HamiError("--seeds must be at least 1")
     if not 0 < args.until <= 3:
         raise HamiError("--until must be in (0, 3]")
+    if args.speedup <= 0:
+        raise HamiError("--speedup must be positive")
+    _SPEEDUP = args.speedup
     if args.split_count < 1:
         raise HamiError("--split-count must be at least 1")
     trace_dir = None if args.trace else default_trace_dir(Path(__file__).resolve().parent)
@@ -150,8 +159,9 @@ def run(args: argparse.Namespace) -> int:
         summaries = {r.policy: report.replay_summary(r) for r in sorted(replays, key=lambda r: names.index(r.policy))}
         tasks_done += sum(s["tasks"] for s in summaries.values())
         out["replay"] = summaries
+        out["replay_speedup"] = args.speedup
         print(report.replay_table(summaries))
-        plot_replay(summaries, f"replay: {trace_key}", args.out / "replay.png")
+        plot_replay(summaries, f"replay x{args.speedup:g}: {trace_key}", args.out / "replay.png")
         if "policies" not in out:
             out["policies"] = {}
     seconds = time.perf_counter() - started

@@ -49,6 +49,7 @@ def replay_summary(result: ReplayResult) -> dict[str, Any]:
         "never_placed": result.never_placed,
         "queueing_delay_s": {k: round(v, 1) for k, v in result.delay_stats().items()},
         "mean_allocation_ratio": round(float(np.mean(result.allocation)) if result.allocation else 0.0, 5),
+        "peak_allocation_ratio": round(result.peak, 5),
         "series": {"time_s": [round(t, 1) for t in result.times],
                    "allocation_ratio": [round(a, 5) for a in result.allocation]},
     }
@@ -73,10 +74,11 @@ def fill_table(policies: dict[str, dict[str, Any]]) -> str:
 
 
 def replay_table(policies: dict[str, dict[str, Any]]) -> str:
-    head = ["POLICY", "MEAN ALLOC", "WAITED", "NEVER PLACED", "DELAY MEAN", "DELAY P95"]
+    head = ["POLICY", "MEAN ALLOC", "PEAK ALLOC", "WAITED", "NEVER PLACED", "DELAY MEAN", "DELAY P95"]
     rows = [
-        [name, f"{100 * s['mean_allocation_ratio']:.2f}%", str(s["waited"]), str(s["never_placed"]),
-         f"{s['queueing_delay_s']['mean']:.0f}s", f"{s['queueing_delay_s']['p95']:.0f}s"]
+        [name, f"{100 * s['mean_allocation_ratio']:.2f}%", f"{100 * s['peak_allocation_ratio']:.2f}%",
+         str(s["waited"]), str(s["never_placed"]), f"{s['queueing_delay_s']['mean']:.0f}s",
+         f"{s['queueing_delay_s']['p95']:.0f}s"]
         for name, s in policies.items()
     ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
