@@ -73,6 +73,9 @@ def build_app(extender: Extender | None, registry: CollectorRegistry | None, web
         latency = Histogram("hami_extender_request_duration_seconds", "Time to answer an extender call",
                             ["route"], registry=registry, buckets=LATENCY_BUCKETS)
     if extender is not None:
+        if latency is not None:
+            held = latency.labels("bind-held")  # a bind's own work, once its node is free
+            extender.on_bind_held = held.observe
         routes += [
             Route("/filter", _handler(extender.filter,
                                       lambda e: {"NodeNames": [], "FailedNodes": {}, "Error": e}, latency, inline=True),

@@ -14,6 +14,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -115,6 +116,8 @@ class Extender:
         self.locker = locker
         self.options = options or ExtenderOptions()
         self.writer = DecisionWriter(api) if api is not None else None
+        # Told how long each bind held its node (the bind's own work, without queueing).
+        self.on_bind_held: Callable[[float], None] | None = None
         self.is_leader = threading.Event()
         self.is_leader.set()
         # Pods are decided one at a time, so that two decisions never count the same free share.
@@ -208,7 +211,12 @@ class Extender:
         with self._node_locks_guard:
             node_lock = self._node_locks.setdefault(node, threading.Lock())
         with node_lock:
-            return self._bind(args, name, namespace, node)
+            started = time.perf_counter()
+            try:
+                return self._bind(args, name, namespace, node)
+            finally:
+                if self.on_bind_held is not None:
+                    self.on_bind_held(time.perf_counter() - started)
 
     def _bind(self, args: dict[str, Any], name: str, namespace: str, node: str) -> dict[str, Any]:
         uid = field(args, "PodUID")
