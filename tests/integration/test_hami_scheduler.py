@@ -180,8 +180,9 @@ def _try_create(cp: ControlPlane, namespace: str, pod: dict) -> dict | None:  # 
         raise
 
 
-def test_two_replicas_elect_one_leader_and_fail_over(control_plane: ControlPlane, namespace: str,
-                                                     tmp_path: Path) -> None:
+def test_two_replicas_elect_one_leader_and_fail_over(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
     lease = f"hami-{namespace}"[:60]
     args = ["--leader-elect", "--lease-namespace", "kube-system", "--lease-name", lease]
     first = HamiScheduler(control_plane, tmp_path / "a", "hami-a", [*args, "--identity", "a"]).start("/healthz")
@@ -197,3 +198,22 @@ def test_two_replicas_elect_one_leader_and_fail_over(control_plane: ControlPlane
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_stale_or_orphaned_node_lock_is_taken_over(
+    control_plane: ControlPlane,
+    namespace: str,
+    stack,  # type: ignore[no-untyped-def]
+    add_node,
+) -> None:
+    hami, scheduler = stack
+    node = f"{namespace}-locked"
+    annotations = gpu_node_annotations(node, gpus=1)
+    # A lock left by a pod that no longer exists (a scheduler that died mid-bind, say).
+    annotations[keys.NODE_LOCK] = f"2026-01-01T00:00:00Z,{namespace},gone"
+    add_node(node, annotations=annotations)
+    create_pod(control_plane, namespace, gpu_pod("next", scheduler, memory=1000, cores=10))
+    (pod,) = wait_bound(control_plane, namespace, 1, timeout=60)
+    assert pod["spec"]["nodeName"] == node
+    after = control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"].get("annotations") or {}
+    assert keys.NODE_LOCK not in after
