@@ -26,7 +26,7 @@ from hami.annotations.pod_devices import BindPhase, bind_annotations, decision_a
 from hami.errors import HamiError
 from hami.scheduler import reasons as R
 from hami.scheduler.cache import ClusterCache, pod_key
-from hami.scheduler.engine import Decision, PolicyDefaults
+from hami.scheduler.engine import PolicyDefaults
 from hami.scheduler.kube import KubeApi
 from hami.scheduler.nodelock import NodeLocker, NodeLockError
 from hami.vendors.nvidia import requests_managed_resources
@@ -77,28 +77,32 @@ class DecisionWriter:
         self.api = api
         # One worker: writes for the same pod land in the order they were decided.
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decision-writer")
-        self._pending: dict[str, concurrent.futures.Future[None]] = {}
+        self._pending: dict[str, tuple[concurrent.futures.Future[None], dict[str, str | None]]] = {}
         self._lock = threading.Lock()
 
     def submit(self, key: str, annotations: dict[str, str | None]) -> None:
         namespace, _, name = key.partition("/")
         future = self._pool.submit(self.api.patch_pod_annotations, namespace, name, annotations)
         with self._lock:
-            self._pending[key] = future
+            self._pending[key] = (future, annotations)
 
-    def wait(self, key: str, timeout: float = 10.0) -> tuple[bool, str]:
-        """(whether a write was pending, error text or "") for the pod's latest write."""
+    def take(self, key: str, timeout: float = 10.0) -> tuple[bool, str, dict[str, str | None]]:
+        """For the pod's latest write: (whether one was pending, error text or "", annotations
+        the caller must write itself because the write had not started and was withdrawn)."""
         with self._lock:
-            future = self._pending.pop(key, None)
-        if future is None:
-            return False, ""
+            pending = self._pending.pop(key, None)
+        if pending is None:
+            return False, "", {}
+        future, annotations = pending
+        if future.cancel():
+            return True, "", annotations
         try:
             future.result(timeout)
-            return True, ""
+            return True, "", {}
         except ApiError as exc:
-            return True, f"writing the decision on pod {key} failed: {exc.status.message}"
+            return True, f"writing the decision on pod {key} failed: {exc.status.message}", {}
         except Exception as exc:  # noqa: BLE001 - a timeout or transport error: report, bind decides again
-            return True, f"writing the decision on pod {key} failed: {type(exc).__name__}: {exc}"
+            return True, f"writing the decision on pod {key} failed: {type(exc).__name__}: {exc}", {}
 
 
 @dataclass
@@ -126,6 +130,7 @@ class Extender:
         # (which guards against other replicas and the device plugin) is rarely contended.
         self._node_locks: dict[str, threading.Lock] = {}
         self._node_locks_guard = threading.Lock()
+        self._binding: set[tuple[str, str]] = set()  # (namespace, name) of binds running now
 
     # ---- /filter -----------------------------------------------------------------------
 
@@ -158,19 +163,6 @@ class Extender:
                 self.writer.submit(key, dict(decision_annotations(decision.node, decision.allocation, now)))
         fitting = [decision.node] if self.options.only_best_node else [n for n in names if n not in failed]
         return {"NodeNames": fitting, "FailedNodes": failed, "Error": ""}
-
-    def _write_decision(self, pod: dict[str, Any], decision: Decision) -> str:
-        if self.api is None or decision.node is None:
-            return ""
-        metadata = pod["metadata"]
-        try:
-            self.api.patch_pod_annotations(
-                metadata.get("namespace") or "default", metadata["name"],
-                dict(decision_annotations(decision.node, decision.allocation, datetime.now(UTC))),
-            )
-        except ApiError as exc:
-            return f"writing the decision on pod {pod_key(pod)} failed: {exc.status.message}"
-        return ""
 
     # ---- /prioritize -------------------------------------------------------------------
 
@@ -212,9 +204,13 @@ class Extender:
             node_lock = self._node_locks.setdefault(node, threading.Lock())
         with node_lock:
             started = time.perf_counter()
+            with self._node_locks_guard:
+                self._binding.add((namespace, name))
             try:
                 return self._bind(args, name, namespace, node)
             finally:
+                with self._node_locks_guard:
+                    self._binding.discard((namespace, name))
                 if self.on_bind_held is not None:
                     self.on_bind_held(time.perf_counter() - started)
 
@@ -234,29 +230,38 @@ class Extender:
             return {"Error": f"pod {key} not found"}
         if uid and (pod.get("metadata") or {}).get("uid") not in (None, uid):
             return {"Error": f"pod {key} was replaced (uid changed)"}
+        bound_to = (pod.get("spec") or {}).get("nodeName")
+        if bound_to:
+            # A retry of a bind that went through (its answer was lost, e.g. we restarted):
+            # done if it is the same node; never undo the decision of a bound pod.
+            return {"Error": "" if bound_to == node else f"pod {key} is already bound to {bound_to}"}
         managed = requests_managed_resources(pod, self.cache.config.nvidia)
         lock_version = ""
+        decision_to_write: dict[str, str | None] = {}
         if managed:
-            error = self._settle_decision(pod, key, node)
+            error, decision_to_write = self._settle_decision(pod, key, node)
             if error:
                 self._event(pod, "BindFailed", error)
                 return {"Error": error}
             try:
-                lock_version = self.locker.lock(node, namespace, name)
+                in_flight = None if self.options.hold_lock_until_allocated else self._bind_running
+                lock_version = self.locker.lock(node, namespace, name, in_flight=in_flight)
             except (NodeLockError, ApiError) as exc:
                 message = str(exc.status.message) if isinstance(exc, ApiError) else str(exc)
                 self._event(pod, "BindFailed", message)
                 return {"Error": message}
         try:
             if managed:
-                self.api.patch_pod_annotations(namespace, name, dict(bind_annotations(BindPhase.ALLOCATING,
-                                                                                      datetime.now(UTC))))
+                # One PATCH: the decision (when its background write had not run yet) and the phase.
+                self.api.patch_pod_annotations(
+                    namespace, name, {**decision_to_write, **bind_annotations(BindPhase.ALLOCATING, datetime.now(UTC))}
+                )
             self.api.bind(namespace, name, uid if isinstance(uid, str) else None, node)
         except Exception as exc:  # noqa: BLE001 - whatever failed, never keep the lock or the decision
             detail = str(exc.status.message) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
             message = f"binding pod {key} to {node} failed: {detail}"
             if managed:
-                self._undo(pod, key, node)
+                self._undo(pod, key, node, keep_decision_if_bound=True)
             self._event(pod, "BindFailed", message)
             return {"Error": message}
         if managed and not self.options.hold_lock_until_allocated:
@@ -265,33 +270,45 @@ class Extender:
             self.locker.release(node, namespace, name, lock_version)
         return {"Error": ""}
 
-    def _settle_decision(self, pod: dict[str, Any], key: str, node: str) -> str:
-        """Make sure the pod's decision is for `node` (kube-scheduler may pick another fitting node)."""
-        written, write_error = self.writer.wait(key) if self.writer is not None else (False, "")
+    def _settle_decision(self, pod: dict[str, Any], key: str, node: str) -> tuple[str, dict[str, str | None]]:
+        """Make sure the pod's decision is for `node` (kube-scheduler may pick another fitting node).
+
+        Returns an error text (or "") and the decision annotations still to be written.
+        """
+        pending, write_error, unwritten = self.writer.take(key) if self.writer is not None else (False, "", {})
         holding = self.cache.holding(key)
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        on_pod = written or annotations.get(keys.VGPU_NODE) == node
+        on_pod = pending or annotations.get(keys.VGPU_NODE) == node
         if not write_error and holding is not None and holding.node == node and on_pod:
-            return ""
+            return "", unwritten
         with self._decide_lock:
             try:
                 decision = self.cache.decide(pod, [node], self.options.defaults)
             except HamiError as exc:
-                return str(exc)
+                return str(exc), {}
             if decision.node is None:
-                return f"pod {key} no longer fits node {node}: {decision.reasons.get(node, 'unknown node')}"
-            error = self._write_decision(pod, decision)
-            if error:
-                return error
+                return f"pod {key} no longer fits node {node}: {decision.reasons.get(node, 'unknown node')}", {}
+            now = datetime.now(UTC)
             self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
-                              str((pod.get("metadata") or {}).get("uid") or ""), int(time.time()))
-        return ""
+                              str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()))
+        return "", dict(decision_annotations(node, decision.allocation, now))
 
-    def _undo(self, pod: dict[str, Any], key: str, node: str) -> None:
+    def _bind_running(self, namespace: str, name: str) -> bool:
+        with self._node_locks_guard:
+            return (namespace, name) in self._binding
+
+    def _undo(self, pod: dict[str, Any], key: str, node: str, keep_decision_if_bound: bool = False) -> None:
         """After a failed bind: release the lock, clear what we wrote, free the devices."""
         metadata = pod.get("metadata") or {}
         assert self.api is not None and self.locker is not None
         self.locker.release(node, metadata.get("namespace") or "default", metadata["name"])
+        if keep_decision_if_bound:
+            try:
+                current = self.api.get_pod(metadata.get("namespace") or "default", metadata["name"])
+            except ApiError:
+                current = None
+            if current is not None and (current.get("spec") or {}).get("nodeName"):
+                return  # the binding went through after all: the decision is what the pod holds
         try:
             self.api.patch_pod_annotations(
                 metadata.get("namespace") or "default", metadata["name"],

@@ -58,7 +58,8 @@ class NodeLocker:
         self.stale_after = stale_after
         self.now = now
 
-    def _free_or_takeable(self, node: dict[str, Any], namespace: str, name: str) -> bool:
+    def _free_or_takeable(self, node: dict[str, Any], namespace: str, name: str,
+                          in_flight: Callable[[str, str], bool] | None = None) -> bool:
         value = ((node.get("metadata") or {}).get("annotations") or {}).get(keys.NODE_LOCK)
         if not value:
             return True
@@ -71,13 +72,20 @@ class NodeLocker:
         if (self.now() - lock.at).total_seconds() > self.stale_after:
             log.info("node %s: lock of %s/%s is stale, taken over", node["metadata"]["name"], lock.namespace, lock.name)
             return True
+        if in_flight is not None and not in_flight(lock.namespace, lock.name):
+            # Only the leader binds, and it is us: a lock whose bind is not running here was left
+            # by a scheduler that died mid-bind. Waiting for it to go stale would stall the node.
+            log.info("node %s: lock of %s/%s has no bind running, taken over", node["metadata"]["name"],
+                     lock.namespace, lock.name)
+            return True
         if self.api.get_pod(lock.namespace, lock.name) is None:
             log.info("node %s: lock owner %s/%s is gone, taken over", node["metadata"]["name"], lock.namespace,
                      lock.name)
             return True
         return False
 
-    def lock(self, node_name: str, namespace: str, name: str, wait: float = 10.0) -> str:
+    def lock(self, node_name: str, namespace: str, name: str, wait: float = 10.0,
+             in_flight: Callable[[str, str], bool] | None = None) -> str:
         """Take the lock, waiting up to `wait` seconds while another pod's bind holds it.
 
         Returns the node's resourceVersion after the lock was written (for a cheap release).
@@ -88,7 +96,7 @@ class NodeLocker:
             node = self.api.get_node(node_name)
             if node is None:
                 raise NodeLockError(f"node {node_name} not found")
-            if self._free_or_takeable(node, namespace, name):
+            if self._free_or_takeable(node, namespace, name, in_flight):
                 try:
                     return self.api.patch_node_annotations(
                         node_name, {keys.NODE_LOCK: encode_lock(self.now(), namespace, name)},
