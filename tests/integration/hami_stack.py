@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import base64
 import itertools
-import json
 import os
 import signal
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -238,10 +236,6 @@ def usage_by_device(pods: Iterable[dict[str, Any]]) -> dict[str, tuple[int, int,
     return {k: (v[0], v[1], v[2]) for k, v in usage.items()}
 
 
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=1)[:4000]
-
-
 def wait_bound(cp: ControlPlane, namespace: str, count: int, timeout: float) -> list[dict[str, Any]]:
     def bound() -> list[dict[str, Any]] | None:
         pods = pods_in(cp, namespace)
@@ -250,10 +244,6 @@ def wait_bound(cp: ControlPlane, namespace: str, count: int, timeout: float) -> 
 
     result: list[dict[str, Any]] = wait_for(bound, timeout=timeout, poll=0.5, message=f"{count} pods bound")
     return result
-
-
-def settle(seconds: float) -> None:
-    time.sleep(seconds)
 
 
 _names = itertools.count()

@@ -337,14 +337,8 @@ def hami_node_scores(state: ClusterState, nodes: IntArray) -> np.ndarray:
     )
 
 
-def rank_nodes(state: ClusterState, nodes: IntArray, scores: np.ndarray, policy: Policy) -> IntArray:
-    """Nodes best first: binpack the highest score, spread the lowest; ties by node name."""
-    primary = -scores.astype(np.float64) if policy is Policy.BINPACK else scores.astype(np.float64)
-    return nodes[np.lexsort((state.name_rank[nodes], primary))]
-
-
 def best_node(state: ClusterState, nodes: IntArray, scores: np.ndarray, policy: Policy) -> int:
-    """rank_nodes(...)[0] without sorting: the best score, then the first name."""
+    """The best node: binpack the highest score, spread the lowest; ties go to the first name."""
     best = scores.max() if policy is Policy.BINPACK else scores.min()
     tied = nodes[scores == best]
     return int(tied[np.argmin(state.name_rank[tied])])
