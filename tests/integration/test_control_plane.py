@@ -79,14 +79,20 @@ def test_fake_node_is_ready_with_lease_heartbeats(control_plane: ControlPlane, k
     assert lease.metadata.ownerReferences[0].uid == node.metadata.uid
     first = lease.spec.renewTime
 
-    # The background heartbeat renews the lease without anyone asking.
+    # The background heartbeat renews the lease and the Ready condition without anyone
+    # asking. Node condition times have whole-second precision and the lease is patched
+    # before the node, so wait for both rather than reading the node once the lease moved.
+    def ready_condition() -> Any:
+        return next(c for c in kube.get(Node, "fake-ready-node").status.conditions if c.type == "Ready")
+
     renewed = wait_for(
-        lambda: kube.get(Lease, "fake-ready-node", namespace="kube-node-lease").spec.renewTime > first,
-        timeout=control_plane.heartbeat_interval + 15,
-        message="a lease renewal",
+        lambda: kube.get(Lease, "fake-ready-node", namespace="kube-node-lease").spec.renewTime > first
+        and ready_condition().lastHeartbeatTime > ready_condition().lastTransitionTime,
+        timeout=2 * control_plane.heartbeat_interval + 15,
+        message="a lease renewal and a later Ready heartbeat",
     )
     assert renewed
-    ready = next(c for c in kube.get(Node, "fake-ready-node").status.conditions if c.type == "Ready")
+    ready = ready_condition()
     assert ready.status == "True"
     assert ready.lastHeartbeatTime > ready.lastTransitionTime
 
