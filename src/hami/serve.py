@@ -40,8 +40,10 @@ def serve(app: Any, host: str, port: int, cert: str | None, key: str | None, sto
     for path in (cert, key):
         if path is not None and not Path(path).is_file():
             raise HamiError(f"TLS file {path} not found")
+    # uvloop and httptools: the event loop, TLS and HTTP parsing in C. The extender answers
+    # kube-scheduler from this loop, so its overhead is on every scheduling cycle.
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=cert, ssl_keyfile=key, log_level="warning",
-                            access_log=False)
+                            access_log=False, loop="uvloop", http="httptools")
     server = uvicorn.Server(config)
     if cert and key:
         config.load()

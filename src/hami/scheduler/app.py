@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -30,8 +30,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if len(body) > MAX_BODY:
         raise BadRequest("request body too large")
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
         raise BadRequest(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("body is not a JSON object")
@@ -52,9 +52,10 @@ def _handler(work: Callable[[dict[str, Any]], Any], error_shape: Callable[[str],
         try:
             body = await _json_body(request)
             result = work(body) if inline else await run_in_threadpool(work, body)
+            payload = msgspec.json.encode(result)
             if latency is not None:
                 latency.labels(request.url.path.strip("/")).observe(time.perf_counter() - started)
-            return JSONResponse(result)
+            return Response(payload, media_type="application/json")
         except (BadRequest, HamiError) as exc:
             log.warning("%s: bad request: %s", request.url.path, exc)
             return JSONResponse(error_shape(str(exc)), status_code=400)

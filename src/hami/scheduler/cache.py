@@ -56,6 +56,8 @@ class ClusterCache:
         self._nodes: dict[str, NodeDevices] = {}
         self._node_sources: dict[str, tuple[str | None, str | None]] = {}
         self._holdings: dict[str, Holding] = {}
+        # The latest copy of each pod still waiting for a node, so that /bind needs no GET.
+        self._unbound: dict[str, dict[str, Any]] = {}
         self._state: ClusterState | None = None
         self.nodes_synced = False
         self.pods_synced = False
@@ -107,7 +109,8 @@ class ClusterCache:
         metadata = pod.get("metadata") or {}
         spec = pod.get("spec") or {}
         holding = None
-        if (pod.get("status") or {}).get("phase") not in ENDED:  # a pod being deleted holds until it is gone
+        ended = (pod.get("status") or {}).get("phase") in ENDED
+        if not ended:  # a pod being deleted holds until it is gone
             try:
                 decision = pod_decision(pod)
             except AnnotationError as exc:
@@ -123,10 +126,15 @@ class ClusterCache:
                                   decided_at=decided_at)
         with self._lock:
             self._set_holding(key, holding)
+            if ended or spec.get("nodeName"):
+                self._unbound.pop(key, None)
+            else:
+                self._unbound[key] = pod
 
     def delete_pod(self, key: str) -> None:
         with self._lock:
             self._set_holding(key, None)
+            self._unbound.pop(key, None)
 
     def replace_pods(self, pods: Iterable[dict[str, Any]]) -> None:
         with self._lock:
@@ -136,6 +144,8 @@ class ClusterCache:
                 self.upsert_pod(pod)
             for key in set(self._holdings) - seen:
                 self._set_holding(key, None)
+            for key in set(self._unbound) - seen:
+                del self._unbound[key]
             self.pods_synced = True
 
     def assume(self, key: str, decision: Decision, init_count: int, uid: str = "", now: int = 0) -> None:
@@ -194,6 +204,11 @@ class ClusterCache:
         with self._lock:
             return dict(self._holdings)
 
+    def unbound_pod(self, key: str) -> dict[str, Any] | None:
+        """The watch's latest copy of a pod that had no node then (it may lag the API server)."""
+        with self._lock:
+            return self._unbound.get(key)
+
     def holding(self, key: str) -> Holding | None:
         with self._lock:
             return self._holdings.get(key)
@@ -202,7 +217,7 @@ class ClusterCache:
         return pod_request(pod, self.config.nvidia)
 
     def decide(self, pod: dict[str, Any], node_names: Sequence[str] | None, defaults: PolicyDefaults,
-               with_scores: bool = False) -> Decision:
+               with_scores: bool = False, explain: bool = True) -> Decision:
         """Schedule a pod on the current state. Its own earlier decision does not count against it.
 
         Raises HamiError for a pod whose requests or annotations are malformed.
@@ -215,7 +230,8 @@ class ClusterCache:
             if previous is not None:
                 state.remove_pod(key)
             try:
-                decision = schedule(state, request, defaults, nodes=node_names, with_scores=with_scores)
+                decision = schedule(state, request, defaults, nodes=node_names, explain=explain,
+                                    with_scores=with_scores)
             except AnnotationError as exc:
                 raise HamiError(f"pod {key}: {exc}") from None
             finally:

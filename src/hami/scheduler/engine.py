@@ -47,14 +47,16 @@ class PodContext:
     node_policy: Policy
     gpu_policy: Policy
     weights: ScoringWeights
-    _static: dict[int, IntArray] = field(default_factory=dict, compare=False, repr=False)
-
     def static_codes(self, state: ClusterState) -> IntArray:
-        """static_codes() for this pod, computed once per state."""
-        key = id(state)
-        if key not in self._static:
-            self._static[key] = static_codes(state, self.selectors)
-        return self._static[key]
+        """static_codes() for this pod's selectors, computed once per state."""
+        codes = state.static_cache.get(self.selectors)
+        if codes is None:
+            if len(state.static_cache) > 256:  # many distinct selectors: keep the memory bounded
+                state.static_cache.clear()
+            codes = static_codes(state, self.selectors)
+            codes.flags.writeable = False  # shared between pods
+            state.static_cache[self.selectors] = codes
+        return codes
 
     @staticmethod
     def of(pod: PodRequest, defaults: PolicyDefaults) -> PodContext:
@@ -380,7 +382,7 @@ def schedule(
     scores: dict[str, float] = {}
     if with_scores and len(fitting):
         values = hami_node_scores(state, fitting)
-        scores = {state.nodes[i].name: float(v) for i, v in zip(fitting.tolist(), values.tolist(), strict=True)}
+        scores = dict(zip([names[i] for i in fitting.tolist()], values.tolist(), strict=True))
     choice = chooser(state, ctx, fitting)
     if choice is None:
         return Decision(pod=pod.key, node=None, reasons=reasons, scores=scores)

@@ -11,18 +11,22 @@ Bind re-decides when kube-scheduler picked another fitting node, then binds unde
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from lightkube import ApiError
 
 from hami.annotations import keys
 from hami.annotations.pod_devices import BindPhase, bind_annotations, decision_annotations
+from hami.annotations.selectors import Policy
 from hami.errors import HamiError
 from hami.scheduler import reasons as R
 from hami.scheduler.cache import ClusterCache, pod_key
@@ -53,7 +57,7 @@ def field(body: dict[str, Any], name: str) -> Any:
 def candidate_names(args: dict[str, Any]) -> list[str]:
     names = field(args, "NodeNames")
     if names is not None:
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        if not isinstance(names, list) or not all(map(isinstance, names, itertools.repeat(str))):
             raise BadRequest("NodeNames must be a list of strings")
         return list(names)
     nodes = field(args, "Nodes")
@@ -77,7 +81,7 @@ class DecisionWriter:
         self.api = api
         # One worker: writes for the same pod land in the order they were decided.
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decision-writer")
-        self._pending: dict[str, tuple[concurrent.futures.Future[None], dict[str, str | None]]] = {}
+        self._pending: dict[str, tuple[concurrent.futures.Future[str], dict[str, str | None]]] = {}
         self._lock = threading.Lock()
 
     def submit(self, key: str, annotations: dict[str, str | None]) -> None:
@@ -86,23 +90,31 @@ class DecisionWriter:
         with self._lock:
             self._pending[key] = (future, annotations)
 
-    def take(self, key: str, timeout: float = 10.0) -> tuple[bool, str, dict[str, str | None]]:
-        """For the pod's latest write: (whether one was pending, error text or "", annotations
-        the caller must write itself because the write had not started and was withdrawn)."""
+    def take(self, key: str, timeout: float = 10.0) -> WriteOutcome:
+        """The outcome of the pod's latest write, waiting for it if it is running."""
         with self._lock:
             pending = self._pending.pop(key, None)
         if pending is None:
-            return False, "", {}
+            return WriteOutcome(pending=False)
         future, annotations = pending
         if future.cancel():
-            return True, "", annotations
+            return WriteOutcome(pending=True, unwritten=annotations)
         try:
-            future.result(timeout)
-            return True, "", {}
+            return WriteOutcome(pending=True, version=future.result(timeout))
         except ApiError as exc:
-            return True, f"writing the decision on pod {key} failed: {exc.status.message}", {}
+            return WriteOutcome(pending=True, error=f"writing the decision on pod {key} failed: {exc.status.message}")
         except Exception as exc:  # noqa: BLE001 - a timeout or transport error: report, bind decides again
-            return True, f"writing the decision on pod {key} failed: {type(exc).__name__}: {exc}", {}
+            return WriteOutcome(pending=True,
+                                error=f"writing the decision on pod {key} failed: {type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    pending: bool  # whether a write was queued for the pod
+    error: str = ""
+    # Annotations the caller must write itself: the write had not started and was withdrawn.
+    unwritten: dict[str, str | None] = dataclass_field(default_factory=dict)
+    version: str = ""  # the pod's resourceVersion after the write
 
 
 @dataclass
@@ -149,7 +161,7 @@ class Extender:
             except HamiError as exc:
                 return {"NodeNames": [], "FailedNodes": {}, "Error": str(exc)}
             failed = dict(decision.reasons)
-            known = set(self.cache.state().names)
+            known = self.cache.state().node_pos
             for name in names:
                 if name not in known:
                     failed[name] = R.NODE_UNREGISTERED
@@ -173,26 +185,24 @@ class Extender:
             return [{"Host": n, "Score": 0} for n in names]
         holding = self.cache.holding(pod_key(pod))
         try:
-            decision = self.cache.decide(pod, names, self.options.defaults, with_scores=True)
+            decision = self.cache.decide(pod, names, self.options.defaults, with_scores=True, explain=False)
         except HamiError:
             return [{"Host": n, "Score": 0} for n in names]
         chosen = holding.node if holding is not None else decision.node
-        scores = decision.scores
-        values = list(scores.values())
-        low, high = (min(values), max(values)) if values else (0.0, 0.0)
-        result = []
-        for name in names:
-            if name == chosen:
-                score = MAX_EXTENDER_PRIORITY
-            elif name in scores and high > low:
-                fraction = (scores[name] - low) / (high - low)
-                if self.options.defaults.node_policy.value == "spread":
+        # Our node score mapped linearly onto 0..9 over the fitting nodes; our own choice gets 10.
+        points: dict[str, int] = {}
+        if decision.scores:
+            values = np.fromiter(decision.scores.values(), dtype=np.float64, count=len(decision.scores))
+            low, high = values.min(), values.max()
+            if high > low:
+                fraction = (values - low) / (high - low)
+                if self.options.defaults.node_policy is Policy.SPREAD:
                     fraction = 1 - fraction
-                score = int(round(fraction * (MAX_EXTENDER_PRIORITY - 1)))
-            else:
-                score = 0
-            result.append({"Host": name, "Score": score})
-        return result
+                scaled = np.rint(fraction * (MAX_EXTENDER_PRIORITY - 1)).astype(np.int64)
+                points = dict(zip(decision.scores, scaled.tolist(), strict=True))
+        if chosen is not None:
+            points[chosen] = MAX_EXTENDER_PRIORITY
+        return [{"Host": name, "Score": points.get(name, 0)} for name in names]
 
     # ---- /bind -------------------------------------------------------------------------
 
@@ -214,17 +224,26 @@ class Extender:
                 if self.on_bind_held is not None:
                     self.on_bind_held(time.perf_counter() - started)
 
-    def _bind(self, args: dict[str, Any], name: str, namespace: str, node: str) -> dict[str, Any]:
+    def _bind(self, args: dict[str, Any], name: str, namespace: str, node: str,
+              use_watch_copy: bool = True) -> dict[str, Any]:
         uid = field(args, "PodUID")
         if not self.is_leader.is_set():
             return {"Error": "this hami-scheduler replica is not the leader"}
         if self.api is None or self.locker is None:
             return {"Error": "binding needs a Kubernetes API connection"}
         key = f"{namespace}/{name}"
-        try:
-            pod = self.api.get_pod(namespace, name)
-        except ApiError as exc:
-            return {"Error": f"reading pod {key}: {exc.status.message}"}
+        # The watch's copy of the pod saves a GET. It may lag (a bind whose answer was lost may
+        # have bound the pod since), so the phase is then written only if the pod is still at
+        # the copy's version; otherwise the bind starts again from a fresh read.
+        pod = self.cache.unbound_pod(key) if use_watch_copy else None
+        if pod is not None and uid and (pod.get("metadata") or {}).get("uid") != uid:
+            pod = None
+        from_watch = pod is not None
+        if pod is None:
+            try:
+                pod = self.api.get_pod(namespace, name)
+            except ApiError as exc:
+                return {"Error": f"reading pod {key}: {exc.status.message}"}
         if pod is None:
             self.cache.forget(key)
             return {"Error": f"pod {key} not found"}
@@ -238,11 +257,14 @@ class Extender:
         managed = requests_managed_resources(pod, self.cache.config.nvidia)
         lock_version = ""
         decision_to_write: dict[str, str | None] = {}
+        expected_version = str((pod.get("metadata") or {}).get("resourceVersion") or "") if from_watch else ""
         if managed:
-            error, decision_to_write = self._settle_decision(pod, key, node)
+            error, decision_to_write, written_version = self._settle_decision(pod, key, node)
             if error:
                 self._event(pod, "BindFailed", error)
                 return {"Error": error}
+            if from_watch and written_version:
+                expected_version = written_version  # our own write is newer than the watch's copy
             try:
                 in_flight = None if self.options.hold_lock_until_allocated else self._bind_running
                 lock_version = self.locker.lock(node, namespace, name, in_flight=in_flight)
@@ -254,64 +276,85 @@ class Extender:
             if managed:
                 # One PATCH: the decision (when its background write had not run yet) and the phase.
                 self.api.patch_pod_annotations(
-                    namespace, name, {**decision_to_write, **bind_annotations(BindPhase.ALLOCATING, datetime.now(UTC))}
+                    namespace, name, {**decision_to_write, **bind_annotations(BindPhase.ALLOCATING, datetime.now(UTC))},
+                    resource_version=expected_version or None,
                 )
             self.api.bind(namespace, name, uid if isinstance(uid, str) else None, node)
+        except ApiError as exc:
+            if managed and from_watch and exc.status.code == 409 and not self._bound_node(namespace, name):
+                # The pod changed since the watch's copy (and nothing was bound): read it and redo.
+                self.locker.release(node, namespace, name, lock_version)
+                return self._bind(args, name, namespace, node, use_watch_copy=False)
+            return self._bind_failed(pod, key, node, managed, str(exc.status.message))
         except Exception as exc:  # noqa: BLE001 - whatever failed, never keep the lock or the decision
-            detail = str(exc.status.message) if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
-            message = f"binding pod {key} to {node} failed: {detail}"
-            if managed:
-                self._undo(pod, key, node, keep_decision_if_bound=True)
-            self._event(pod, "BindFailed", message)
-            return {"Error": message}
+            return self._bind_failed(pod, key, node, managed, f"{type(exc).__name__}: {exc}")
         if managed and not self.options.hold_lock_until_allocated:
             # Bind order (bind-time) tells the device plugin which pod comes next; holding the
             # lock until Allocate would make every other pod for this node wait (HAMi's trouble).
             self.locker.release(node, namespace, name, lock_version)
         return {"Error": ""}
 
-    def _settle_decision(self, pod: dict[str, Any], key: str, node: str) -> tuple[str, dict[str, str | None]]:
+    def _bind_failed(self, pod: dict[str, Any], key: str, node: str, managed: bool, detail: str) -> dict[str, Any]:
+        namespace, _, name = key.partition("/")
+        bound_to = self._undo(pod, key, node) if managed else self._bound_node(namespace, name)
+        if bound_to == node:
+            return {"Error": ""}  # bound already (a retry whose first answer was lost): done
+        message = f"binding pod {key} to {node} failed: {detail}"
+        self._event(pod, "BindFailed", message)
+        return {"Error": message}
+
+    def _settle_decision(self, pod: dict[str, Any], key: str, node: str) -> tuple[str, dict[str, str | None], str]:
         """Make sure the pod's decision is for `node` (kube-scheduler may pick another fitting node).
 
-        Returns an error text (or "") and the decision annotations still to be written.
+        Returns an error text (or ""), the decision annotations still to be written, and the
+        pod's resourceVersion after our background write of the decision (or "").
         """
-        pending, write_error, unwritten = self.writer.take(key) if self.writer is not None else (False, "", {})
+        write = self.writer.take(key) if self.writer is not None else WriteOutcome(pending=False)
         holding = self.cache.holding(key)
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        on_pod = pending or annotations.get(keys.VGPU_NODE) == node
-        if not write_error and holding is not None and holding.node == node and on_pod:
-            return "", unwritten
+        on_pod = write.pending or annotations.get(keys.VGPU_NODE) == node
+        if not write.error and holding is not None and holding.node == node and on_pod:
+            return "", write.unwritten, write.version
         with self._decide_lock:
             try:
                 decision = self.cache.decide(pod, [node], self.options.defaults)
             except HamiError as exc:
-                return str(exc), {}
+                return str(exc), {}, ""
             if decision.node is None:
-                return f"pod {key} no longer fits node {node}: {decision.reasons.get(node, 'unknown node')}", {}
+                return f"pod {key} no longer fits node {node}: {decision.reasons.get(node, 'unknown node')}", {}, ""
             now = datetime.now(UTC)
             self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
                               str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()))
-        return "", dict(decision_annotations(node, decision.allocation, now))
+        return "", dict(decision_annotations(node, decision.allocation, now)), write.version
 
     def _bind_running(self, namespace: str, name: str) -> bool:
         with self._node_locks_guard:
             return (namespace, name) in self._binding
 
-    def _undo(self, pod: dict[str, Any], key: str, node: str, keep_decision_if_bound: bool = False) -> None:
-        """After a failed bind: release the lock, clear what we wrote, free the devices."""
+    def _bound_node(self, namespace: str, name: str) -> str | None:
+        """Where the pod is bound now (read from the API server); its copy refreshes our cache."""
+        try:
+            current = self.api.get_pod(namespace, name) if self.api is not None else None
+        except ApiError:
+            return None
+        if current is None:
+            return None
+        self.cache.upsert_pod(current)
+        return (current.get("spec") or {}).get("nodeName")
+
+    def _undo(self, pod: dict[str, Any], key: str, node: str) -> str | None:
+        """After a failed bind: release the lock and, unless the pod got bound after all, clear
+        what we wrote and free its devices. Returns the node the pod is bound to, if any."""
         metadata = pod.get("metadata") or {}
+        namespace = metadata.get("namespace") or "default"
         assert self.api is not None and self.locker is not None
-        self.locker.release(node, metadata.get("namespace") or "default", metadata["name"])
-        if keep_decision_if_bound:
-            try:
-                current = self.api.get_pod(metadata.get("namespace") or "default", metadata["name"])
-            except ApiError:
-                current = None
-            if current is not None and (current.get("spec") or {}).get("nodeName"):
-                return  # the binding went through after all: the decision is what the pod holds
+        self.locker.release(node, namespace, metadata["name"])
+        bound_to = self._bound_node(namespace, metadata["name"])
+        if bound_to:
+            return bound_to  # the binding went through: the decision is what the pod holds
         try:
             self.api.patch_pod_annotations(
-                metadata.get("namespace") or "default", metadata["name"],
+                namespace, metadata["name"],
                 {keys.VGPU_NODE: None, keys.VGPU_TIME: None, keys.DEVICES_TO_ALLOCATE: None,
                  keys.DEVICES_ALLOCATED: None, keys.BIND_PHASE: BindPhase.FAILED.value,
                  keys.BIND_TIME: str(int(datetime.now(UTC).timestamp()))},
@@ -319,6 +362,7 @@ class Extender:
         except ApiError as exc:
             log.warning("pod %s: could not clear the decision after a failed bind: %s", key, exc.status.message)
         self.cache.forget(key)
+        return None
 
     def _event(self, pod: dict[str, Any], reason: str, message: str) -> None:
         log.info("pod %s: %s: %s", pod_key(pod), reason, message)

@@ -47,10 +47,15 @@ class KubeApi:
                 return None
             raise
 
-    def patch_pod_annotations(self, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
-        """Merge-patch annotations; a None value removes the key."""
-        self.client.patch(Pod, name, {"metadata": {"annotations": annotations}}, namespace=namespace,
-                          patch_type=PatchType.MERGE)
+    def patch_pod_annotations(self, namespace: str, name: str, annotations: dict[str, str | None],
+                              resource_version: str | None = None) -> str:
+        """Merge-patch annotations; a None value removes the key. With a resourceVersion, fail
+        with 409 if the pod changed since. Returns the pod's new resourceVersion."""
+        metadata: dict[str, Any] = {"annotations": annotations}
+        if resource_version is not None:
+            metadata["resourceVersion"] = resource_version
+        pod = self.client.patch(Pod, name, {"metadata": metadata}, namespace=namespace, patch_type=PatchType.MERGE)
+        return str(pod.metadata.resourceVersion) if pod.metadata is not None else ""
 
     def patch_node_annotations(self, name: str, annotations: dict[str, str | None],
                                resource_version: str | None = None) -> str:

@@ -7,6 +7,7 @@ both hold it. A lock older than `stale_after` seconds, or whose owner pod is gon
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,10 @@ class NodeLocker:
         self.api = api
         self.stale_after = stale_after
         self.now = now
+        # Per node, the resourceVersion our last release wrote (the lock was free then). The next
+        # lock tries that version first and reads the node only when something changed it since.
+        self._released_at: dict[str, str] = {}
+        self._released_guard = threading.Lock()
 
     def _free_or_takeable(self, node: dict[str, Any], namespace: str, name: str,
                           in_flight: Callable[[str, str], bool] | None = None) -> bool:
@@ -90,6 +95,15 @@ class NodeLocker:
 
         Returns the node's resourceVersion after the lock was written (for a cheap release).
         """
+        with self._released_guard:
+            known = self._released_at.pop(node_name, None)
+        if known:
+            try:
+                return self.api.patch_node_annotations(
+                    node_name, {keys.NODE_LOCK: encode_lock(self.now(), namespace, name)}, resource_version=known)
+            except ApiError as exc:
+                if exc.status.code not in (404, 409):
+                    raise
         deadline = time.monotonic() + wait
         pause = 0.02
         while True:
@@ -119,7 +133,10 @@ class NodeLocker:
         """
         if resource_version:
             try:
-                self.api.patch_node_annotations(node_name, {keys.NODE_LOCK: None}, resource_version=resource_version)
+                released = self.api.patch_node_annotations(node_name, {keys.NODE_LOCK: None},
+                                                           resource_version=resource_version)
+                with self._released_guard:
+                    self._released_at[node_name] = released
                 return
             except ApiError as exc:
                 if exc.status.code != 409:

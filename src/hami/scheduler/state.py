@@ -7,6 +7,7 @@ Mutation is explicit (`add_pod`, `remove_pod`) and does no I/O: the state is pla
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -117,6 +118,9 @@ class ClusterState:
         self.node_usedmem: IntArray = np.zeros(len(self.nodes), dtype=np.int64)
         self.node_usedcores: IntArray = np.zeros(len(self.nodes), dtype=np.int64)
         self.pods: dict[str, Footprint] = {}
+        # Per-device checks that depend only on the fixed parts above (health, types, UUIDs), per
+        # selector set: most pods share one, so it is computed once per state, not per pod.
+        self.static_cache: dict[object, IntArray] = {}
 
     def _per_node(self, values: IntArray) -> IntArray:
         if len(self.nodes) == 0:
@@ -188,4 +192,11 @@ class ClusterState:
         self.node_memory_used[f.node] += sign * f.memory_mib
 
     def nodes_named(self, names: Sequence[str]) -> IntArray:
-        return np.asarray([self.node_pos[n] for n in names if n in self.node_pos], dtype=np.int64)
+        """Positions of the named nodes we know, in the order given (unknown names are left out)."""
+        pos = self.node_pos
+        if len(names) > 1:
+            try:  # all known: one C-level lookup
+                return np.asarray(operator.itemgetter(*names)(pos), dtype=np.int64)
+            except KeyError:
+                pass
+        return np.asarray([pos[n] for n in names if n in pos], dtype=np.int64)
