@@ -488,6 +488,9 @@ class ControlPlane:
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 "--profiling=false",
+                # ConfigMaps skip the watch cache and are watched straight from etcd, so a test
+                # can compact etcd (compact_etcd) and get a real 410 Gone for an old resourceVersion.
+                "--watch-cache-sizes=configmaps#0",
                 f"--v={self.verbosity}",
             ],
             self.workdir,
@@ -741,6 +744,22 @@ class ControlPlane:
             except ApiCallError as e:
                 if e.status != 404:
                     raise
+
+    def compact_etcd(self) -> int:
+        """Compacts etcd's history up to its current revision, as kube-apiserver does every few
+        minutes; returns that revision. Watches from older resourceVersions of resources served
+        straight from etcd (ConfigMaps here) then get 410 Gone."""
+
+        def post(path: str, body: dict[str, Any]) -> Any:
+            request = urllib.request.Request(self.etcd_url + path, data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+
+        # etcd's gRPC gateway: a range read returns the current revision in its header.
+        revision = int(post("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])
+        post("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        return revision
 
     def node_names(self) -> list[str]:
         with self._nodes_lock:

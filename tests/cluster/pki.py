@@ -1,7 +1,9 @@
 """Certificates and keys for a throw-away control plane (the `cryptography` package).
 
-Everything here is for loopback test clusters: short-lived, 2048-bit RSA,
-no passphrases. Files are PEM.
+Everything here is for loopback test clusters: short-lived, no passphrases, PEM
+files. CAs and the service-account key are 2048-bit RSA; leaf certificates are
+ECDSA P-256, as kube-webhook-certgen (which HAMi's chart uses) makes them, so a
+TLS handshake costs the server a cheap ECDSA signature rather than an RSA one.
 """
 
 from __future__ import annotations
@@ -13,17 +15,24 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _VALIDITY = dt.timedelta(days=7)
+
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 def new_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def key_pem(key: rsa.RSAPrivateKey) -> bytes:
+def new_leaf_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
     )
@@ -96,9 +105,9 @@ class CertificateAuthority:
         ip_addresses: tuple[str, ...] = (),
         server: bool = False,
         client: bool = False,
-    ) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    ) -> tuple[PrivateKey, x509.Certificate]:
         """Issues a leaf certificate; `server` and `client` choose the extended key usages."""
-        key = new_key()
+        key = new_leaf_key()
         now = dt.datetime.now(dt.UTC)
         usages = []
         if server:
@@ -118,7 +127,7 @@ class CertificateAuthority:
                 x509.KeyUsage(
                     digital_signature=True,
                     content_commitment=False,
-                    key_encipherment=True,
+                    key_encipherment=False,
                     data_encipherment=False,
                     key_agreement=False,
                     key_cert_sign=False,
@@ -141,7 +150,7 @@ class CertificateAuthority:
         return key, builder.sign(self.key, hashes.SHA256())
 
 
-def write_pair(directory: Path, stem: str, key: rsa.RSAPrivateKey, cert: x509.Certificate) -> tuple[Path, Path]:
+def write_pair(directory: Path, stem: str, key: PrivateKey, cert: x509.Certificate) -> tuple[Path, Path]:
     """Writes `<stem>.crt` and `<stem>.key` (mode 0600) and returns their paths."""
     crt_path = directory / f"{stem}.crt"
     key_path = directory / f"{stem}.key"
