@@ -2,6 +2,7 @@
 
     python -m bench.extender.run                   # 1,000 fake nodes x 8 GPUs, 500 pods
     python -m bench.extender.run --nodes 200 --pods 200
+    python -m bench.extender.run --extender-cpu 1   # hami on core 1, the rest on the others
 
 Starts the test control plane (tests/cluster; build it first with `make cluster-binaries`),
 adds fake nodes with HAMi registrations, runs `hami scheduler` and a kube-scheduler that calls
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +44,13 @@ def quantile(q: float, buckets: list[tuple[float, float]]) -> float:
     return previous_bound
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a process on `cpus` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def latencies(hami: HamiScheduler) -> dict[str, tuple[int, float, float]]:
     _, body = hami.get("/metrics")
     result = {}
@@ -61,7 +71,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=500)
+    parser.add_argument("--extender-cpu", type=int, default=None,
+                        help="run hami scheduler alone on this core and everything else on the others, as in a "
+                             "cluster where the extender has its own CPU (default: all share all cores)")
     args = parser.parse_args()
+    if args.extender_cpu is not None:
+        others = os.sched_getaffinity(0) - {args.extender_cpu}
+        if args.extender_cpu not in os.sched_getaffinity(0) or not others:
+            parser.error(f"--extender-cpu {args.extender_cpu}: needs that core and at least one other")
+        pin(os.getpid(), others)  # the control plane started below inherits this
     with tempfile.TemporaryDirectory(prefix="hami-bench-") as tmp:
         # No controller-manager marks nodes NotReady, so heartbeats are not needed here.
         cp = ControlPlane.start(Path(tmp) / "cp", heartbeat_interval=3600)
@@ -78,6 +96,9 @@ def main() -> None:
                 )
             print(f"{args.nodes} nodes x 8 GPUs added in {time.perf_counter() - started:.0f} s", flush=True)
             hami = HamiScheduler(cp, Path(tmp) / "hami", scheduler_name="hami-scheduler").start()
+            if args.extender_cpu is not None:
+                assert hami.process is not None
+                pin(hami.process.pid, {args.extender_cpu})
             cp.start_scheduler(hami.extender_config())
             namespace = cp.create_namespace("bench")
             pods = [
