@@ -119,14 +119,17 @@ def test_node_lock_after_our_release_needs_no_read_unless_the_node_changed(
     held = control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"]["annotations"][keys.NODE_LOCK]
     assert held.endswith(f",{namespace},third")
     locker.release(node, namespace, "third", version)
-    assert keys.NODE_LOCK not in control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"]["annotations"]
+    assert _unlocked(control_plane, node)
 
 
 def _extender_with_pod(
-    control_plane: ControlPlane, namespace: str, nodes: list[str], api: CountingApi, name: str
-) -> tuple[Extender, ClusterCache, dict[str, Any]]:
-    """An extender whose cache has the nodes and the watch's copy of a new, unbound pod that is
-    decided for the first node."""
+    control_plane: ControlPlane, namespace: str, add_node: Any, api: CountingApi, name: str, node_count: int = 1
+) -> tuple[Extender, ClusterCache, dict[str, Any], list[str]]:
+    """New one-GPU nodes, and an extender whose cache has them and the watch's copy of a new,
+    unbound pod decided for the first node."""
+    nodes = [f"{namespace}-{i}" for i in range(node_count)]
+    for n in nodes:
+        add_node(n, annotations=gpu_node_annotations(n, gpus=1))
     node = nodes[0]
     cache = ClusterCache(HamiConfig())
     cache.replace_nodes([control_plane.api("GET", f"/api/v1/nodes/{n}") for n in nodes])
@@ -139,7 +142,11 @@ def _extender_with_pod(
     pod = control_plane.api("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}",
                             {"metadata": {"annotations": annotations}}, content_type="application/merge-patch+json")
     cache.upsert_pod(pod)
-    return extender, cache, pod
+    return extender, cache, pod, nodes
+
+
+def _unlocked(control_plane: ControlPlane, node: str) -> bool:
+    return keys.NODE_LOCK not in control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"]["annotations"]
 
 
 def _bind_args(pod: dict[str, Any], node: str) -> dict[str, Any]:
@@ -152,26 +159,21 @@ def _bind_args(pod: dict[str, Any], node: str) -> dict[str, Any]:
 def test_bind_starts_from_the_watch_copy_of_the_pod(
     control_plane: ControlPlane, namespace: str, add_node: Any, api: CountingApi
 ) -> None:
-    node = f"{namespace}-n"
-    add_node(node, annotations=gpu_node_annotations(node, gpus=1))
-    extender, _, pod = _extender_with_pod(control_plane, namespace, [node], api, "p")
+    extender, _, pod, (node,) = _extender_with_pod(control_plane, namespace, add_node, api, "p")
 
     assert extender.bind(_bind_args(pod, node)) == {"Error": ""}
     assert api.pod_reads == 0
     bound = control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods/p")
     assert bound["spec"]["nodeName"] == node
     assert bound["metadata"]["annotations"][keys.BIND_PHASE] == "allocating"
-    assert keys.NODE_LOCK not in control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"]["annotations"]
+    assert _unlocked(control_plane, node)
 
 
 @pytest.mark.timeout(120)
 def test_bind_of_a_pod_bound_since_the_watch_copy(
     control_plane: ControlPlane, namespace: str, add_node: Any, api: CountingApi
 ) -> None:
-    node, other = f"{namespace}-n", f"{namespace}-o"
-    add_node(node, annotations=gpu_node_annotations(node, gpus=1))
-    add_node(other, annotations=gpu_node_annotations(other, gpus=1))
-    extender, cache, pod = _extender_with_pod(control_plane, namespace, [node, other], api, "retried")
+    extender, cache, pod, (node, other) = _extender_with_pod(control_plane, namespace, add_node, api, "retried", 2)
 
     # The first bind went through but its answer was lost; the watch has not shown it yet.
     KubeApi(make_client(str(control_plane.kubeconfig))).bind(namespace, "retried", pod["metadata"]["uid"], node)
@@ -183,7 +185,7 @@ def test_bind_of_a_pod_bound_since_the_watch_copy(
     assert after["spec"]["nodeName"] == node
     assert after["metadata"]["annotations"][keys.VGPU_NODE] == node
     assert cache.holding(f"{namespace}/retried") is not None
-    assert keys.NODE_LOCK not in control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"]["annotations"]
+    assert _unlocked(control_plane, node)
 
     # A bind to another node is refused and leaves the pod's decision alone.
     result = extender.bind(_bind_args(pod, other))
@@ -193,16 +195,14 @@ def test_bind_of_a_pod_bound_since_the_watch_copy(
     assert after["spec"]["nodeName"] == node
     holding = cache.holding(f"{namespace}/retried")
     assert holding is not None and holding.node == node and holding.bound
-    assert keys.NODE_LOCK not in control_plane.api("GET", f"/api/v1/nodes/{other}")["metadata"]["annotations"]
+    assert _unlocked(control_plane, other)
 
 
 @pytest.mark.timeout(120)
 def test_bind_rereads_a_pod_changed_since_the_watch_copy(
     control_plane: ControlPlane, namespace: str, add_node: Any, api: CountingApi
 ) -> None:
-    node = f"{namespace}-n"
-    add_node(node, annotations=gpu_node_annotations(node, gpus=1))
-    extender, _, pod = _extender_with_pod(control_plane, namespace, [node], api, "changed")
+    extender, _, pod, (node,) = _extender_with_pod(control_plane, namespace, add_node, api, "changed")
     control_plane.api("PATCH", f"/api/v1/namespaces/{namespace}/pods/changed",
                       {"metadata": {"labels": {"touched": "yes"}}}, content_type="application/merge-patch+json")
 

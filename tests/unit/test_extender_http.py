@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -20,10 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hami.annotations import keys
 from hami.annotations.node_register import encode_node_devices
+from hami.annotations.pod_devices import decision_annotations
 from hami.config import HamiConfig
 from hami.model import DeviceInfo
 from hami.scheduler.app import build_app
 from hami.scheduler.cache import ClusterCache
+from hami.scheduler.engine import PolicyDefaults
 from hami.scheduler.extender import Extender
 from hami.scheduler.metrics import SchedulerCollector
 from hami.serve import serve
@@ -219,4 +222,31 @@ def test_unbound_decisions_expire_and_bound_ones_do_not() -> None:
     assert cache.expire_unbound(now=1400, ttl=300) == ["t/p"]
     assert int(cache.state().usedmem[0]) == 4000
     cache.upsert_pod({"metadata": bound["metadata"], "spec": bound["spec"], "status": {"phase": "Succeeded"}})
+    assert int(cache.state().usedmem[0]) == 0
+
+
+def test_an_older_copy_from_the_watch_does_not_free_an_assumed_decision() -> None:
+    cache = ClusterCache(HamiConfig())
+    cache.replace_nodes([node("n1", gpu("g0", mem=8000))])
+    first = pod("first", 6000)
+    cache.replace_pods([first])
+    decision = cache.decide(first, None, PolicyDefaults())
+    cache.assume("t/first", decision, 0, "uid-first", now=1000)
+    assert int(cache.state().usedmem[0]) == 6000
+
+    # The watch brings a copy written before our decision (kube-scheduler's late status update):
+    # the devices stay counted, so the next pod cannot be given the same memory.
+    stale = {**first, "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]}}
+    cache.upsert_pod(stale)
+    assert int(cache.state().usedmem[0]) == 6000
+    assert cache.decide(pod("second", 6000), None, PolicyDefaults()).node is None
+
+    # Once the watch shows our decision, the pod's own annotations rule again: removing them
+    # (a failed bind undone by another replica, say) frees the devices.
+    annotations = dict(decision_annotations("n1", decision.allocation, datetime.now(UTC)))
+    cache.upsert_pod({**first, "metadata": {**first["metadata"], "annotations": annotations}})
+    holding = cache.holding("t/first")
+    assert holding is not None and not holding.assumed
+    cache.upsert_pod(stale)
+    assert cache.holding("t/first") is None
     assert int(cache.state().usedmem[0]) == 0

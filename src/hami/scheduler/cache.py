@@ -47,6 +47,12 @@ class Holding:
     # bound expires (see expire_unbound), so a pod kube-scheduler gave up on frees its share.
     bound: bool = False
     decided_at: int = 0
+    # Our own decision, not yet seen on the pod through the watch. Until it is, an older copy
+    # of the pod (without it, or with an earlier decision) must not free or move its devices.
+    assumed: bool = False
+
+    def same_place(self, other: Holding) -> bool:
+        return self.node == other.node and self.allocation == other.allocation
 
 
 class ClusterCache:
@@ -125,7 +131,10 @@ class ClusterCache:
                                   str(metadata.get("uid") or ""), bound=bool(spec.get("nodeName")),
                                   decided_at=decided_at)
         with self._lock:
-            self._set_holding(key, holding)
+            current = self._holdings.get(key)
+            behind = current is not None and current.assumed and (holding is None or not holding.same_place(current))
+            if ended or not behind:
+                self._set_holding(key, holding)
             if ended or spec.get("nodeName"):
                 self._unbound.pop(key, None)
             else:
@@ -149,11 +158,13 @@ class ClusterCache:
             self.pods_synced = True
 
     def assume(self, key: str, decision: Decision, init_count: int, uid: str = "", now: int = 0) -> None:
-        """Count a decision at once, before the watch brings the annotated pod back."""
+        """Count a decision at once, before the watch brings the annotated pod back. It stays
+        counted until the watch shows it, the pod ends or goes, it is forgotten, or it expires."""
         if decision.node is None:
             return
         with self._lock:
-            self._set_holding(key, Holding(decision.node, decision.allocation, init_count, uid, decided_at=now))
+            self._set_holding(key, Holding(decision.node, decision.allocation, init_count, uid, decided_at=now,
+                                           assumed=True))
 
     def expire_unbound(self, now: int, ttl: int) -> list[str]:
         """Stop counting decisions older than `ttl` seconds on pods that were never bound."""
