@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import importlib
+import io
 import sys
 
 from hami.errors import HamiError
@@ -30,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A crash in native code (a segfault) then leaves every thread's Python stack in the log.
+    # (Not possible when stderr is not a real file, as under a test's output capture.)
+    with contextlib.suppress(io.UnsupportedOperation, AttributeError, ValueError):
+        faulthandler.enable()
     args = build_parser().parse_args(argv)
     try:
         result: int = importlib.import_module(args._module).run(args)

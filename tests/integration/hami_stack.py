@@ -119,7 +119,7 @@ class HamiScheduler:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 80) -> str:
         try:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
