@@ -128,6 +128,9 @@ class KubePodSource:
     def __init__(self, kubeconfig: str | None = None) -> None:
         from lightkube import Client, KubeConfig
 
+        from hami.scheduler.kube import warm_up_decoders
+
+        warm_up_decoders()  # before the gRPC and annotation threads use the client
         try:
             config = KubeConfig.from_file(kubeconfig) if kubeconfig else KubeConfig.from_env()
         except Exception as exc:  # lightkube raises several types for a missing or bad config

@@ -10,16 +10,33 @@ from typing import Any
 import httpx2
 import msgspec
 from lightkube import ApiError, Client, KubeConfig
+from lightkube.core import decoders
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Event, Node, Pod
 from lightkube.types import PatchType
 
 log = logging.getLogger(__name__)
 
 
+def warm_up_decoders() -> None:
+    """Build lightkube's msgspec decoding tables for every type we read, in this one thread.
+
+    msgspec builds them on a type's first use; two threads doing that at once crashed the
+    process with SIGSEGV (seen when the node and pod informers made their first lists together).
+    Call this before starting threads that use the API.
+    """
+    for resource in (Pod, Node, Lease, Event, Pod.Binding):
+        decoders.decode_list(b'{"metadata": {}, "items": []}', resource)
+        with contextlib.suppress(msgspec.ValidationError):  # the tables exist once it validates
+            decoders.decode_object(b"{}", resource)
+    decoders.decode_status(b"{}")
+
+
 def make_client(kubeconfig: str | None, timeout: float = 30.0) -> Client:
     """A client from a kubeconfig file, or the in-cluster service account when None."""
+    warm_up_decoders()
     limit = httpx2.Timeout(timeout)
     if kubeconfig:
         return Client(config=KubeConfig.from_file(kubeconfig), timeout=limit, field_manager="hami-scheduler")
