@@ -47,6 +47,7 @@ class PodContext:
     node_policy: Policy
     gpu_policy: Policy
     weights: ScoringWeights
+
     def static_codes(self, state: ClusterState) -> IntArray:
         """static_codes() for this pod's selectors, computed once per state."""
         codes = state.static_cache.get(self.selectors)
