@@ -1,6 +1,8 @@
-"""HAMi's device-config.yaml (the `nvidia` key) and our scheduler defaults.
+"""HAMi's device-config.yaml and our scheduler defaults.
 
-Unknown keys are accepted and ignored, so a HAMi chart's config file loads as it is.
+The `nvidia` key is parsed here; every other vendor's section (`cambricon`, `hygon`, `vnpus`,
+`iluvatars`, …) is kept as read and parsed by that vendor's module (hami.vendors). Unknown
+keys are accepted and ignored, so a HAMi chart's config file loads as it is.
 """
 
 from __future__ import annotations
@@ -68,11 +70,20 @@ class SchedulerConfig:
     gpu_policy: Policy = Policy.SPREAD
 
 
+# device-config.yaml sections of the vendors other than NVIDIA (HAMi's key names).
+VENDOR_SECTIONS = (
+    "cambricon", "hygon", "metax", "enflame", "mthreads", "iluvatars", "kunlun", "awsneuron", "amd", "vastai",
+    "biren", "vnpus",
+)
+
+
 @dataclass(frozen=True)
 class HamiConfig:
     nvidia: NvidiaConfig = field(default_factory=NvidiaConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     nodeconfig: tuple[NodeOverride, ...] = ()
+    # The other vendors' sections as read (None when absent: the vendor's HAMi defaults apply).
+    sections: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def node_override(self, node: str) -> NodeOverride | None:
         for entry in self.nodeconfig:
@@ -176,7 +187,8 @@ def parse_config(raw: Any) -> HamiConfig:
     except ValueError as exc:
         raise HamiError(f"config: {exc}") from None
     return HamiConfig(
-        nvidia=parse_nvidia(nvidia_raw), scheduler=scheduler, nodeconfig=_parse_nodeconfig(raw.get("nodeconfig"))
+        nvidia=parse_nvidia(nvidia_raw), scheduler=scheduler, nodeconfig=_parse_nodeconfig(raw.get("nodeconfig")),
+        sections={key: raw[key] for key in VENDOR_SECTIONS if raw.get(key) is not None},
     )
 
 

@@ -15,15 +15,13 @@ import yaml
 
 from hami.annotations import keys
 from hami.annotations.errors import AnnotationError
-from hami.annotations.node_register import decode_node_devices
-from hami.annotations.pod_devices import pod_allocation_from_annotations
-from hami.annotations.selectors import decode_cordon
 from hami.config import HamiConfig
 from hami.errors import HamiError
 from hami.model.allocation import PodAllocation
 from hami.model.devices import NodeDevices
 from hami.model.requests import PodRequest
-from hami.vendors.nvidia import pod_request, requests_managed_resources
+from hami.vendors.registry import VendorSet, default_vendors
+from hami.webhook.mutate import admit_pod
 
 ENDED_PHASES = ("Succeeded", "Failed")
 
@@ -43,6 +41,7 @@ class Snapshot:
     running: list[RunningPod] = field(default_factory=list)
     pending: list[PodRequest] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    vendors: VendorSet | None = None
 
 
 def load_objects(path: str | Path) -> list[dict[str, Any]]:
@@ -81,58 +80,47 @@ def load_objects(path: str | Path) -> list[dict[str, Any]]:
     return objects
 
 
-def registered_node(obj: dict[str, Any]) -> NodeDevices | None:
-    """The devices a Node object offers; None when it registered none. Raises AnnotationError."""
-    metadata = obj.get("metadata") or {}
-    annotations = metadata.get("annotations") or {}
-    value = annotations.get(keys.NODE_NVIDIA_REGISTER)
-    if value is None:
-        return None
-    devices = decode_node_devices(str(value))
-    if not devices:
-        return None
-    return NodeDevices(
-        name=str(metadata.get("name")),
-        devices=tuple(devices),
-        cordoned=decode_cordon(annotations.get(keys.DEVICE_CORDON)),
-    )
+def registered_node(obj: dict[str, Any], vendors: VendorSet | None = None) -> NodeDevices | None:
+    """The devices a Node object offers, over every vendor; None when it registered none.
+
+    Raises AnnotationError for a malformed registration.
+    """
+    node, warnings = (vendors or default_vendors()).registered_node(obj)
+    if warnings:
+        raise AnnotationError(warnings[0])
+    return node
 
 
-def pod_decision(obj: dict[str, Any]) -> tuple[str, PodAllocation] | None:
-    """(node, devices) a Pod object holds by its decision annotations; None without one.
-
-    Raises AnnotationError for a malformed decision.
+def pod_decision(obj: dict[str, Any], vendors: VendorSet) -> tuple[str, PodAllocation] | None:
+    """(node, devices) a Pod object holds by its decision annotations, over every vendor; None
+    without one. Raises AnnotationError for a malformed decision.
     """
     annotations = {str(k): str(v) for k, v in ((obj.get("metadata") or {}).get("annotations") or {}).items()}
-    allocation = pod_allocation_from_annotations(annotations)
+    allocation = vendors.allocation_from_annotations(annotations)
     node = annotations.get(keys.VGPU_NODE) or (obj.get("spec") or {}).get("nodeName")
     if allocation is None or not node:
         return None
     return str(node), allocation
 
 
-def _node(obj: dict[str, Any], snapshot: Snapshot) -> None:
-    name = obj["metadata"]["name"]
-    try:
-        node = registered_node(obj)
-    except AnnotationError as exc:
-        snapshot.warnings.append(f"node {name}: malformed {keys.NODE_NVIDIA_REGISTER} annotation ({exc}); skipped")
-        node = None
+def _node(obj: dict[str, Any], vendors: VendorSet, snapshot: Snapshot) -> None:
+    node, warnings = vendors.registered_node(obj)
+    snapshot.warnings.extend(warnings)
     if node is None:
-        snapshot.unregistered.append(name)
+        snapshot.unregistered.append(obj["metadata"]["name"])
     else:
         snapshot.nodes.append(node)
 
 
-def _pod(obj: dict[str, Any], config: HamiConfig, snapshot: Snapshot) -> None:
-    if not requests_managed_resources(obj, config.nvidia):
+def _pod(obj: dict[str, Any], vendors: VendorSet, snapshot: Snapshot) -> None:
+    if not vendors.names_managed_resource(obj):
         return
     status = obj.get("status") or {}
     if status.get("phase") in ENDED_PHASES:
         return
-    request = pod_request(obj, config.nvidia)
+    request = vendors.pod_request(obj)
     try:
-        decision = pod_decision(obj)
+        decision = pod_decision(obj, vendors)
     except AnnotationError as exc:
         snapshot.warnings.append(f"pod {request.key}: malformed decision annotation ({exc}); not counted")
         return
@@ -140,13 +128,23 @@ def _pod(obj: dict[str, Any], config: HamiConfig, snapshot: Snapshot) -> None:
         snapshot.running.append(RunningPod(request=request, node=decision[0], allocation=decision[1]))
         return
     if (obj.get("spec") or {}).get("nodeName"):
-        snapshot.warnings.append(f"pod {request.key}: bound to a node without a HAMi decision; not counted")
+        if request.wants_devices:
+            snapshot.warnings.append(f"pod {request.key}: bound to a node without a HAMi decision; not counted")
         return
-    snapshot.pending.append(request)
+    # What the cluster would do: the webhook's changes first (memory rounding, rewrites).
+    try:
+        admitted, _ = admit_pod(obj, vendors)
+    except HamiError as exc:
+        snapshot.warnings.append(f"pod {request.key}: the webhook would deny it ({exc}); not scheduled")
+        return
+    request = vendors.pod_request(admitted)
+    if request.wants_devices:
+        snapshot.pending.append(request)
 
 
 def read_snapshot(path: str | Path, config: HamiConfig) -> Snapshot:
-    snapshot = Snapshot()
+    vendors = VendorSet.from_config(config)
+    snapshot = Snapshot(vendors=vendors)
     seen_nodes: set[str] = set()
     for obj in load_objects(path):
         kind = obj["kind"]
@@ -155,7 +153,7 @@ def read_snapshot(path: str | Path, config: HamiConfig) -> Snapshot:
             if name in seen_nodes:
                 raise HamiError(f"snapshot {path}: node {name} appears twice")
             seen_nodes.add(name)
-            _node(obj, snapshot)
+            _node(obj, vendors, snapshot)
         elif kind == "Pod":
-            _pod(obj, config, snapshot)
+            _pod(obj, vendors, snapshot)
     return snapshot

@@ -48,7 +48,7 @@ class DeviceSelectors:
         return uuid not in self.nouse_uuids
 
 
-def _split_list(value: str | None, upper: bool = False) -> tuple[str, ...]:
+def split_list(value: str | None, upper: bool = False) -> tuple[str, ...]:
     if value is None:
         return ()
     # Empty items are dropped: HAMi keeps them, and "" matches every type (see compatibility.md).
@@ -63,10 +63,10 @@ def encode_list(items: list[str] | tuple[str, ...]) -> str:
 def decode_selectors(annotations: dict[str, str]) -> DeviceSelectors:
     numa = annotations.get(keys.NUMA_BIND, "").strip().lower() in ("true", "1", "t")
     return DeviceSelectors(
-        use_types=_split_list(annotations.get(keys.USE_GPUTYPE), upper=True),
-        nouse_types=_split_list(annotations.get(keys.NOUSE_GPUTYPE), upper=True),
-        use_uuids=_split_list(annotations.get(keys.USE_GPUUUID)),
-        nouse_uuids=_split_list(annotations.get(keys.NOUSE_GPUUUID)),
+        use_types=split_list(annotations.get(keys.USE_GPUTYPE), upper=True),
+        nouse_types=split_list(annotations.get(keys.NOUSE_GPUTYPE), upper=True),
+        use_uuids=split_list(annotations.get(keys.USE_GPUUUID)),
+        nouse_uuids=split_list(annotations.get(keys.NOUSE_GPUUUID)),
         mode=annotations.get(keys.VGPU_MODE),
         numa_bind=numa,
     )
@@ -76,8 +76,27 @@ def decode_policy(value: str, what: str) -> Policy:
     try:
         return Policy(value.strip().lower())
     except ValueError:
-        choices = ", ".join(p.value for p in Policy)
+        choices = ", ".join(p.value for p in Policy) + (", mutex" if what == keys.GPU_SCHEDULER_POLICY else "")
         raise AnnotationError(f"{what} {value!r} is not one of: {choices}") from None
+
+
+# GPU policy words that filter devices rather than order them (HAMi: `binpack,mutex`).
+GPU_POLICY_FILTERS = ("mutex",)
+
+
+def decode_gpu_policy(value: str) -> tuple[Policy | None, frozenset[str]]:
+    """HAMi's comma list for the GPU policy: the sort key (None: not given) and the filter words."""
+    order: Policy | None = None
+    filters: set[str] = set()
+    for word in (w.strip().lower() for w in value.split(",")):
+        if not word:
+            continue
+        if word in GPU_POLICY_FILTERS:
+            filters.add(word)
+            continue
+        policy = decode_policy(word, keys.GPU_SCHEDULER_POLICY)
+        order = order or policy
+    return order, frozenset(filters)
 
 
 def pod_policies(
@@ -86,10 +105,16 @@ def pod_policies(
     """The node and GPU policies a pod runs under: its annotations, else the defaults."""
     node = annotations.get(keys.NODE_SCHEDULER_POLICY)
     gpu = annotations.get(keys.GPU_SCHEDULER_POLICY)
+    gpu_order = decode_gpu_policy(gpu)[0] if gpu else None
     return (
         decode_policy(node, keys.NODE_SCHEDULER_POLICY) if node else node_default,
-        decode_policy(gpu, keys.GPU_SCHEDULER_POLICY) if gpu else gpu_default,
+        gpu_order or gpu_default,
     )
+
+
+def gpu_policy_filters(annotations: dict[str, str]) -> frozenset[str]:
+    gpu = annotations.get(keys.GPU_SCHEDULER_POLICY)
+    return decode_gpu_policy(gpu)[1] if gpu else frozenset()
 
 
 def encode_weights(weights: ScoringWeights) -> str:
@@ -119,4 +144,4 @@ def decode_weights(value: str | None) -> ScoringWeights:
 
 
 def decode_cordon(value: str | None) -> frozenset[str]:
-    return frozenset(_split_list(value))
+    return frozenset(split_list(value))

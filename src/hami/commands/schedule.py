@@ -74,10 +74,11 @@ def run(args: argparse.Namespace) -> int:
         node_policy=Policy(args.node_policy) if args.node_policy else defaults_from_config.node_policy,
         gpu_policy=Policy(args.gpu_policy) if args.gpu_policy else defaults_from_config.gpu_policy,
     )
-    state = ClusterState(snapshot.nodes)
+    state = ClusterState(snapshot.nodes, snapshot.vendors)
     for running in snapshot.running:
         snapshot.warnings.extend(
-            state.add_pod(running.request.key, running.node, running.allocation, running.request.init_count)
+            state.add_pod(running.request.key, running.node, running.allocation, running.request.init_count,
+                          sidecars=running.request.sidecars)
         )
     for warning in snapshot.warnings:
         print(f"hami schedule: warning: {warning}", file=sys.stderr)

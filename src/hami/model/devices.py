@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 HAMI_CORE_MODE = "hami-core"
 
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """One physical device as registered in `hami.io/node-nvidia-register`.
+    """One device as a node registers it (HAMi's DeviceInfo), of any vendor.
 
     `count` is how many tasks may share it (deviceSplitCount), `devmem` its memory in MiB
-    after memory scaling, `devcore` its compute in percent after core scaling (100 = all SMs).
+    after memory scaling, `devcore` its compute in percent after core scaling (100 = all SMs;
+    some vendors count compute units instead). `vendor` is HAMi's vendor key (its CommonWord:
+    "NVIDIA", "Ascend910B3", "DCU", "MLU", …); `custom` holds the vendor's extra facts
+    (HAMi's custominfo: Ascend network groups, AWS instance type, Enflame profiles, …).
     """
 
     id: str
@@ -25,6 +29,7 @@ class DeviceInfo:
     index: int = 0
     mode: str = HAMI_CORE_MODE
     vendor: str = "NVIDIA"
+    custom: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

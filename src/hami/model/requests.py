@@ -10,10 +10,14 @@ NO_PERCENTAGE = 101
 
 @dataclass(frozen=True)
 class ContainerRequest:
-    """Devices one container asks for: `nums` devices, each with this memory and cores.
+    """Devices one container asks of one vendor: `nums` devices, each with this memory and cores.
 
     Memory is either absolute (`memreq` MiB) or a percentage of each chosen device
-    (`mem_percentage`, 0-100; NO_PERCENTAGE when absolute memory is used).
+    (`mem_percentage`, 0-100; NO_PERCENTAGE when absolute memory is used). `variant` names a
+    vendor-specific kind of ask (for example AWS Neuron cores rather than whole devices).
+
+    A container that asks several vendors (HAMi allows one ask per vendor) carries the first
+    ask in its own fields and the others in `also`; `asks` lists them all.
     """
 
     nums: int = 0
@@ -21,10 +25,17 @@ class ContainerRequest:
     mem_percentage: int = NO_PERCENTAGE
     coresreq: int = 0
     vendor: str = "NVIDIA"
+    variant: str = ""
+    also: tuple[ContainerRequest, ...] = ()
 
     @property
     def wants_devices(self) -> bool:
-        return self.nums > 0
+        return self.nums > 0 or bool(self.also)
+
+    @property
+    def asks(self) -> tuple[ContainerRequest, ...]:
+        """Every vendor ask of the container, in vendor order (empty when it asks for none)."""
+        return ((self,) if self.nums > 0 else ()) + self.also
 
     def memory_on(self, device_memory: int) -> int:
         """MiB this request takes on a device with `device_memory` MiB (HAMi's rule)."""
@@ -34,6 +45,16 @@ class ContainerRequest:
             return device_memory * self.mem_percentage // 100
         return 0
 
+    @staticmethod
+    def of(asks: list[ContainerRequest]) -> ContainerRequest:
+        """One container's request from its vendor asks (sorted by vendor for a fixed order)."""
+        ordered = sorted((a for a in asks if a.nums > 0), key=lambda a: a.vendor)
+        if not ordered:
+            return ContainerRequest()
+        first, *rest = ordered
+        return ContainerRequest(first.nums, first.memreq, first.mem_percentage, first.coresreq, first.vendor,
+                                first.variant, tuple(rest))
+
 
 @dataclass(frozen=True)
 class PodRequest:
@@ -41,6 +62,8 @@ class PodRequest:
 
     `init_count` says how many of `containers` are init containers; `names` carries the
     container names in the same order. `annotations` are the pod's (selectors, policies).
+    `sidecars` marks, per container, the init containers that keep running beside the app
+    containers (`restartPolicy: Always`): they hold their devices as app containers do.
     """
 
     key: str
@@ -50,7 +73,17 @@ class PodRequest:
     annotations: dict[str, str] = field(default_factory=dict)
     cpu_milli: int = 0
     memory_mib: int = 0
+    sidecars: frozenset[int] = frozenset()
 
     @property
     def wants_devices(self) -> bool:
         return any(c.wants_devices for c in self.containers)
+
+    @property
+    def vendors(self) -> tuple[str, ...]:
+        """The vendors the pod asks, sorted."""
+        return tuple(sorted({a.vendor for c in self.containers for a in c.asks}))
+
+    def runs_beside_apps(self, position: int) -> bool:
+        """True for app containers and sidecars: containers that run at the same time."""
+        return position >= self.init_count or position in self.sidecars

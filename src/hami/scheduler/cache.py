@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from hami.annotations import keys
@@ -23,11 +24,17 @@ from hami.model.devices import NodeDevices
 from hami.model.requests import PodRequest
 from hami.scheduler.engine import Decision, PolicyDefaults, schedule
 from hami.scheduler.state import ClusterState
-from hami.snapshot import pod_decision, registered_node
-from hami.vendors.nvidia import pod_request
+from hami.snapshot import pod_decision
+from hami.vendors.registry import VendorSet
 
 log = logging.getLogger(__name__)
 ENDED = ("Succeeded", "Failed")
+
+
+def sidecars_of(pod: dict[str, Any]) -> frozenset[int]:
+    """Positions of the init containers that keep running beside the app containers."""
+    init = (pod.get("spec") or {}).get("initContainers") or []
+    return frozenset(i for i, c in enumerate(init) if isinstance(c, dict) and c.get("restartPolicy") == "Always")
 
 
 def pod_key(pod: dict[str, Any]) -> str:
@@ -43,6 +50,8 @@ class Holding:
     allocation: PodAllocation
     init_count: int
     uid: str
+    # Init containers that keep running beside the app containers (restartPolicy: Always).
+    sidecars: frozenset[int] = frozenset()
     # Bound pods hold their devices until they end; a decision on a pod that was never
     # bound expires (see expire_unbound), so a pod kube-scheduler gave up on frees its share.
     bound: bool = False
@@ -58,9 +67,10 @@ class Holding:
 class ClusterCache:
     def __init__(self, config: HamiConfig):
         self.config = config
+        self.vendors = VendorSet.from_config(config)
         self._lock = threading.RLock()
         self._nodes: dict[str, NodeDevices] = {}
-        self._node_sources: dict[str, tuple[str | None, str | None]] = {}
+        self._node_sources: dict[str, tuple[Any, ...]] = {}
         self._holdings: dict[str, Holding] = {}
         # The latest copy of each pod still waiting for a node, so that /bind needs no GET.
         self._unbound: dict[str, dict[str, Any]] = {}
@@ -73,18 +83,14 @@ class ClusterCache:
     def upsert_node(self, node: dict[str, Any]) -> None:
         metadata = node.get("metadata") or {}
         name = str(metadata.get("name"))
-        annotations = metadata.get("annotations") or {}
-        source = (annotations.get(keys.NODE_NVIDIA_REGISTER), annotations.get(keys.DEVICE_CORDON))
+        source = self.vendors.node_inputs(node)
         with self._lock:
             if name in self._node_sources and self._node_sources[name] == source:
                 return  # only the handshake or other annotations changed
             self._node_sources[name] = source
-            try:
-                registered = registered_node(node)
-            except AnnotationError as exc:
-                log.warning("node %s: malformed %s annotation (%s); its devices are not offered",
-                            name, keys.NODE_NVIDIA_REGISTER, exc)
-                registered = None
+            registered, warnings = self.vendors.registered_node(node)
+            for warning in warnings:
+                log.warning("%s", warning)
             if registered is not None:
                 self._nodes[name] = registered
             else:
@@ -118,7 +124,7 @@ class ClusterCache:
         ended = (pod.get("status") or {}).get("phase") in ENDED
         if not ended:  # a pod being deleted holds until it is gone
             try:
-                decision = pod_decision(pod)
+                decision = pod_decision(pod, self.vendors)
             except AnnotationError as exc:
                 log.warning("pod %s: malformed decision annotation (%s); not counted", key, exc)
                 decision = None
@@ -128,8 +134,8 @@ class ClusterCache:
                 except ValueError:
                     decided_at = 0
                 holding = Holding(decision[0], decision[1], len(spec.get("initContainers") or []),
-                                  str(metadata.get("uid") or ""), bound=bool(spec.get("nodeName")),
-                                  decided_at=decided_at)
+                                  str(metadata.get("uid") or ""), sidecars=sidecars_of(pod),
+                                  bound=bool(spec.get("nodeName")), decided_at=decided_at)
         with self._lock:
             current = self._holdings.get(key)
             behind = current is not None and current.assumed and (holding is None or not holding.same_place(current))
@@ -157,14 +163,15 @@ class ClusterCache:
                 del self._unbound[key]
             self.pods_synced = True
 
-    def assume(self, key: str, decision: Decision, init_count: int, uid: str = "", now: int = 0) -> None:
+    def assume(self, key: str, decision: Decision, init_count: int, uid: str = "", now: int = 0,
+               sidecars: frozenset[int] = frozenset()) -> None:
         """Count a decision at once, before the watch brings the annotated pod back. It stays
         counted until the watch shows it, the pod ends or goes, it is forgotten, or it expires."""
         if decision.node is None:
             return
         with self._lock:
-            self._set_holding(key, Holding(decision.node, decision.allocation, init_count, uid, decided_at=now,
-                                           assumed=True))
+            self._set_holding(key, Holding(decision.node, decision.allocation, init_count, uid, sidecars=sidecars,
+                                           decided_at=now, assumed=True))
 
     def expire_unbound(self, now: int, ttl: int) -> list[str]:
         """Stop counting decisions older than `ttl` seconds on pods that were never bound."""
@@ -192,7 +199,8 @@ class ClusterCache:
                 self._add(self._state, key, holding)
 
     def _add(self, state: ClusterState, key: str, holding: Holding) -> None:
-        for problem in state.add_pod(key, holding.node, holding.allocation, holding.init_count):
+        for problem in state.add_pod(key, holding.node, holding.allocation, holding.init_count,
+                                     sidecars=holding.sidecars):
             log.warning("%s", problem)
 
     # ---- reads -------------------------------------------------------------------------
@@ -205,7 +213,7 @@ class ClusterCache:
         """The engine's state (rebuilt after node changes). Call with the lock held for a consistent view."""
         with self._lock:
             if self._state is None:
-                state = ClusterState(sorted(self._nodes.values(), key=lambda n: n.name))
+                state = ClusterState(sorted(self._nodes.values(), key=lambda n: n.name), self.vendors)
                 for key, holding in self._holdings.items():
                     self._add(state, key, holding)
                 self._state = state
@@ -225,7 +233,23 @@ class ClusterCache:
             return self._holdings.get(key)
 
     def request_of(self, pod: dict[str, Any]) -> PodRequest:
-        return pod_request(pod, self.config.nvidia)
+        return self.vendors.pod_request(pod)
+
+    def decision_annotations(self, pod: dict[str, Any], decision: Decision, now: datetime) -> dict[str, str]:
+        """Every annotation of a decision: where and when, and each vendor's devices (HAMi's keys)."""
+        assert decision.node is not None
+        with self._lock:
+            node = self._nodes.get(decision.node)
+        annotations = {keys.VGPU_NODE: decision.node, keys.VGPU_TIME: str(int(now.timestamp()))}
+        if node is not None:
+            request = self.request_of(pod)
+            annotations.update(self.vendors.decision_annotations(node, request, decision.allocation,
+                                                                 int(now.timestamp() * 1e9)))
+        return annotations
+
+    def decision_keys(self) -> tuple[str, ...]:
+        """Every pod annotation a decision may write, for clearing one."""
+        return (keys.VGPU_NODE, keys.VGPU_TIME, *self.vendors.decision_keys())
 
     def decide(self, pod: dict[str, Any], node_names: Sequence[str] | None, defaults: PolicyDefaults,
                with_scores: bool = False, explain: bool = True) -> Decision:

@@ -4,7 +4,11 @@ No clock, no randomness, no I/O: the extender, the simulator, `hami schedule` an
 all call `schedule`. Work is vectorised over every device of the cluster where the answer
 can be had that way (a pod whose containers do not compete for the same devices); the exact
 per-node walk that HAMi does runs for the chosen node, and for every candidate node when the
-pod's containers interact (several app containers with devices, or NUMA binding).
+pod's containers interact (several app containers with devices, or NUMA binding) or when a
+vendor's rule is more than "enough devices pass" (a topology).
+
+The engine never names a vendor: each container asks one or more vendors, and each ask is
+fitted on the node's devices of that vendor with the vendor's hooks (hami.vendors.base).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from hami.annotations.selectors import (
     ScoringWeights,
     decode_selectors,
     decode_weights,
+    gpu_policy_filters,
     pod_policies,
 )
 from hami.model.allocation import ContainerDevice, PodAllocation
@@ -28,6 +33,7 @@ from hami.model.requests import ContainerRequest, PodRequest
 from hami.scheduler import reasons as R
 from hami.scheduler.scoring import device_scores, memory_needed, node_scores
 from hami.scheduler.state import ClusterState, IntArray
+from hami.vendors.base import Need, Vendor, Walk
 
 
 @dataclass(frozen=True)
@@ -43,21 +49,34 @@ class PodContext:
     """Everything about a pod that the per-device checks need, decoded once."""
 
     pod: PodRequest
-    selectors: DeviceSelectors
+    selectors: DeviceSelectors  # NVIDIA's
     node_policy: Policy
     gpu_policy: Policy
     weights: ScoringWeights
+    # HAMi's `mutex` GPU policy: only devices nobody uses.
+    mutex: bool = False
+    # Other vendors' selectors from their own annotations (only vendors the pod names).
+    vendor_selectors: tuple[tuple[str, DeviceSelectors], ...] = ()
 
     def static_codes(self, state: ClusterState) -> IntArray:
         """static_codes() for this pod's selectors, computed once per state."""
-        codes = state.static_cache.get(self.selectors)
+        key = (self.selectors, self.vendor_selectors, _static_inputs(state, self.pod.annotations))
+        codes = state.static_cache.get(key)
         if codes is None:
             if len(state.static_cache) > 256:  # many distinct selectors: keep the memory bounded
                 state.static_cache.clear()
-            codes = static_codes(state, self.selectors)
+            codes = static_codes(state, self.selectors, self)
             codes.flags.writeable = False  # shared between pods
-            state.static_cache[self.selectors] = codes
+            state.static_cache[key] = codes
         return codes
+
+    def selectors_for(self, vendor: str) -> DeviceSelectors:
+        if vendor == "NVIDIA":
+            return self.selectors
+        for name, selectors in self.vendor_selectors:
+            if name == vendor:
+                return selectors
+        return _NO_SELECTORS
 
     @staticmethod
     def of(pod: PodRequest, defaults: PolicyDefaults) -> PodContext:
@@ -68,7 +87,33 @@ class PodContext:
             node_policy=node_policy,
             gpu_policy=gpu_policy,
             weights=decode_weights(pod.annotations.get(keys.DEVICE_SCORING_WEIGHTS)),
+            mutex="mutex" in gpu_policy_filters(pod.annotations),
+            vendor_selectors=_vendor_selectors(pod.annotations),
         )
+
+
+_NO_SELECTORS = DeviceSelectors()
+
+
+def _vendor_selectors(annotations: dict[str, str]) -> tuple[tuple[str, DeviceSelectors], ...]:
+    """Selectors of the vendors other than NVIDIA whose annotations the pod carries."""
+    if not annotations:
+        return ()
+    from hami.vendors.registry import default_vendors
+
+    found = []
+    for vendor in default_vendors():
+        if vendor.name != "NVIDIA" and any(k in annotations for k in vendor.keys.selector_keys):
+            found.append((vendor.name, vendor.selectors(annotations)))
+    return tuple(found)
+
+
+def _static_inputs(state: ClusterState, annotations: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The pod annotations that the state's vendors' static checks read."""
+    if state.single_vendor and state.vendor_names == ["NVIDIA"]:
+        return ()
+    wanted = {k for name in state.vendor_names if name in state.vendors for k in state.vendors[name].static_keys}
+    return tuple(sorted((k, annotations[k]) for k in wanted if k in annotations))
 
 
 @dataclass(frozen=True)
@@ -91,11 +136,38 @@ class Decision:
 Chooser = Callable[[ClusterState, PodContext, IntArray], "tuple[int, PodAllocation] | None"]
 
 
-def static_codes(state: ClusterState, selectors: DeviceSelectors) -> IntArray:
-    """Per device, the first failing check that does not depend on usage (0 = passes)."""
+def static_codes(state: ClusterState, selectors: DeviceSelectors, ctx: PodContext | None = None) -> IntArray:
+    """Per device, the first failing check that does not depend on usage (0 = passes).
+
+    `selectors` apply to NVIDIA's devices; with `ctx`, every other vendor's devices are checked
+    against that vendor's selectors and static rules too.
+    """
+    if state.single_vendor and (ctx is None or state.vendor_names in ([], ["NVIDIA"])):
+        return _static_codes_for(state, selectors, slice(None))
+    codes = np.zeros(len(state.uuids), dtype=np.int64)
+    for name in state.vendor_names:
+        rows = np.flatnonzero(state.vendor_id == state.vendor_names.index(name))
+        if name == "NVIDIA":
+            chosen = selectors
+        elif ctx is not None:
+            chosen = ctx.selectors_for(name)
+        else:
+            chosen = _NO_SELECTORS
+        part = _static_codes_for(state, chosen, rows)
+        vendor = state.vendors.get(name)
+        if ctx is not None and vendor is not None:
+            extra = vendor.static_codes(state, rows, ctx.pod.annotations)
+            if extra is not None:
+                part = np.where(part != 0, part, extra)
+        codes[rows] = part
+    return codes
+
+
+def _static_codes_for(state: ClusterState, selectors: DeviceSelectors, rows: slice | IntArray) -> IntArray:
     type_ok_by_id = np.asarray([selectors.type_allowed(t) for t in state.type_names], dtype=bool)
     mode_ok_by_id = np.asarray([selectors.mode_allowed(m) for m in state.mode_names], dtype=bool)
-    type_ok = type_ok_by_id[state.type_id] & mode_ok_by_id[state.mode_id] if len(state.uuids) else type_ok_by_id
+    type_ok = (type_ok_by_id[state.type_id] & mode_ok_by_id[state.mode_id] if len(state.uuids)
+               else type_ok_by_id)[rows]
     uuid_ok = np.ones(len(state.uuids), dtype=bool)
     if selectors.use_uuids:
         uuid_ok[:] = False
@@ -104,7 +176,7 @@ def static_codes(state: ClusterState, selectors: DeviceSelectors) -> IntArray:
     for uuid in selectors.nouse_uuids:
         uuid_ok[state.uuid_rows.get(uuid, [])] = False
     return np.select(
-        [~state.health, state.cordoned, ~type_ok, ~uuid_ok],
+        [~state.health[rows], state.cordoned[rows], ~type_ok, ~uuid_ok[rows]],
         [R.CODE_OF[R.CARD_NOT_HEALTH], R.CODE_OF[R.CARD_CORDONED], R.CODE_OF[R.CARD_TYPE_MISMATCH],
          R.CODE_OF[R.CARD_UUID_MISMATCH]],
         0,
@@ -120,7 +192,7 @@ def usage_codes(
     usedcores: IntArray,
     totalcore: IntArray,
 ) -> IntArray:
-    """Per device, the first failing usage check for this request (0 = fits)."""
+    """Per device, the first failing usage check of HAMi's generic loop for this request (0 = fits)."""
     mem = memory_needed(request, totalmem)
     cores = request.coresreq
     return np.select(
@@ -145,6 +217,18 @@ def _device_order(scores: list[float], index: list[int], numa: list[int], policy
     return sorted(range(len(scores)), key=lambda j: (sign * scores[j], -index[j]))
 
 
+@dataclass(frozen=True)
+class ContainerFit:
+    """One ask of one container on one node: the devices chosen (node-relative rows), or why not."""
+
+    chosen: list[int]
+    devices: tuple[ContainerDevice, ...] = ()
+    reason: str = ""
+
+
+_EARLY = (R.CODE_OF[R.CARD_NOT_HEALTH], R.CODE_OF[R.CARD_CORDONED], R.CODE_OF[R.CARD_TYPE_MISMATCH])
+
+
 def fit_container(
     state: ClusterState,
     node: int,
@@ -154,46 +238,70 @@ def fit_container(
     used: IntArray,
     usedmem: IntArray,
     usedcores: IntArray,
-) -> tuple[list[int], str]:
-    """HAMi's per-node device walk for one container on the given usage of the node's devices.
+    earlier: tuple[int, ...] = (),
+) -> ContainerFit:
+    """HAMi's per-node device walk for one vendor ask of one container, on the given usage of the
+    node's devices (`static`, `used`, `usedmem`, `usedcores` are the node's, all vendors).
 
-    Returns the chosen rows (relative to the node) and "" on success, or [] and the reason.
+    `earlier` holds the node-relative rows this pod's earlier containers took of the vendor.
     """
-    rows = state.rows_of_node(node)
-    sl = slice(rows.start, rows.stop)
-    n = len(rows)
+    node_rows = state.rows_of_node(node)
+    vrows = node_rows if state.single_vendor else state.vendor_rows_of_node(node, request.vendor)
+    n = len(vrows)
     if request.nums > n:
-        return [], f"{n}/{n} {R.NODE_INSUFFICIENT_DEVICE}"
+        return ContainerFit([], reason=f"{n}/{n} {R.NODE_INSUFFICIENT_DEVICE}")
+    vendor = state.vendors[request.vendor]
+    lo = vrows.start - node_rows.start
+    local = slice(lo, lo + n)
+    sl = slice(vrows.start, vrows.stop)
     count, totalmem, totalcore = state.count[sl], state.totalmem[sl], state.totalcore[sl]
-    scores = device_scores(request, ctx.weights, used, count, usedcores, totalcore, usedmem, totalmem).tolist()
-    codes = np.where(static != 0, static, usage_codes(request, used, count, usedmem, totalmem, usedcores, totalcore))
+    u, um, uc = used[local], usedmem[local], usedcores[local]
+    scores = device_scores(request, ctx.weights, u, count, uc, totalcore, um, totalmem).tolist()
+    usage, need = vendor.usage_codes(request, ctx, state, sl, u, um, uc, tuple(vrows.start + e - lo for e in earlier))
+    node_static = static[local]
+    codes = np.where(node_static != 0, node_static, usage)
     numa = state.numa[sl].tolist()
-    order = _device_order(scores, state.index[sl].tolist(), numa, ctx.gpu_policy, ctx.selectors.numa_bind)
+    selectors = ctx.selectors_for(request.vendor)
+    order = _device_order(scores, state.index[sl].tolist(), numa, ctx.gpu_policy, selectors.numa_bind)
     counts: dict[str, int] = {}
     chosen: list[int] = []
     prev_numa: int | None = None
-    early = (R.CODE_OF[R.CARD_NOT_HEALTH], R.CODE_OF[R.CARD_CORDONED], R.CODE_OF[R.CARD_TYPE_MISMATCH])
     for j in order:
         code = int(codes[j])
-        if code in early:
-            name = R.DEVICE_CHECKS[code - 1]
+        if code in _EARLY:
+            name = R.CHECKS[code - 1]
             counts[name] = counts.get(name, 0) + 1
             continue
-        if ctx.selectors.numa_bind and numa[j] != prev_numa:
+        if selectors.numa_bind and numa[j] != prev_numa:
             if chosen:
                 counts[R.NUMA_NOT_FIT] = counts.get(R.NUMA_NOT_FIT, 0) + len(chosen)
             chosen = []
             prev_numa = numa[j]
         if code:
-            name = R.DEVICE_CHECKS[code - 1]
+            name = R.CHECKS[code - 1]
             counts[name] = counts.get(name, 0) + 1
             continue
         chosen.append(j)
-        if len(chosen) == request.nums:
-            return chosen, ""
+        if len(chosen) == request.nums and not vendor.topology:
+            return _devices(state, vendor, lo, sl, chosen, need)
+    if vendor.topology and len(chosen) >= request.nums:
+        picked, missing = vendor.choose(request, ctx, state, Walk(vrows, order, codes, need), chosen)
+        if picked:
+            return _devices(state, vendor, lo, sl, picked, need)
+        counts[missing] = counts.get(missing, 0) + max(1, len(chosen))
+        return ContainerFit([], reason=R.format_reason(counts, n))
     if chosen:
         counts[R.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] = len(chosen)
-    return [], R.format_reason(counts, n)
+    return ContainerFit([], reason=R.format_reason(counts, n))
+
+
+def _devices(state: ClusterState, vendor: Vendor, lo: int, sl: slice, chosen: list[int], need: Need) -> ContainerFit:
+    devices = tuple(
+        ContainerDevice(state.uuids[sl.start + j], vendor.wire_type(state.devices[sl.start + j]),
+                        int(need.mem[j]), int(need.cores[j]))
+        for j in chosen
+    )
+    return ContainerFit([lo + j for j in chosen], devices)
 
 
 def fit_pod_on_node(
@@ -201,36 +309,39 @@ def fit_pod_on_node(
 ) -> tuple[PodAllocation | None, str]:
     """Place every container of the pod on one node, as HAMi does; (allocation, "") or (None, reason).
 
-    Init containers are each placed on the node's usage as it is; app containers one after
-    another, each seeing what the previous ones took.
+    Ordinary init containers are each placed on the node's usage as it is (plus the sidecars
+    started before them); sidecars and app containers one after another, each seeing what
+    the previous ones took.
     """
     pod = ctx.pod
     rows = state.rows_of_node(node)
     sl = slice(rows.start, rows.stop)
     node_static = static[sl]
-    base = (state.used[sl], state.usedmem[sl], state.usedcores[sl])
-    app = [a.copy() for a in base]
-    uuids = state.uuids[sl]
-    totalmem = state.totalmem[sl]
+    running = [state.used[sl].copy(), state.usedmem[sl].copy(), state.usedcores[sl].copy()]
+    plain = state.single_vendor and state.vendor_names == ["NVIDIA"]
+    earlier: dict[str, list[int]] = {}
     allocation: list[tuple[ContainerDevice, ...]] = []
     for position, request in enumerate(pod.containers):
         if not request.wants_devices:
             allocation.append(())
             continue
-        is_init = position < pod.init_count
-        used, usedmem, usedcores = base if is_init else app
-        chosen, reason = fit_container(state, node, request, ctx, node_static, used, usedmem, usedcores)
-        if not chosen:
-            return None, reason
-        mem = memory_needed(request, totalmem)
-        if not is_init:
-            for j in chosen:
-                app[0][j] += 1
-                app[1][j] += mem[j]
-                app[2][j] += request.coresreq
-        allocation.append(
-            tuple(ContainerDevice(uuids[j], request.vendor, int(mem[j]), request.coresreq) for j in chosen)
-        )
+        stays = pod.runs_beside_apps(position)
+        placed: list[ContainerDevice] = []
+        for ask in request.asks:
+            taken = tuple(earlier.get(ask.vendor, ()))
+            fit = fit_container(state, node, ask, ctx, node_static, running[0], running[1], running[2], taken)
+            if not fit.chosen:
+                return None, fit.reason
+            earlier.setdefault(ask.vendor, []).extend(fit.chosen)
+            if stays:
+                for j, device in zip(fit.chosen, fit.devices, strict=True):
+                    slots, mem, cores = (1, device.usedmem, device.usedcores) if plain else state.usage_of(
+                        rows.start + j, device)
+                    running[0][j] += slots
+                    running[1][j] += mem
+                    running[2][j] += cores
+            placed.extend(fit.devices)
+        allocation.append(tuple(placed))
     return tuple(allocation), ""
 
 
@@ -244,9 +355,10 @@ def _resource_short(state: ClusterState, pod: PodRequest) -> tuple[np.ndarray, n
 
 
 def _independent(pod: PodRequest) -> bool:
-    """True when containers cannot compete for devices: at most one app container asks for any."""
-    app_with_devices = sum(1 for c in pod.containers[pod.init_count :] if c.wants_devices)
-    return app_with_devices <= 1
+    """True when containers cannot compete for devices: at most one container that holds devices
+    beside others (app containers and sidecars) asks for any."""
+    holding = sum(1 for i, c in enumerate(pod.containers) if c.wants_devices and pod.runs_beside_apps(i))
+    return holding <= 1 and not pod.sidecars
 
 
 @dataclass
@@ -272,27 +384,41 @@ def feasible_nodes(
             for node in candidates[short].tolist():
                 reasons[node] = R.NODE_INSUFFICIENT_CPU if cpu_short[node] else R.NODE_INSUFFICIENT_MEMORY
 
-    sizes = state.sizes[candidates]
-    starts = state.starts[:-1]
+    walk = not _independent(pod) or ctx.selectors.numa_bind
     for request in pod.containers:
-        if not request.wants_devices:
-            continue
-        codes = np.where(
-            static != 0,
-            static,
-            usage_codes(request, state.used, state.count, state.usedmem, state.totalmem, state.usedcores,
-                        state.totalcore),
-        )
-        ok_per_node = np.add.reduceat((codes == 0).astype(np.int64), starts) if len(starts) else codes[:0]
-        ok = ok_per_node[candidates]
-        too_few_devices = sizes < request.nums
-        failing = fits & ((ok < request.nums) | too_few_devices)
-        if explain and failing.any():
-            reasons.update(_explain(state, candidates[failing], codes, ok[failing], too_few_devices[failing]))
-        fits &= ~failing
+        for ask in request.asks:
+            vendor = state.vendors.get(ask.vendor)
+            if vendor is None or ask.vendor not in state.vendor_names:
+                failing = fits.copy()
+                if explain and failing.any():
+                    for node in candidates[failing].tolist():
+                        reasons[node] = f"0/0 {R.NODE_INSUFFICIENT_DEVICE}"
+                fits &= ~failing
+                continue
+            walk = walk or vendor.exact or ctx.selectors_for(ask.vendor).numa_bind
+            rows = state.vendor_rows(ask.vendor)
+            usage, _ = vendor.usage_codes(ask, ctx, state, rows, state.used[rows], state.usedmem[rows],
+                                          state.usedcores[rows])
+            vstatic = static[rows]
+            codes = np.where(vstatic != 0, vstatic, usage)
+            if state.single_vendor:
+                starts = state.starts[:-1]
+                ok_per_node = np.add.reduceat((codes == 0).astype(np.int64), starts) if len(starts) else codes[:0]
+                sizes = state.sizes[candidates]
+            else:
+                node_of = state.dev_node[rows]
+                ok_per_node = np.bincount(node_of[codes == 0], minlength=len(state.nodes))
+                sizes = state.vendor_sizes(ask.vendor)[candidates]
+            ok = ok_per_node[candidates]
+            too_few_devices = sizes < ask.nums
+            failing = fits & ((ok < ask.nums) | too_few_devices)
+            if explain and failing.any():
+                reasons.update(_explain(state, ask.vendor, candidates[failing], codes, ok[failing],
+                                        too_few_devices[failing], sizes[failing]))
+            fits &= ~failing
 
-    if not _independent(pod) or ctx.selectors.numa_bind:
-        # Containers interact (or NUMA groups matter): walk each remaining node exactly.
+    if walk:
+        # Containers interact, NUMA groups matter or a vendor's topology decides: walk each remaining node.
         for k in np.flatnonzero(fits).tolist():
             node = int(candidates[k])
             allocation, reason = fit_pod_on_node(state, node, ctx, static)
@@ -303,12 +429,14 @@ def feasible_nodes(
 
 
 def _explain(
-    state: ClusterState, nodes: IntArray, codes: IntArray, ok: IntArray, too_few: np.ndarray
+    state: ClusterState, vendor: str, nodes: IntArray, codes: IntArray, ok: IntArray, too_few: np.ndarray,
+    sizes: IntArray,
 ) -> dict[int, str]:
     """Reason texts for failing nodes, formatted once per distinct pattern of counts."""
-    k = len(R.DEVICE_CHECKS) + 1
-    per_node = np.bincount(state.dev_node * k + codes, minlength=len(state.nodes) * k).reshape(-1, k)
-    patterns = np.column_stack([per_node[nodes, 1:], ok, too_few.astype(np.int64), state.sizes[nodes]]).tolist()
+    k = len(R.CHECKS) + 1
+    node_of = state.dev_node[state.vendor_rows(vendor)]
+    per_node = np.bincount(node_of * k + codes, minlength=len(state.nodes) * k).reshape(-1, k)
+    patterns = np.column_stack([per_node[nodes, 1:], ok, too_few.astype(np.int64), sizes]).tolist()
     texts: dict[tuple[int, ...], str] = {}
     result: dict[int, str] = {}
     for node, row in zip(nodes.tolist(), patterns, strict=True):
@@ -324,7 +452,7 @@ def _reason_text(row: list[int], k: int) -> str:
     devices = row[-1]
     if row[-2]:
         return f"{devices}/{devices} {R.NODE_INSUFFICIENT_DEVICE}"
-    counts = dict(zip(R.DEVICE_CHECKS, row[: k - 1], strict=True))
+    counts = dict(zip(R.CHECKS, row[: k - 1], strict=True))
     counts[R.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] = row[k - 1]
     return R.format_reason(counts, devices)
 
@@ -340,6 +468,27 @@ def hami_node_scores(state: ClusterState, nodes: IntArray) -> np.ndarray:
     )
 
 
+def node_totals(state: ClusterState, ctx: PodContext, nodes: IntArray) -> np.ndarray:
+    """HAMi's node score plus the asked vendors' ScoreNode for the pod placed on each node."""
+    scores = hami_node_scores(state, nodes)
+    scoring = [state.vendors[v] for v in ctx.pod.vendors if v in state.vendors and state.vendors[v].scores_nodes]
+    if not scoring or len(nodes) == 0:
+        return scores
+    totals = scores.astype(np.float32).copy()
+    static = ctx.static_codes(state)
+    sign = np.float32(-1 if ctx.node_policy is Policy.SPREAD else 1)
+    for k, node in enumerate(nodes.tolist()):
+        allocation, _ = fit_pod_on_node(state, node, ctx, static)
+        if allocation is None:
+            continue
+        for vendor in scoring:
+            part = [[d for d in c if state.devices[state.row_of[(node, d.uuid)]].vendor == vendor.name]
+                    for c in allocation]
+            value = np.float32(vendor.score_node(ctx, state, node, part))
+            totals[k] += value * np.float32(10000) * sign if vendor.policy_neutral_score else value
+    return totals
+
+
 def best_node(state: ClusterState, nodes: IntArray, scores: np.ndarray, policy: Policy) -> int:
     """The best node: binpack the highest score, spread the lowest; ties go to the first name."""
     best = scores.max() if policy is Policy.BINPACK else scores.min()
@@ -351,7 +500,7 @@ def hami_chooser(state: ClusterState, ctx: PodContext, fitting: IntArray) -> tup
     """HAMi's choice: the best node by node score, then its devices by the GPU policy."""
     if len(fitting) == 0:
         return None
-    best = best_node(state, fitting, hami_node_scores(state, fitting), ctx.node_policy)
+    best = best_node(state, fitting, node_totals(state, ctx, fitting), ctx.node_policy)
     allocation, _ = fit_pod_on_node(state, best, ctx, ctx.static_codes(state))
     if allocation is None:  # cannot happen when feasibility is exact; kept as a guard
         return None
@@ -382,7 +531,7 @@ def schedule(
     reasons = {names[i]: text for i, text in feasibility.reasons.items()} if explain else {}
     scores: dict[str, float] = {}
     if with_scores and len(fitting):
-        values = hami_node_scores(state, fitting)
+        values = node_totals(state, ctx, fitting)
         scores = dict(zip([names[i] for i in fitting.tolist()], values.tolist(), strict=True))
     choice = chooser(state, ctx, fitting)
     if choice is None:
@@ -398,7 +547,7 @@ def schedule(
         device_types=device_types,
         reasons=reasons,
         scores=scores,
-        score=float(hami_node_scores(state, np.asarray([node], dtype=np.int64))[0]),
+        score=float(node_totals(state, ctx, np.asarray([node], dtype=np.int64))[0]),
     )
 
 
@@ -406,5 +555,5 @@ def commit(state: ClusterState, pod: PodRequest, decision: Decision) -> None:
     """Count a placed pod in the state, so that the next decision sees it."""
     if decision.node is not None:
         state.add_pod(
-            pod.key, decision.node, decision.allocation, pod.init_count, pod.cpu_milli, pod.memory_mib
+            pod.key, decision.node, decision.allocation, pod.init_count, pod.cpu_milli, pod.memory_mib, pod.sidecars
         )

@@ -25,15 +25,14 @@ import numpy as np
 from lightkube import ApiError
 
 from hami.annotations import keys
-from hami.annotations.pod_devices import BindPhase, bind_annotations, decision_annotations
+from hami.annotations.pod_devices import BindPhase, bind_annotations
 from hami.annotations.selectors import Policy
 from hami.errors import HamiError
 from hami.scheduler import reasons as R
-from hami.scheduler.cache import ClusterCache, pod_key
+from hami.scheduler.cache import ClusterCache, pod_key, sidecars_of
 from hami.scheduler.engine import PolicyDefaults
 from hami.scheduler.kube import KubeApi
 from hami.scheduler.nodelock import NodeLocker, NodeLockError
-from hami.vendors.nvidia import requests_managed_resources
 
 log = logging.getLogger(__name__)
 MAX_EXTENDER_PRIORITY = 10
@@ -149,8 +148,7 @@ class Extender:
     def filter(self, args: dict[str, Any]) -> dict[str, Any]:
         pod = pod_of(args)
         names = candidate_names(args)
-        config = self.cache.config.nvidia
-        if not requests_managed_resources(pod, config):
+        if not self.cache.vendors.wants_devices(pod):
             return {"NodeNames": names, "FailedNodes": {}, "Error": ""}
         if not self.is_leader.is_set():
             return {"NodeNames": [], "FailedNodes": {}, "Error": "this hami-scheduler replica is not the leader"}
@@ -170,9 +168,10 @@ class Extender:
                 return {"NodeNames": [], "FailedNodes": failed, "Error": ""}
             now = datetime.now(UTC)
             self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
-                              str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()))
+                              str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()),
+                              sidecars_of(pod))
             if self.writer is not None and decision.node is not None:
-                self.writer.submit(key, dict(decision_annotations(decision.node, decision.allocation, now)))
+                self.writer.submit(key, dict(self.cache.decision_annotations(pod, decision, now)))
         fitting = [decision.node] if self.options.only_best_node else [n for n in names if n not in failed]
         return {"NodeNames": fitting, "FailedNodes": failed, "Error": ""}
 
@@ -181,7 +180,7 @@ class Extender:
     def prioritize(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         pod = pod_of(args)
         names = candidate_names(args)
-        if not requests_managed_resources(pod, self.cache.config.nvidia):
+        if not self.cache.vendors.wants_devices(pod):
             return [{"Host": n, "Score": 0} for n in names]
         holding = self.cache.holding(pod_key(pod))
         try:
@@ -254,7 +253,7 @@ class Extender:
             # A retry of a bind that went through (its answer was lost, e.g. we restarted):
             # done if it is the same node; never undo the decision of a bound pod.
             return {"Error": "" if bound_to == node else f"pod {key} is already bound to {bound_to}"}
-        managed = requests_managed_resources(pod, self.cache.config.nvidia)
+        managed = self.cache.vendors.wants_devices(pod)
         lock_version = ""
         decision_to_write: dict[str, str | None] = {}
         expected_version = str((pod.get("metadata") or {}).get("resourceVersion") or "") if from_watch else ""
@@ -324,8 +323,9 @@ class Extender:
                 return f"pod {key} no longer fits node {node}: {decision.reasons.get(node, 'unknown node')}", {}, ""
             now = datetime.now(UTC)
             self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
-                              str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()))
-        return "", dict(decision_annotations(node, decision.allocation, now)), write.version
+                              str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()),
+                              sidecars_of(pod))
+        return "", dict(self.cache.decision_annotations(pod, decision, now)), write.version
 
     def _bind_running(self, namespace: str, name: str) -> bool:
         with self._node_locks_guard:
@@ -355,8 +355,7 @@ class Extender:
         try:
             self.api.patch_pod_annotations(
                 namespace, metadata["name"],
-                {keys.VGPU_NODE: None, keys.VGPU_TIME: None, keys.DEVICES_TO_ALLOCATE: None,
-                 keys.DEVICES_ALLOCATED: None, keys.BIND_PHASE: BindPhase.FAILED.value,
+                {**dict.fromkeys(self.cache.decision_keys()), keys.BIND_PHASE: BindPhase.FAILED.value,
                  keys.BIND_TIME: str(int(datetime.now(UTC).timestamp()))},
             )
         except ApiError as exc:

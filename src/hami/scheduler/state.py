@@ -1,21 +1,28 @@
 """The cluster as the engine sees it: devices as flat arrays, usage kept up to date.
 
 Row r of every device array is one device; the devices of node i are rows
-`starts[i]:starts[i + 1]`. Only nodes with at least one registered device are held.
-Mutation is explicit (`add_pod`, `remove_pod`) and does no I/O: the state is plain data.
+`starts[i]:starts[i + 1]`, grouped by vendor (in vendor-name order, each vendor's devices in
+the order the node registered them), so that one vendor's devices on a node are a contiguous
+range. Only nodes with at least one registered device are held. Mutation is explicit
+(`add_pod`, `remove_pod`) and does no I/O: the state is plain data.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from hami.model.allocation import PodAllocation
-from hami.model.devices import NodeDevices
+from hami.model.allocation import ContainerDevice, PodAllocation
+from hami.model.devices import DeviceInfo, NodeDevices
+
+if TYPE_CHECKING:
+    from hami.vendors.base import Vendor
+    from hami.vendors.registry import VendorSet
 
 IntArray = npt.NDArray[np.int64]
 
@@ -33,37 +40,58 @@ class Footprint:
     memory_mib: int
 
 
-def footprint_of(allocation: PodAllocation, init_count: int) -> dict[str, tuple[int, int, int]]:
-    """Per device UUID: (tasks, MiB, cores) the pod holds.
+Usage = tuple[int, int, int]  # task slots, MiB, cores
 
-    Init containers run one after another before the app containers, so the pod holds the
-    larger of its biggest init container and the sum of its app containers, per device.
+
+def footprint_of(
+    allocation: PodAllocation,
+    init_count: int,
+    sidecars: frozenset[int] = frozenset(),
+    usage: Callable[[ContainerDevice], Usage] | None = None,
+) -> dict[str, Usage]:
+    """Per device UUID: (tasks, MiB, cores) the pod holds at its peak.
+
+    Init containers run one after another before the app containers; sidecars (init
+    containers with `restartPolicy: Always`) keep running beside every later container. So the
+    pod holds, per device, the larger of each ordinary init container plus the sidecars started
+    before it, and all sidecars plus all app containers. `usage` says what one placed device
+    takes (HAMi's AddResourceUsage; by default one task slot and its memory and cores).
     """
-    app: dict[str, list[int]] = {}
-    init: dict[str, list[int]] = {}
+    take = usage or _plain_usage
+    running: dict[str, list[int]] = {}  # sidecars so far, then app containers too
+    peak: dict[str, list[int]] = {}
     for position, container in enumerate(allocation):
-        if position < init_count:
-            for d in container:
-                peak = init.setdefault(d.uuid, [0, 0, 0])
-                peak[0] = max(peak[0], 1)
-                peak[1] = max(peak[1], d.usedmem)
-                peak[2] = max(peak[2], d.usedcores)
-        else:
-            for d in container:
-                total = app.setdefault(d.uuid, [0, 0, 0])
-                total[0] += 1
-                total[1] += d.usedmem
-                total[2] += d.usedcores
-    result: dict[str, tuple[int, int, int]] = {}
-    for uuid in app.keys() | init.keys():
-        a, i = app.get(uuid, [0, 0, 0]), init.get(uuid, [0, 0, 0])
+        ordinary_init = position < init_count and position not in sidecars
+        for d in container:
+            amount = take(d)
+            if ordinary_init:
+                base = running.get(d.uuid, [0, 0, 0])
+                top = peak.setdefault(d.uuid, [0, 0, 0])
+                for k in range(3):
+                    top[k] = max(top[k], base[k] + amount[k])
+            else:
+                total = running.setdefault(d.uuid, [0, 0, 0])
+                for k in range(3):
+                    total[k] += amount[k]
+    result: dict[str, Usage] = {}
+    for uuid in running.keys() | peak.keys():
+        a, i = running.get(uuid, [0, 0, 0]), peak.get(uuid, [0, 0, 0])
         result[uuid] = (max(a[0], i[0]), max(a[1], i[1]), max(a[2], i[2]))
     return result
 
 
+def _plain_usage(device: ContainerDevice) -> Usage:
+    return 1, device.usedmem, device.usedcores
+
+
 class ClusterState:
-    def __init__(self, nodes: Iterable[NodeDevices]):
-        self.nodes: list[NodeDevices] = [n for n in nodes if n.devices]
+    def __init__(self, nodes: Iterable[NodeDevices], vendors: VendorSet | None = None):
+        if vendors is None:
+            from hami.vendors.registry import default_vendors
+
+            vendors = default_vendors()
+        self.vendors = vendors
+        self.nodes: list[NodeDevices] = [_by_vendor(n) for n in nodes if n.devices]
         self.names: list[str] = [n.name for n in self.nodes]
         self.node_pos: dict[str, int] = {}
         for i, node in enumerate(self.nodes):
@@ -71,6 +99,7 @@ class ClusterState:
                 raise ValueError(f"node {node.name} given twice")
             self.node_pos[node.name] = i
         devices = [d for n in self.nodes for d in n.devices]
+        self.devices: list[DeviceInfo] = devices
         sizes = [len(n.devices) for n in self.nodes]
         self.starts: IntArray = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
         self.sizes: IntArray = np.asarray(sizes, dtype=np.int64)
@@ -101,6 +130,7 @@ class ClusterState:
         self.uuid_rows: dict[str, list[int]] = {}
         for r, uuid in enumerate(self.uuids):
             self.uuid_rows.setdefault(uuid, []).append(r)
+        self._index_vendors(devices)
 
         n_dev = len(devices)
         self.used: IntArray = np.zeros(n_dev, dtype=np.int64)
@@ -122,6 +152,58 @@ class ClusterState:
         # selector set: most pods share one, so it is computed once per state, not per pod.
         self.static_cache: dict[object, IntArray] = {}
 
+    def _index_vendors(self, devices: list[DeviceInfo]) -> None:
+        """Per vendor: its rows, and per node where its devices start and how many there are."""
+        names = sorted({d.vendor for d in devices})
+        self.vendor_names: list[str] = names
+        code = {name: i for i, name in enumerate(names)}
+        self.vendor_id: IntArray = np.asarray([code[d.vendor] for d in devices], dtype=np.int64)
+        n_nodes = len(self.nodes)
+        # One vendor only (the common case): every row is its row, without an index array.
+        self.single_vendor = len(names) <= 1
+        self._vendor_rows: dict[str, slice | IntArray] = {}
+        self._vendor_first: dict[str, IntArray] = {}
+        self._vendor_size: dict[str, IntArray] = {}
+        for name in names:
+            rows = np.flatnonzero(self.vendor_id == code[name]).astype(np.int64)
+            self._vendor_rows[name] = slice(None) if self.single_vendor else rows
+            size = np.bincount(self.dev_node[rows], minlength=n_nodes).astype(np.int64)
+            first = np.full(n_nodes, -1, dtype=np.int64)
+            if len(rows):
+                # Rows are in node order, so a node's first row of the vendor is its smallest.
+                nodes_of_rows = self.dev_node[rows]
+                starts = np.flatnonzero(np.concatenate([[True], nodes_of_rows[1:] != nodes_of_rows[:-1]]))
+                first[nodes_of_rows[starts]] = rows[starts]
+            self._vendor_first[name] = first
+            self._vendor_size[name] = size
+
+    def vendor_rows(self, vendor: str) -> slice | IntArray:
+        """The vendor's rows over the whole cluster (a slice when every row is the vendor's)."""
+        rows = self._vendor_rows.get(vendor)
+        return np.zeros(0, dtype=np.int64) if rows is None else rows
+
+    def vendor_sizes(self, vendor: str) -> IntArray:
+        """Per node: how many devices of the vendor it has."""
+        size = self._vendor_size.get(vendor)
+        return np.zeros(len(self.nodes), dtype=np.int64) if size is None else size
+
+    def vendor_rows_of_node(self, node: int, vendor: str) -> range:
+        size = self._vendor_size.get(vendor)
+        if size is None or size[node] == 0:
+            return range(0)
+        first = int(self._vendor_first[vendor][node])
+        return range(first, first + int(size[node]))
+
+    def vendor_of_row(self, row: int) -> Vendor:
+        return self.vendors[self.devices[row].vendor]
+
+    def usage_of(self, row: int, placed: ContainerDevice) -> tuple[int, int, int]:
+        """What a placed device takes on row `row` (the vendor's AddResourceUsage)."""
+        vendor = self.vendors.get(self.devices[row].vendor)
+        if vendor is None:
+            return 1, placed.usedmem, placed.usedcores
+        return vendor.usage(self.devices[row], placed)
+
     def _per_node(self, values: IntArray) -> IntArray:
         if len(self.nodes) == 0:
             return np.zeros(0, dtype=np.int64)
@@ -142,6 +224,7 @@ class ClusterState:
         init_count: int = 0,
         cpu_milli: int = 0,
         memory_mib: int = 0,
+        sidecars: frozenset[int] = frozenset(),
     ) -> list[str]:
         """Count a pod's devices as used. Returns problems (unknown node or device UUIDs)."""
         if key in self.pods:
@@ -151,7 +234,14 @@ class ClusterState:
             return [f"pod {key}: node {node_name} has no registered devices; its allocation is ignored"]
         problems = []
         rows, used, mem, cores = [], [], [], []
-        for uuid, (tasks, mib, pct) in sorted(footprint_of(allocation, init_count).items()):
+
+        def usage(placed: ContainerDevice) -> tuple[int, int, int]:
+            row = self.row_of.get((node, placed.uuid))
+            return _plain_usage(placed) if row is None else self.usage_of(row, placed)
+
+        plain = self.single_vendor and self.vendor_names == ["NVIDIA"]
+        footprint_map = footprint_of(allocation, init_count, sidecars, None if plain else usage)
+        for uuid, (tasks, mib, pct) in sorted(footprint_map.items()):
             row = self.row_of.get((node, uuid))
             if row is None:
                 problems.append(f"pod {key}: device {uuid} is not on node {node_name}; ignored")
@@ -200,3 +290,13 @@ class ClusterState:
             except KeyError:
                 pass
         return np.asarray([pos[n] for n in names if n in pos], dtype=np.int64)
+
+
+def _by_vendor(node: NodeDevices) -> NodeDevices:
+    """The node with its devices grouped by vendor (stable), so each vendor's rows are contiguous."""
+    devices = node.devices
+    if all(d.vendor == devices[0].vendor for d in devices):
+        return node
+    ordered = tuple(sorted(devices, key=lambda d: d.vendor))
+    return NodeDevices(name=node.name, devices=ordered, cordoned=node.cordoned, cpu_milli=node.cpu_milli,
+                       memory_mib=node.memory_mib)

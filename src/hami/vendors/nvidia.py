@@ -1,49 +1,56 @@
-"""NVIDIA requests: from a container's resources to a ContainerRequest, with HAMi's defaults.
+"""NVIDIA: HAMi's reference vendor (hami-core sharing, `hami.io/node-nvidia-register`).
 
-The defaults are those HAMi's webhook writes into the pod (a count when only memory or cores
-are asked; exclusive cores when a whole card is asked) followed by those its scheduler applies
-(default memory, else 100 %; default cores). Applying them again to a pod that already went
-through the webhook changes nothing, so the same function serves raw and admitted pods.
+Requests get HAMi's defaults, those its webhook writes into the pod (a count when only memory
+or cores are asked; exclusive cores when a whole card is asked) followed by those its
+scheduler applies (default memory, else 100 %; default cores). Applying them again to a pod
+that already went through the webhook changes nothing, so the same function serves raw and
+admitted pods.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from hami.annotations import keys
+from hami.annotations.selectors import DeviceSelectors, decode_selectors
 from hami.config import NvidiaConfig
 from hami.errors import HamiError
 from hami.model.requests import NO_PERCENTAGE, ContainerRequest, PodRequest
-from hami.quantity import QuantityError, parse_milli, parse_whole
+from hami.quantity import QuantityError, parse_whole
+from hami.vendors.base import (
+    INT32_MAX,
+    AnnotationKeys,
+    NodeSource,
+    Resources,
+    Vendor,
+    resources_of,
+)
 
 VENDOR = "NVIDIA"
+TASK_PRIORITY_ENV = "CUDA_TASK_PRIORITY"
+CORE_POLICY_ENV = "GPU_CORE_UTILIZATION_POLICY"
 
 
-def _resources(container: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    resources = container.get("resources") or {}
-    if not isinstance(resources, dict):
-        raise HamiError(f"container {container.get('name')!r}: 'resources' is not a mapping")
-    limits = resources.get("limits") or {}
-    requests = resources.get("requests") or {}
-    if not isinstance(limits, dict) or not isinstance(requests, dict):
-        raise HamiError(f"container {container.get('name')!r}: limits and requests must be mappings")
-    return limits, requests
-
-
-def _whole(container: dict[str, Any], name: str, raw: Any) -> int:
+def _whole(container: Mapping[str, Any], name: str, raw: Any) -> int:
     try:
-        return parse_whole(raw)
+        value = parse_whole(raw)
     except QuantityError as exc:
         raise HamiError(f"container {container.get('name')!r}: {name}: {exc}") from None
+    if value > INT32_MAX:
+        raise HamiError(f"container {container.get('name')!r}: {name} is {value}, larger than HAMi's limit {INT32_MAX}")
+    return value
 
 
-def container_request(container: dict[str, Any], config: NvidiaConfig) -> ContainerRequest:
+def container_request(container: Mapping[str, Any], config: NvidiaConfig) -> ContainerRequest:
     """The container's NVIDIA request (nums == 0 when it asks for none). Raises HamiError."""
-    limits, requests = _resources(container)
+    limits, requests = resources_of(container)
 
-    def lookup(name: str, limits_only: bool = False) -> int | None:
+    def lookup(name: str) -> int | None:
         if name in limits:
             return _whole(container, name, limits[name])
-        if not limits_only and name in requests:
+        if name in requests:
             return _whole(container, name, requests[name])
         return None
 
@@ -74,6 +81,9 @@ def container_request(container: dict[str, Any], config: NvidiaConfig) -> Contai
         cores = 100
 
     memreq = (memory or 0) * max(config.memoryFactor, 1)
+    if memreq > INT32_MAX:
+        raise HamiError(f"{where}: {config.resourceMemoryName} × memoryFactor is {memreq} MiB, "
+                        "larger than HAMi's limit")
     mem_percentage = NO_PERCENTAGE if percentage is None else percentage
     if mem_percentage == NO_PERCENTAGE and memreq == 0:
         if config.defaultMemory:
@@ -89,52 +99,84 @@ def container_request(container: dict[str, Any], config: NvidiaConfig) -> Contai
     )
 
 
-def _cpu_memory(containers: list[dict[str, Any]]) -> tuple[int, int]:
-    cpu = memory = 0
-    for container in containers:
-        _, requests = _resources(container)
-        try:
-            if "cpu" in requests:
-                cpu += parse_milli(requests["cpu"])
-            if "memory" in requests:
-                memory += -(-parse_whole(requests["memory"]) // 2**20)
-        except QuantityError as exc:
-            raise HamiError(f"container {container.get('name')!r}: {exc}") from None
-    return cpu, memory
-
-
 def pod_request(pod: dict[str, Any], config: NvidiaConfig, check_node_resources: bool = False) -> PodRequest:
-    """All containers of a pod in HAMi's order (init containers first)."""
-    metadata = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
-    key = f"{metadata.get('namespace') or 'default'}/{metadata.get('name')}"
-    init = list(spec.get("initContainers") or [])
-    app = list(spec.get("containers") or [])
-    for container in init + app:
-        if not isinstance(container, dict):
-            raise HamiError(f"pod {key}: a container is not a mapping")
-    try:
-        containers = tuple(container_request(c, config) for c in init + app)
-    except HamiError as exc:
-        raise HamiError(f"pod {key}: {exc}") from None
-    annotations = metadata.get("annotations") or {}
-    cpu, memory = _cpu_memory(app) if check_node_resources else (0, 0)
-    return PodRequest(
-        key=key,
-        containers=containers,
-        init_count=len(init),
-        names=tuple(str(c.get("name", "")) for c in init + app),
-        annotations={str(k): str(v) for k, v in annotations.items()},
-        cpu_milli=cpu,
-        memory_mib=memory,
-    )
+    """A pod's NVIDIA requests alone (every vendor: hami.vendors.registry.VendorSet.pod_request)."""
+    from hami.vendors.registry import vendor_set
+
+    return vendor_set(config).pod_request(pod, check_node_resources)
 
 
-def requests_managed_resources(pod: dict[str, Any], config: NvidiaConfig) -> bool:
-    spec = pod.get("spec") or {}
-    for container in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
-        resources = (container or {}).get("resources") or {}
-        for section in ("limits", "requests"):
-            if any(name in (resources.get(section) or {}) for name in config.managed_resources):
-                return True
-    return False
+@dataclass
+class Nvidia(Vendor):
+    """NVIDIA with HAMi's device-config (`nvidia:` key)."""
+
+    config: NvidiaConfig = NvidiaConfig()
+
+    @staticmethod
+    def of(config: NvidiaConfig) -> Nvidia:
+        return Nvidia(
+            name=VENDOR,
+            resources=Resources(
+                count=config.resourceCountName,
+                memory=config.resourceMemoryName,
+                percentage=config.resourceMemoryPercentageName,
+                cores=config.resourceCoreName,
+                priority=config.resourcePriorityName,
+                memory_factor=max(config.memoryFactor, 1),
+            ),
+            keys=AnnotationKeys(
+                register=keys.NODE_NVIDIA_REGISTER,
+                to_allocate=keys.DEVICES_TO_ALLOCATE,
+                allocated=keys.DEVICES_ALLOCATED,
+                use_type=keys.USE_GPUTYPE,
+                nouse_type=keys.NOUSE_GPUTYPE,
+                uuid_pairs=((keys.USE_GPUUUID, keys.NOUSE_GPUUUID),),
+            ),
+            source=NodeSource.JSON,
+            type_word="NVIDIA",
+            config=config,
+        )
+
+    def ask(self, container: Mapping[str, Any]) -> ContainerRequest | None:
+        request = container_request(container, self.config)
+        return request if request.nums > 0 else None
+
+    def selectors(self, annotations: Mapping[str, str]) -> DeviceSelectors:
+        return decode_selectors(dict(annotations))
+
+    def admit(self, container: dict[str, Any], pod: Mapping[str, Any]) -> bool:
+        """HAMi's webhook defaults for one container, in place. Raises HamiError to deny."""
+        config = self.config
+        limits, requests = resources_of(container)
+        request = container_request(container, config)  # validates every quantity and range
+        if request.nums == 0:
+            return False
+        resources = container.setdefault("resources", {})
+        limits = resources.setdefault("limits", {})
+        if config.resourceCountName not in limits and config.resourceCountName not in requests:
+            limits[config.resourceCountName] = config.defaultGPUNum
+        if config.resourceCoreName not in limits and config.resourceCoreName not in requests:
+            percentage = limits.get(config.resourceMemoryPercentageName)
+            memory = limits.get(config.resourceMemoryName, requests.get(config.resourceMemoryName))
+            if (percentage is not None and parse_whole(percentage) == 100) or (percentage is None and memory is None):
+                limits[config.resourceCoreName] = 100
+        priority = limits.get(config.resourcePriorityName)
+        if priority is not None:
+            level = _whole(container, config.resourcePriorityName, priority)
+            if level > 1:
+                raise HamiError(f"container {container.get('name')!r}: {config.resourcePriorityName} must be "
+                                "0 (high) or 1 (low)")
+            set_env(container, TASK_PRIORITY_ENV, str(level))
+        if config.gpuCorePolicy != "default":
+            set_env(container, CORE_POLICY_ENV, config.gpuCorePolicy)
+        return True
+
+    def managed_resources(self) -> tuple[str, ...]:
+        return (*self.resources.names, self.config.resourcePriorityName)
+
+
+def set_env(container: dict[str, Any], name: str, value: str) -> None:
+    """Set one environment variable of a container (replacing an earlier value)."""
+    env = [e for e in container.get("env") or [] if e.get("name") != name]
+    env.append({"name": name, "value": value})
+    container["env"] = env

@@ -1,29 +1,27 @@
 """mutate(pod) -> admission verdict and JSON patch. Pure: no I/O, no clock.
 
-What it does to a pod that asks for managed resources, as HAMi's webhook does:
+What it does to a pod that asks for a device of any vendor, as HAMi's webhook does:
+- each vendor's changes to each container (hami.vendors: NVIDIA's count and exclusive-cores
+  defaults and priority env, Ascend's memory rounding, …) and to the pod;
 - schedulerName: set to ours when empty or `default-scheduler` (the latter only when
-  `overwrite_default_scheduler`); a pod that names another scheduler keeps it.
-- a device count of `defaultGPUNum` when a container asks only for memory or cores;
-- cores 100 (exclusive) when a container asks for a whole card without cores;
-- `CUDA_TASK_PRIORITY` from `nvidia.com/priority`, `GPU_CORE_UTILIZATION_POLICY` from config.
-It denies, with a message naming the container: privileged containers with managed
-resources, percentages or cores over 100, malformed quantities, and pods with nodeName set.
+  `overwrite_default_scheduler`).
+A pod that names another scheduler is left alone, as HAMi does. It denies, with a message
+naming the container: privileged containers that ask for a device, malformed or
+out-of-range quantities, a vendor's invalid request, and pods with nodeName set.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from hami.annotations import keys
-from hami.config import NvidiaConfig
+from hami.config import HamiConfig, NvidiaConfig
 from hami.errors import HamiError
-from hami.quantity import QuantityError, parse_whole
-from hami.vendors.nvidia import container_request
+from hami.vendors.registry import VendorSet, vendor_set
 
-TASK_PRIORITY_ENV = "CUDA_TASK_PRIORITY"
-CORE_POLICY_ENV = "GPU_CORE_UTILIZATION_POLICY"
 DEFAULT_SCHEDULER = "default-scheduler"
 
 
@@ -40,85 +38,74 @@ class Verdict:
     message: str = ""
 
 
-def _managed(container: dict[str, Any], config: NvidiaConfig) -> bool:
-    resources = container.get("resources") or {}
-    names = (*config.managed_resources, config.resourcePriorityName)
-    return any(name in (resources.get(section) or {}) for section in ("limits", "requests") for name in names)
+def admit_pod(pod: Mapping[str, Any], vendors: VendorSet) -> tuple[dict[str, Any], bool]:
+    """A copy of the pod with every vendor's admission changes, and whether it asks any device.
+
+    Raises HamiError when a vendor denies it or a device container is privileged.
+    """
+    admitted = copy.deepcopy(dict(pod))
+    spec = admitted.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        raise HamiError("the pod's spec is not a mapping")
+    found = False
+    for field_name in ("initContainers", "containers"):
+        containers = spec.get(field_name) or []
+        if not isinstance(containers, list):
+            raise HamiError(f"spec.{field_name} is not a list")
+        for container in containers:
+            if not isinstance(container, dict):
+                raise HamiError(f"spec.{field_name} holds something that is not a container")
+            asks = [v.name for v in vendors if v.admit(container, admitted)]
+            if not asks:
+                continue
+            found = True
+            if (container.get("securityContext") or {}).get("privileged"):
+                raise HamiError(f"container {container.get('name')!r} is privileged and asks for "
+                                f"{', '.join(vendors[a].resources.count for a in asks)}: a privileged container "
+                                "sees every device, so its share cannot be enforced")
+    return admitted, found
 
 
-def _set_env(container: dict[str, Any], name: str, value: str) -> None:
-    env = [e for e in container.get("env") or [] if e.get("name") != name]
-    env.append({"name": name, "value": value})
-    container["env"] = env
+def _is_ours(scheduler: str, options: WebhookOptions) -> bool:
+    return (not scheduler or scheduler == options.scheduler_name
+            or (scheduler == DEFAULT_SCHEDULER and options.overwrite_default_scheduler))
 
 
-def _mutate_container(container: dict[str, Any], config: NvidiaConfig) -> None:
-    """Apply HAMi's webhook defaults to one container (in place). Raises HamiError."""
-    name = container.get("name")
-    security = container.get("securityContext") or {}
-    if security.get("privileged"):
-        raise HamiError(f"container {name!r} is privileged and asks for {config.resourceCountName}: "
-                        "a privileged container sees every GPU, so its share cannot be enforced")
-    container_request(container, config)  # validates every quantity and range, with a clear message
-    resources = container.setdefault("resources", {})
-    limits = resources.setdefault("limits", {})
-    if config.resourceCountName not in limits and config.defaultGPUNum > 0 and any(
-        n in limits for n in (config.resourceMemoryName, config.resourceMemoryPercentageName, config.resourceCoreName)
-    ):
-        limits[config.resourceCountName] = config.defaultGPUNum
-    has_count = config.resourceCountName in limits or config.resourceCountName in (resources.get("requests") or {})
-    if has_count and config.resourceCoreName not in limits and config.resourceCoreName not in (
-        resources.get("requests") or {}
-    ):
-        percentage = limits.get(config.resourceMemoryPercentageName)
-        memory = limits.get(config.resourceMemoryName, (resources.get("requests") or {}).get(config.resourceMemoryName))
-        if (percentage is not None and parse_whole(percentage) == 100) or (percentage is None and memory is None):
-            limits[config.resourceCoreName] = 100
-    priority = limits.get(config.resourcePriorityName)
-    if priority is not None:
-        try:
-            level = parse_whole(priority)
-        except QuantityError as exc:
-            raise HamiError(f"container {name!r}: {config.resourcePriorityName}: {exc}") from None
-        if level > 1:
-            raise HamiError(f"container {name!r}: {config.resourcePriorityName} must be 0 (high) or 1 (low)")
-        _set_env(container, TASK_PRIORITY_ENV, str(level))
-    if config.gpuCorePolicy != "default":
-        _set_env(container, CORE_POLICY_ENV, config.gpuCorePolicy)
-
-
-def mutate(pod: dict[str, Any], config: NvidiaConfig, options: WebhookOptions = WebhookOptions()) -> Verdict:
+def mutate(pod: dict[str, Any], config: HamiConfig | NvidiaConfig | VendorSet,
+           options: WebhookOptions = WebhookOptions()) -> Verdict:
     metadata = pod.get("metadata") or {}
     if (metadata.get("labels") or {}).get(keys.WEBHOOK_LABEL) == keys.WEBHOOK_IGNORE:
         return Verdict(allowed=True)
     spec = pod.get("spec") or {}
-    groups = [
-        ("initContainers", list(spec.get("initContainers") or [])),
-        ("containers", list(spec.get("containers") or [])),
-    ]
-    if not any(_managed(c, config) for _, containers in groups for c in containers):
+    if not _is_ours(str(spec.get("schedulerName") or ""), options):
+        return Verdict(allowed=True)  # another scheduler's pod: not ours to change (HAMi does the same)
+    vendors = vendor_set(config)
+    try:
+        admitted, found = admit_pod(pod, vendors)
+    except HamiError as exc:
+        return Verdict(allowed=False, message=str(exc))
+    if not found:
         return Verdict(allowed=True)
     if spec.get("nodeName"):
         return Verdict(allowed=False, message=f"the pod sets spec.nodeName ({spec['nodeName']}) and asks for "
-                                              f"{config.resourceCountName}: GPU shares must be placed by the scheduler")
+                                              "devices: device shares must be placed by the scheduler")
     patch: list[dict[str, Any]] = []
-    try:
-        for field_name, containers in groups:
-            mutated = copy.deepcopy(containers)
-            for container in mutated:
-                if _managed(container, config):
-                    _mutate_container(container, config)
-            if mutated != containers:
-                patch.append({"op": "replace", "path": f"/spec/{field_name}", "value": mutated})
-    except HamiError as exc:
-        return Verdict(allowed=False, message=str(exc))
-    scheduler = spec.get("schedulerName") or ""
-    if not scheduler or (scheduler == DEFAULT_SCHEDULER and options.overwrite_default_scheduler):
+    new_spec = admitted["spec"]
+    for field_name in ("initContainers", "containers"):
+        if new_spec.get(field_name) != spec.get(field_name):
+            patch.append({"op": "replace", "path": f"/spec/{field_name}", "value": new_spec[field_name]})
+    if new_spec.get("runtimeClassName") != spec.get("runtimeClassName"):
+        patch.append({"op": "add", "path": "/spec/runtimeClassName", "value": new_spec["runtimeClassName"]})
+    new_annotations = (admitted.get("metadata") or {}).get("annotations")
+    if new_annotations != metadata.get("annotations"):
+        patch.append({"op": "add", "path": "/metadata/annotations", "value": new_annotations})
+    if (spec.get("schedulerName") or "") != options.scheduler_name:
         patch.append({"op": "add", "path": "/spec/schedulerName", "value": options.scheduler_name})
     return Verdict(allowed=True, patch=patch)
 
 
-def review_response(review: dict[str, Any], config: NvidiaConfig, options: WebhookOptions) -> dict[str, Any]:
+def review_response(review: dict[str, Any], config: HamiConfig | NvidiaConfig | VendorSet,
+                    options: WebhookOptions) -> dict[str, Any]:
     """An AdmissionReview v1 response for an AdmissionReview v1 request. Raises HamiError on a bad review."""
     import base64
     import json

@@ -1,0 +1,385 @@
+"""The vendor interface: what the engine, the webhook, the extender and `hami schedule` ask of a vendor.
+
+HAMi gives every vendor its own copy of one fit loop. Here the loop lives once, in the engine;
+a vendor is a `Vendor` whose defaults are HAMi's generic behaviour, and which overrides only
+what it does differently:
+
+- resource names and units, and the ask a container makes (`ask`);
+- the webhook's changes to a container (`admit`);
+- the devices a node offers (`node_devices`: a JSON or CSV annotation, or node capacity);
+- per-device checks (`static_codes`, `usage_codes`), the device choice (`choose`, for vendors
+  with a topology), a node score (`score_node`), and what a placed device uses (`usage`);
+- the annotations written for a decision (`decision_annotations`) and the node lock it needs.
+
+Vendors whose whole contract is data are instances of `Vendor` built from a table row
+(hami.vendors.table); the others subclass it in a module of their own.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hami.annotations.errors import AnnotationError
+from hami.annotations.node_register import decode_node_devices
+from hami.annotations.pod_devices import encode_pod_devices
+from hami.annotations.selectors import DeviceSelectors, split_list
+from hami.errors import HamiError
+from hami.model.allocation import ContainerDevice, PodAllocation
+from hami.model.devices import DeviceInfo
+from hami.model.requests import NO_PERCENTAGE, ContainerRequest
+from hami.quantity import QuantityError, parse_whole
+from hami.scheduler import reasons as R
+
+if TYPE_CHECKING:
+    from hami.scheduler.engine import PodContext
+    from hami.scheduler.state import ClusterState
+
+IntArray = npt.NDArray[np.int64]
+Rows = slice | IntArray
+
+# HAMi counts memory and cores in int32; a larger ask is a mistake (a byte count, say), not a request.
+INT32_MAX = 2**31 - 1
+
+
+class NodeSource(enum.Enum):
+    """Where a vendor's devices come from on the Node object."""
+
+    JSON = "json"  # a JSON list of DeviceInfo in an annotation
+    CSV = "csv"  # HAMi's colon-separated legacy form in an annotation
+    CAPACITY = "capacity"  # synthesised from node.status.capacity
+    VENDOR_JSON = "vendor-json"  # the vendor's own JSON in an annotation
+
+
+class LockKind(enum.Enum):
+    SHARED = "shared"  # hami.io/mutex.lock, "<RFC3339>,<namespace>,<name>"
+    OWN = "own"  # a vendor's own node annotation (Cambricon: an RFC3339 time)
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Resource names a container asks with; `memory_factor` turns the memory unit into MiB."""
+
+    count: str
+    memory: str | None = None
+    percentage: str | None = None
+    cores: str | None = None
+    priority: str | None = None
+    memory_factor: int = 1
+    # Names the scheduler manages beyond these (kube-scheduler ignores them: managedResources).
+    extra: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        found = (self.count, self.memory, self.percentage, self.cores, *self.extra)
+        return tuple(n for n in found if n)
+
+
+@dataclass(frozen=True)
+class AnnotationKeys:
+    """A vendor's pod and node annotation names (None: the vendor has no such annotation)."""
+
+    register: str | None = None
+    handshake: str | None = None
+    to_allocate: str | None = None
+    allocated: str | None = None
+    use_type: str | None = None
+    nouse_type: str | None = None
+    # (use, nouse) pairs; a device must pass every pair (Kunlun honours two spellings).
+    uuid_pairs: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def selector_keys(self) -> tuple[str, ...]:
+        keys = [k for k in (self.use_type, self.nouse_type) if k]
+        for use, nouse in self.uuid_pairs:
+            keys += [use, nouse]
+        return tuple(keys)
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one container's ask takes on each candidate device: task slots, MiB and cores."""
+
+    slots: IntArray
+    mem: IntArray
+    cores: IntArray
+
+
+@dataclass(frozen=True)
+class Walk:
+    """A node's devices of one vendor as the per-node walk sees them (node-relative rows)."""
+
+    rows: range  # the vendor's rows on the node, absolute
+    order: list[int]  # positions into `rows`, in the order HAMi tries them
+    codes: IntArray  # per position: the first failing check (0 = fits)
+    need: Need  # per position
+
+
+@dataclass
+class Vendor:
+    """HAMi's generic device behaviour. Subclasses override what their vendor does differently."""
+
+    name: str  # HAMi's CommonWord: the vendor key everywhere
+    resources: Resources
+    keys: AnnotationKeys
+    source: NodeSource = NodeSource.JSON
+    lock: LockKind = LockKind.SHARED
+    lock_key: str | None = None  # for LockKind.OWN
+    default_cores: int = 0  # cores asked when the container names none
+    # Whether the count is read from limits only (AMD) or limits, then requests (most).
+    limits_only: bool = False
+    # Feasibility is more than "enough devices pass": the engine walks every candidate node.
+    exact: bool = False
+    # HAMi's marker for a node score that the node policy may invert (MetaX sGPU).
+    policy_neutral_score: bool = False
+    # The registered type must contain this (case-insensitive) for the device to be the vendor's
+    # (HAMi's substring rule; we use it only to sort JSON registrations of shared keys).
+    type_word: str = ""
+    # Pod annotations that `static_codes` reads (so cached checks are keyed by them).
+    static_keys: tuple[str, ...] = ()
+
+    # ---- requests ---------------------------------------------------------------------
+
+    def quantity(self, container: Mapping[str, Any], name: str | None, limits_only: bool = False) -> int | None:
+        """A whole, non-negative quantity from limits (then requests); None when absent."""
+        if not name:
+            return None
+        limits, requests = resources_of(container)
+        if name in limits:
+            raw = limits[name]
+        elif not limits_only and name in requests:
+            raw = requests[name]
+        else:
+            return None
+        try:
+            value = parse_whole(raw)
+        except QuantityError as exc:
+            raise HamiError(f"container {container.get('name')!r}: {name}: {exc}") from None
+        if value > INT32_MAX:
+            raise HamiError(f"container {container.get('name')!r}: {name} is {value}, larger than HAMi's limit "
+                            f"{INT32_MAX}")
+        return value
+
+    def ask(self, container: Mapping[str, Any]) -> ContainerRequest | None:
+        """HAMi's GenerateResourceRequests: the container's ask of this vendor (None: asks none)."""
+        r = self.resources
+        count = self.quantity(container, r.count, self.limits_only)
+        if not count:
+            return None
+        memory = self.quantity(container, r.memory, self.limits_only) or 0
+        percentage = self.quantity(container, r.percentage, self.limits_only)
+        cores = self.quantity(container, r.cores, self.limits_only)
+        memreq = memory * r.memory_factor
+        if memreq > INT32_MAX:
+            raise HamiError(f"container {container.get('name')!r}: {r.memory} is {memory} × {r.memory_factor} MiB, "
+                            f"larger than HAMi's limit")
+        if percentage is not None and percentage > 100:
+            raise HamiError(f"container {container.get('name')!r}: {r.percentage} is {percentage}, over 100")
+        # HAMi: without memory, the percentage asked, else the whole device.
+        mem_percentage = NO_PERCENTAGE if memreq else (100 if percentage is None else percentage)
+        return ContainerRequest(
+            nums=count,
+            memreq=memreq,
+            mem_percentage=mem_percentage,
+            coresreq=self.default_cores if cores is None else cores,
+            vendor=self.name,
+        )
+
+    def managed_resources(self) -> tuple[str, ...]:
+        return self.resources.names
+
+    # ---- webhook ----------------------------------------------------------------------
+
+    def admit(self, container: dict[str, Any], pod: Mapping[str, Any]) -> bool:
+        """HAMi's MutateAdmission: change the container in place; True when it asks this vendor.
+
+        Raises HamiError to deny the pod. The generic rule: the count resource in limits.
+        """
+        limits, _ = resources_of(container)
+        return self.resources.count in limits
+
+    # ---- nodes ------------------------------------------------------------------------
+
+    def node_inputs(self, node: Mapping[str, Any]) -> tuple[Any, ...]:
+        """Everything of the Node object this vendor's devices depend on (to skip no-op updates)."""
+        annotations = (node.get("metadata") or {}).get("annotations") or {}
+        if self.source is NodeSource.CAPACITY:
+            capacity = (node.get("status") or {}).get("capacity") or {}
+            return tuple(str(capacity.get(n, "")) for n in self.resources.names)
+        return (annotations.get(self.keys.register or ""),)
+
+    def node_devices(self, node: Mapping[str, Any]) -> list[DeviceInfo]:
+        """The devices this vendor registered on the node ([] for none). Raises AnnotationError."""
+        if self.keys.register is None:
+            return []
+        annotations = (node.get("metadata") or {}).get("annotations") or {}
+        value = annotations.get(self.keys.register)
+        if value is None:
+            return []
+        devices = decode_node_devices(str(value))
+        return [self.registered(d) for d in devices]
+
+    def registered(self, device: DeviceInfo) -> DeviceInfo:
+        """A decoded registration entry, marked as this vendor's."""
+        return DeviceInfo(**{**device.__dict__, "vendor": self.name})
+
+    # ---- fit --------------------------------------------------------------------------
+
+    def selectors(self, annotations: Mapping[str, str]) -> DeviceSelectors:
+        k = self.keys
+        use_uuids: tuple[str, ...] = ()
+        nouse_uuids: tuple[str, ...] = ()
+        for use, nouse in k.uuid_pairs:
+            use_uuids += split_list(annotations.get(use))
+            nouse_uuids += split_list(annotations.get(nouse))
+        return DeviceSelectors(
+            use_types=split_list(annotations.get(k.use_type), upper=True) if k.use_type else (),
+            nouse_types=split_list(annotations.get(k.nouse_type), upper=True) if k.nouse_type else (),
+            use_uuids=use_uuids,
+            nouse_uuids=nouse_uuids,
+        )
+
+    def static_codes(self, state: ClusterState, rows: IntArray, annotations: Mapping[str, str]) -> IntArray | None:
+        """Checks beyond health, cordon, type and UUID that do not depend on usage (None: none)."""
+        return None
+
+    def need(self, ask: ContainerRequest, state: ClusterState, rows: Rows, used: IntArray, usedmem: IntArray,
+             usedcores: IntArray) -> Need:
+        """What the ask takes on each of `rows` (usage arrays are aligned with `rows`)."""
+        totalmem = state.totalmem[rows]
+        if ask.memreq > 0:
+            mem = np.full(totalmem.shape, ask.memreq, dtype=np.int64)
+        elif ask.mem_percentage != NO_PERCENTAGE:
+            mem = (totalmem * ask.mem_percentage) // 100
+        else:
+            mem = np.zeros(totalmem.shape, dtype=np.int64)
+        ones = np.ones(totalmem.shape, dtype=np.int64)
+        return Need(slots=ones, mem=mem, cores=np.full(totalmem.shape, min(ask.coresreq, 100), dtype=np.int64))
+
+    def usage_codes(self, ask: ContainerRequest, ctx: PodContext, state: ClusterState, rows: Rows, used: IntArray,
+                    usedmem: IntArray, usedcores: IntArray, earlier: Sequence[int] = ()) -> tuple[IntArray, Need]:
+        """Per device of `rows`, the first failing usage check (0 = fits), and what the ask needs.
+
+        `earlier`: rows this pod's earlier containers took of this vendor on the node.
+        """
+        need = self.need(ask, state, rows, used, usedmem, usedcores)
+        return generic_usage_codes(state, rows, used, usedmem, usedcores, need, ctx.mutex), need
+
+    def choose(self, ask: ContainerRequest, ctx: PodContext, state: ClusterState, walk: Walk,
+               fitting: list[int]) -> tuple[list[int], str]:
+        """Among the fitting positions (in walk order), the devices to give; ([], reason) when none.
+
+        Only called for vendors that set `topology` (the generic loop takes the first that fit).
+        """
+        return fitting[: ask.nums], ""
+
+    # Vendors whose choice looks at every fitting device (a topology) set this.
+    topology: bool = False
+
+    def score_node(self, ctx: PodContext, state: ClusterState, node: int,
+                   allocation: Sequence[Sequence[ContainerDevice]]) -> float:
+        """HAMi's ScoreNode for this vendor's part of the pod on the node (added to the node score)."""
+        return 0.0
+
+    # Vendors with a ScoreNode set this, so the engine computes allocations for every candidate.
+    scores_nodes: bool = False
+
+    def usage(self, device: DeviceInfo, placed: ContainerDevice) -> tuple[int, int, int]:
+        """HAMi's AddResourceUsage: task slots, MiB and cores a placed device takes."""
+        return 1, placed.usedmem, placed.usedcores
+
+    def wire_type(self, device: DeviceInfo) -> str:
+        """The type written for a device in the pod's allocation annotation."""
+        return self.name
+
+    # ---- decision ---------------------------------------------------------------------
+
+    def decision_annotations(self, pod: PodDecisionInput) -> dict[str, str]:
+        """HAMi's PatchAnnotations: the annotations for this vendor's part of a decision."""
+        encoded = encode_pod_devices(pod.allocation)
+        result = {}
+        if self.keys.to_allocate:
+            result[self.keys.to_allocate] = encoded
+        if self.keys.allocated:
+            result[self.keys.allocated] = encoded
+        return result
+
+    def decision_keys(self) -> tuple[str, ...]:
+        """Every pod annotation a decision of this vendor may write (cleared when a bind fails)."""
+        return tuple(k for k in (self.keys.to_allocate, self.keys.allocated) if k)
+
+
+@dataclass(frozen=True)
+class PodDecisionInput:
+    """A decision as a vendor writes it: the node's devices and the vendor's part of the allocation.
+
+    `allocation` has one entry per container (init containers first), holding only this
+    vendor's devices; `devices` maps each device UUID of the node to its registration.
+    """
+
+    node: str
+    allocation: PodAllocation
+    devices: Mapping[str, DeviceInfo]
+    annotations: Mapping[str, str]
+    container_names: tuple[str, ...]
+    now_ns: int
+
+    def device(self, uuid: str) -> DeviceInfo:
+        return self.devices[uuid]
+
+
+def resources_of(container: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(limits, requests) of a container; raises HamiError when they are not mappings."""
+    resources = container.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise HamiError(f"container {container.get('name')!r}: 'resources' is not a mapping")
+    limits = resources.get("limits") or {}
+    requests = resources.get("requests") or {}
+    if not isinstance(limits, dict) or not isinstance(requests, dict):
+        raise HamiError(f"container {container.get('name')!r}: limits and requests must be mappings")
+    return limits, requests
+
+
+def generic_usage_codes(state: ClusterState, rows: Rows, used: IntArray, usedmem: IntArray, usedcores: IntArray,
+                        need: Need, mutex: bool = False) -> IntArray:
+    """HAMi's generic fit checks on usage, in its order (0 = fits)."""
+    count, totalmem, totalcore = state.count[rows], state.totalmem[rows], state.totalcore[rows]
+    cores = need.cores
+    conditions = [
+        used >= count,
+        totalmem - usedmem < need.mem,
+        totalcore - usedcores < cores,
+        (totalcore == 100) & (cores == 100) & (used > 0),
+        (totalcore != 0) & (usedcores == totalcore) & (cores == 0),
+    ]
+    choices = [R.CODE_OF[name] for name in R.DEVICE_CHECKS[4:]]
+    if mutex:  # HAMi's `mutex` GPU policy: only devices nobody uses
+        conditions.insert(1, used > 0)
+        choices.insert(1, R.CODE_OF[R.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT])
+    return np.select(conditions, choices, 0).astype(np.int64)
+
+
+def custom_int(device: DeviceInfo, key: str, default: int = 0) -> int:
+    value = device.custom.get(key, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def json_annotation(annotations: Mapping[str, Any], key: str) -> Any:
+    """A JSON annotation value; raises AnnotationError naming the key."""
+    value = annotations.get(key)
+    if value is None:
+        return None
+    try:
+        return json.loads(str(value))
+    except json.JSONDecodeError as exc:
+        raise AnnotationError(f"{key}: invalid JSON: {exc.msg} at position {exc.pos}") from None
