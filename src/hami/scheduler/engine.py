@@ -246,7 +246,10 @@ def fit_container(
     `earlier` holds the node-relative rows this pod's earlier containers took of the vendor.
     """
     node_rows = state.rows_of_node(node)
-    vrows = node_rows if state.single_vendor else state.vendor_rows_of_node(node, request.vendor)
+    if state.single_vendor and state.vendor_names == [request.vendor]:
+        vrows = node_rows
+    else:
+        vrows = state.vendor_rows_of_node(node, request.vendor)
     n = len(vrows)
     if request.nums > n:
         return ContainerFit([], reason=f"{n}/{n} {R.NODE_INSUFFICIENT_DEVICE}")

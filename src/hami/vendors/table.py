@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hami.errors import HamiError
+from hami.model.allocation import ContainerDevice
 from hami.model.devices import DeviceInfo
 from hami.model.requests import ContainerRequest
 from hami.quantity import QuantityError, parse_whole
@@ -138,6 +139,13 @@ class TableVendor(Vendor):
                        type=self.name, index=i, vendor=self.name)
             for i in range(total)
         ]
+
+    def usage(self, device: DeviceInfo, placed: ContainerDevice) -> tuple[int, int, int]:
+        if self.spec.checks is Checks.SLOTS:
+            # HAMi writes the whole memory into the annotation but never limits it: count the task only,
+            # so that two tasks sharing a device do not read as twice its memory.
+            return 1, 0, 0
+        return super().usage(device, placed)
 
     def usage_codes(self, ask: ContainerRequest, ctx: PodContext, state: ClusterState, rows: Rows, used: IntArray,
                     usedmem: IntArray, usedcores: IntArray, earlier: Sequence[int] = ()) -> tuple[IntArray, Need]:
