@@ -160,3 +160,35 @@ def test_malformed_vendor_registration_is_a_warning_not_a_crash() -> None:
     node, warnings = VENDORS.registered_node(bad)
     assert node is not None and [d.vendor for d in node.devices] == ["NVIDIA"]
     assert warnings and "hami.io/node-dcu-register" in warnings[0]
+
+
+def test_handshake_health_follows_hami() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+    dcu = VENDORS["DCU"]
+    registration = csv_devices("DCU-h", 1, 4, 16384, 100, "DCU-Z100")
+
+    def node(handshake: str | None, allocatable: str | None) -> dict[str, object]:
+        annotations = {DCU_REGISTER: registration}
+        if handshake is not None:
+            annotations["hami.io/node-handshake-dcu"] = handshake
+        obj = node_obj("h1", annotations)
+        obj["status"] = {"allocatable": {} if allocatable is None else {"hygon.com/dcunum": allocatable}}
+        return obj
+
+    reported = node("Reported 2026-12-01 11:59:50.1 +0000 UTC", "4")
+    assert dcu.node_health(reported, now)
+    assert dcu.handshake_request(reported, now) == "Requesting_2026-12-01 12:00:00"
+    recent = node("Requesting_2026-12-01 11:59:30", "0")
+    assert dcu.node_health(recent, now) and dcu.handshake_request(recent, now) is None
+    stale_gone = node("Requesting_2026-12-01 11:58:00", "0")
+    assert not dcu.node_health(stale_gone, now)
+    assert dcu.node_health(node("Requesting_2026-12-01 11:58:00", "4"), now)  # still advertised: kept
+    assert dcu.node_health(node("Requesting_garbage", None), now)
+    # The cache's view: the stale vendor offers nothing, and comes back once its agent reports.
+    assert VENDORS.registered_node(stale_gone, now)[0] is None
+    assert VENDORS.registered_node(stale_gone, now + timedelta(days=-1))[0] is not None
+    assert VENDORS.registered_node(stale_gone)[0] is not None  # a snapshot is judged without a clock
+    # No handshake is asked of a node that does not register the vendor (HAMi asks every node).
+    assert dcu.handshake_request(node_obj("plain"), now) is None

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from hami.scheduler.cache import ClusterCache, pod_key
     from hami.scheduler.engine import PolicyDefaults
     from hami.scheduler.extender import Extender, ExtenderOptions
+    from hami.scheduler.handshake import HandshakeKeeper
     from hami.scheduler.informer import Informer
     from hami.scheduler.kube import KubeApi, make_client
     from hami.scheduler.leader import LeaderElector
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
                 logging.getLogger("hami").info("pod %s: decision expired unbound; its devices are free", key)
 
     start(expire, "expire-unbound")
+    start(lambda: HandshakeKeeper(api, cache, extender.is_leader).run(stop), "handshake")
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=registry)
 

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from hami.annotations import keys
@@ -71,6 +71,8 @@ class ClusterCache:
         self._lock = threading.RLock()
         self._nodes: dict[str, NodeDevices] = {}
         self._node_sources: dict[str, tuple[Any, ...]] = {}
+        # The latest Node objects, for the handshake's periodic health check.
+        self._node_objects: dict[str, dict[str, Any]] = {}
         self._holdings: dict[str, Holding] = {}
         # The latest copy of each pod still waiting for a node, so that /bind needs no GET.
         self._unbound: dict[str, dict[str, Any]] = {}
@@ -83,12 +85,14 @@ class ClusterCache:
     def upsert_node(self, node: dict[str, Any]) -> None:
         metadata = node.get("metadata") or {}
         name = str(metadata.get("name"))
-        source = self.vendors.node_inputs(node)
+        now = datetime.now(UTC)
+        source = self.vendors.node_inputs(node, now)
         with self._lock:
+            self._node_objects[name] = node
             if name in self._node_sources and self._node_sources[name] == source:
                 return  # only the handshake or other annotations changed
             self._node_sources[name] = source
-            registered, warnings = self.vendors.registered_node(node)
+            registered, warnings = self.vendors.registered_node(node, now)
             for warning in warnings:
                 log.warning("%s", warning)
             if registered is not None:
@@ -99,6 +103,7 @@ class ClusterCache:
 
     def delete_node(self, name: str) -> None:
         with self._lock:
+            self._node_objects.pop(name, None)
             self._node_sources.pop(name, None)
             if self._nodes.pop(name, None) is not None:
                 self._state = None
@@ -218,6 +223,10 @@ class ClusterCache:
                     self._add(state, key, holding)
                 self._state = state
             return self._state
+
+    def node_objects(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._node_objects.values())
 
     def holdings(self) -> dict[str, Holding]:
         with self._lock:

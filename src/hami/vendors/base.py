@@ -21,12 +21,14 @@ import enum
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from hami.annotations.errors import AnnotationError
+from hami.annotations.handshake import decode_handshake, encode_requesting
 from hami.annotations.node_register import decode_node_devices
 from hami.annotations.pod_devices import encode_pod_devices
 from hami.annotations.selectors import DeviceSelectors, split_list
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
 
 IntArray = npt.NDArray[np.int64]
 Rows = slice | IntArray
+
+# How long a node agent has to answer the scheduler's handshake request (HAMi: 60 s).
+HANDSHAKE_TIMEOUT = timedelta(seconds=60)
 
 # HAMi counts memory and cores in int32; a larger ask is a mistake (a byte count, say), not a request.
 INT32_MAX = 2**31 - 1
@@ -225,6 +230,42 @@ class Vendor:
             return []
         devices = decode_node_devices(str(value))
         return [self.registered(d) for d in devices]
+
+    def node_health(self, node: Mapping[str, Any], now: datetime) -> bool:
+        """HAMi's CheckHealth: a vendor whose node agent stopped answering the handshake is unhealthy.
+
+        The scheduler writes `Requesting_<time>`; the agent answers `Reported …`. A request left
+        unanswered for 60 s, on a node that no longer advertises the vendor's count resource,
+        means the agent is gone: its devices are not offered until it reports again.
+        """
+        if self.keys.handshake is None:
+            return True
+        value = str(((node.get("metadata") or {}).get("annotations") or {}).get(self.keys.handshake) or "")
+        if "Requesting" not in value:
+            return True
+        try:
+            asked = decode_handshake(value).at
+        except AnnotationError:
+            return True  # as HAMi: a time it cannot read is not held against the node
+        if asked is None or now < asked + HANDSHAKE_TIMEOUT:
+            return True
+        allocatable = ((node.get("status") or {}).get("allocatable") or {}).get(self.resources.count)
+        try:
+            return allocatable is not None and parse_whole(allocatable) > 0
+        except QuantityError:
+            return False
+
+    def handshake_request(self, node: Mapping[str, Any], now: datetime) -> str | None:
+        """The handshake value the scheduler writes to ask the node agent to report again (None:
+        nothing to write). Only on nodes that register this vendor (HAMi writes it on every node)."""
+        if self.keys.handshake is None or self.keys.register is None:
+            return None
+        annotations = (node.get("metadata") or {}).get("annotations") or {}
+        if self.keys.register not in annotations:
+            return None
+        if "Requesting" in str(annotations.get(self.keys.handshake) or ""):
+            return None
+        return encode_requesting(now)
 
     def registered(self, device: DeviceInfo) -> DeviceInfo:
         """A decoded registration entry, marked as this vendor's."""

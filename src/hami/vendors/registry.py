@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from hami.annotations import keys
@@ -138,19 +139,27 @@ class VendorSet:
 
     # ---- nodes ------------------------------------------------------------------------
 
-    def node_inputs(self, node: Mapping[str, Any]) -> tuple[Any, ...]:
-        """What the node's devices depend on: equal inputs give equal devices."""
+    def node_inputs(self, node: Mapping[str, Any], now: datetime | None = None) -> tuple[Any, ...]:
+        """What the node's devices depend on (at `now`, with handshake health): equal inputs give
+        equal devices."""
         annotations = (node.get("metadata") or {}).get("annotations") or {}
-        return (annotations.get(keys.DEVICE_CORDON), *(v.node_inputs(node) for v in self))
+        health = tuple(v.node_health(node, now) for v in self) if now is not None else ()
+        return (annotations.get(keys.DEVICE_CORDON), health, *(v.node_inputs(node) for v in self))
 
-    def registered_node(self, node: Mapping[str, Any]) -> tuple[NodeDevices | None, list[str]]:
-        """The devices a Node object offers (None: none) and a warning per malformed registration."""
+    def registered_node(self, node: Mapping[str, Any],
+                        now: datetime | None = None) -> tuple[NodeDevices | None, list[str]]:
+        """The devices a Node object offers (None: none) and a warning per malformed registration.
+
+        With `now`, a vendor whose node agent left the handshake unanswered offers nothing.
+        """
         metadata = node.get("metadata") or {}
         name = str(metadata.get("name"))
         annotations = metadata.get("annotations") or {}
         devices: list[DeviceInfo] = []
         warnings: list[str] = []
         for vendor in self:
+            if now is not None and not vendor.node_health(node, now):
+                continue
             try:
                 devices.extend(vendor.node_devices(node))
             except AnnotationError as exc:
