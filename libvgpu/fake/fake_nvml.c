@@ -1,6 +1,7 @@
 /* A fake libnvidia-ml.so.1 over the same fake device state as the fake libcuda. */
 #define _GNU_SOURCE
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -28,6 +29,10 @@ EXPORT nvmlReturn_t nvmlInit_v2(void) {
     return NVML_SUCCESS;
 }
 EXPORT nvmlReturn_t nvmlInit(void) { return nvmlInit_v2(); }
+EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
+    (void)flags;
+    return nvmlInit_v2();
+}
 EXPORT nvmlReturn_t nvmlShutdown(void) { return NVML_SUCCESS; }
 EXPORT const char *nvmlErrorString(nvmlReturn_t r) { return r == NVML_SUCCESS ? "Success" : "Fake NVML error"; }
 
@@ -56,6 +61,28 @@ EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *name, unsigned int l
     NEED_DEV(d);
     if (!name) return NVML_ERROR_INVALID_ARGUMENT;
     snprintf(name, len, "Fake GPU %d", d->index);
+    return NVML_SUCCESS;
+}
+
+/* FAKE_CUDA_UUIDS: comma-separated UUIDs, one per device; otherwise GPU-00000000-…-<index>. */
+EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned int len) {
+    NEED_DEV(d);
+    if (!uuid) return NVML_ERROR_INVALID_ARGUMENT;
+    char buf[96];
+    snprintf(buf, sizeof buf, "GPU-00000000-0000-0000-0000-%012d", d->index);
+    const char *list = getenv("FAKE_CUDA_UUIDS");
+    for (int i = 0; list && *list; i++) {
+        const char *end = strchr(list, ',');
+        size_t n = end ? (size_t)(end - list) : strlen(list);
+        if (i == d->index && n > 0 && n < sizeof buf) {
+            memcpy(buf, list, n);
+            buf[n] = 0;
+            break;
+        }
+        list = end ? end + 1 : NULL;
+    }
+    if (strlen(buf) + 1 > len) return NVML_ERROR_INSUFFICIENT_SIZE;
+    memcpy(uuid, buf, strlen(buf) + 1);
     return NVML_SUCCESS;
 }
 

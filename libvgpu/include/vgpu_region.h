@@ -7,9 +7,16 @@
  * offsets. Bump VGPU_REGION_VERSION on any change.
  *
  * Writers hold the region lock (an OFD fcntl lock on byte 0 of the file) for
- * every change to limit/used/proc slots. Fields marked (atomic) are also
- * touched without the lock with C11 atomics (the rate limiter, flags the
+ * every change to used/proc slots. Fields marked (atomic) are also touched
+ * without the lock with C11 atomics (the rate limiter, flags and limits the
  * monitor writes).
+ *
+ * Every process that uses the region holds a shared OFD lock on byte 1 for
+ * as long as it lives (the kernel drops it when the process dies), so the
+ * monitor can tell a region in use from a stale one by trying to lock it.
+ *
+ * Fields may be added in reserved space when zero means what an older writer
+ * did (old readers ignore them); any other change bumps VGPU_REGION_VERSION.
  */
 #ifndef VGPU_REGION_H
 #define VGPU_REGION_H
@@ -20,12 +27,16 @@
 #define VGPU_REGION_VERSION 1u
 #define VGPU_MAX_DEVICES 16
 #define VGPU_MAX_PROCS 256
+/* A launch after this long without one writes the region file once (same
+ * bytes), so that a monitor watching with inotify sees the task wake up. */
+#define VGPU_ANNOUNCE_NS 100000000ull
 
 typedef struct {
-    uint64_t limit;          /* bytes; 0 = no memory limit */
+    uint64_t limit;          /* (atomic) bytes; 0 = no memory limit. Set from the environment when the
+                              * region is created; afterwards only the monitor changes it (resize) */
     uint64_t used;           /* bytes reserved by live processes (sum of proc slots) */
     uint64_t total;          /* physical bytes as last seen by a process (0 = unknown) */
-    uint32_t sm_limit;       /* percent of SMs; 0 or >= 100 = no limit */
+    uint32_t sm_limit;       /* (atomic) percent of SMs; 0 or >= 100 = no limit (set like limit) */
     uint32_t sm_count;       /* SMs of the device (0 = unknown) */
     uint32_t suspend;        /* (atomic) monitor: 1 = low-priority launches wait */
     uint32_t relax;          /* (atomic) monitor: 1 = device not shared, "default" policy lifts the SM cap */
@@ -61,7 +72,9 @@ typedef struct {
     uint32_t device_count;   /* devices with a configured entry */
     uint32_t suspend_any;    /* (atomic) number of devices with suspend set: fast-path check */
     uint64_t created_ns;     /* CLOCK_REALTIME when the region was initialised */
-    uint64_t reserved[3];
+    uint32_t limits_gen;     /* (atomic) bumped by the monitor after it changes limit or sm_limit (resize) */
+    uint32_t reserved0;
+    uint64_t reserved[2];
     vgpu_device_t dev[VGPU_MAX_DEVICES];
     vgpu_proc_t proc[VGPU_MAX_PROCS];
 } vgpu_region_t;

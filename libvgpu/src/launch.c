@@ -7,7 +7,11 @@
  * admitted, estimates the cost c = u / (blocks per second) with an
  * exponential average, and sets rate = target / c. For a plant that is
  * roughly linear in the launch rate this converges geometrically without
- * overshoot, unlike a bucket refilled by a fixed step up or down. */
+ * overshoot, unlike a bucket refilled by a fixed step up or down.
+ *
+ * The SM limit is read from the region, not from the environment, so that the
+ * monitor can change it while the container runs (resize): it bumps the
+ * region's limits_gen, and the next launch of each process notices. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -18,6 +22,7 @@
 #include "vgpu.h"
 
 int vgpu_sm_active;
+static uint32_t seen_limits_gen;
 static int ctl_started;
 static pthread_mutex_t ctl_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -27,14 +32,33 @@ static inline void touch_last_kernel(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME_COARSE, &ts);
     uint64_t ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-    if (ns - __atomic_load_n(&s->last_kernel_ns, __ATOMIC_RELAXED) >= 1000000ull)
+    uint64_t prev = __atomic_load_n(&s->last_kernel_ns, __ATOMIC_RELAXED);
+    if (ns - prev >= 1000000ull) {
         __atomic_store_n(&s->last_kernel_ns, ns, __ATOMIC_RELAXED);
+        if (ns - prev >= VGPU_ANNOUNCE_NS) region_announce(); /* waking up: tell the monitor at once */
+    }
 }
 
-static int cap_in_force(int dev, const vgpu_device_t *d) {
-    if (vgpu_cfg.policy == POLICY_DISABLE || !vgpu_cfg.sm_limit[dev]) return 0;
+static uint32_t sm_limit_of(const vgpu_device_t *d) {
+    uint32_t sm = __atomic_load_n(&d->sm_limit, __ATOMIC_RELAXED);
+    return sm < 100 ? sm : 0;
+}
+
+static int cap_in_force(const vgpu_device_t *d) {
+    if (vgpu_cfg.policy == POLICY_DISABLE || !sm_limit_of(d)) return 0;
     if (vgpu_cfg.policy == POLICY_DEFAULT && __atomic_load_n(&d->relax, __ATOMIC_RELAXED)) return 0;
     return 1;
+}
+
+/* Reads the SM limits from the region: is any in force for this process? */
+static void refresh_limits(void) {
+    uint32_t gen = __atomic_load_n(&vgpu_region->limits_gen, __ATOMIC_ACQUIRE);
+    int active = 0;
+    if (vgpu_cfg.policy != POLICY_DISABLE)
+        for (int i = 0; i < VGPU_MAX_DEVICES; i++)
+            if (sm_limit_of(&vgpu_region->dev[i])) active = 1;
+    __atomic_store_n(&vgpu_sm_active, active, __ATOMIC_RELAXED);
+    __atomic_store_n(&seen_limits_gen, gen, __ATOMIC_RELEASE);
 }
 
 static void sleep_ns(uint64_t ns) {
@@ -83,19 +107,27 @@ static void limiter_acquire(vgpu_device_t *d, uint64_t cost) {
 }
 
 static __attribute__((noinline)) void gate_slow(uint64_t cost) {
+    if (__atomic_load_n(&vgpu_region->limits_gen, __ATOMIC_ACQUIRE) !=
+        __atomic_load_n(&seen_limits_gen, __ATOMIC_ACQUIRE))
+        refresh_limits();
     CUdevice dev;
     if (vgpu_current_device(&dev) != 0) return;
     vgpu_device_t *d = &vgpu_region->dev[dev];
     if (vgpu_cfg.priority >= 1)
         while (__atomic_load_n(&d->suspend, __ATOMIC_ACQUIRE)) sleep_ns(500000);
-    if (!cap_in_force(dev, d)) return;
+    if (!cap_in_force(d)) return;
     if (unlikely(!__atomic_load_n(&ctl_started, __ATOMIC_ACQUIRE))) launch_start_controller();
     limiter_acquire(d, cost);
 }
 
 static inline void launch_gate(uint64_t cost) {
     touch_last_kernel();
-    if (likely(!vgpu_sm_active && !__atomic_load_n(&vgpu_region->suspend_any, __ATOMIC_RELAXED))) return;
+    vgpu_region_t *r = vgpu_region;
+    if (likely(!__atomic_load_n(&vgpu_sm_active, __ATOMIC_RELAXED) &&
+               !__atomic_load_n(&r->suspend_any, __ATOMIC_RELAXED) &&
+               __atomic_load_n(&r->limits_gen, __ATOMIC_RELAXED) ==
+                   __atomic_load_n(&seen_limits_gen, __ATOMIC_RELAXED)))
+        return;
     gate_slow(cost);
 }
 
@@ -151,7 +183,7 @@ VGPU_EXPORT CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, u
 
 /* A graph's work is unknown here: count it as one full wave of the device. */
 static uint64_t graph_cost(void) {
-    if (!vgpu_sm_active) return 1;
+    if (!__atomic_load_n(&vgpu_sm_active, __ATOMIC_RELAXED)) return 1;
     CUdevice dev;
     if (vgpu_current_device(&dev) != 0) return 1;
     vgpu_device_t *d = &vgpu_region->dev[dev];
@@ -184,6 +216,8 @@ static nvmlReturn_t (*nvml_device_util)(nvmlDevice_t, nvmlUtilization_t *);
 
 /* The container's SM utilisation on dev over the last window_ns, 0..1, or -1. */
 static double measure_util(int dev, uint64_t window_ns) {
+    if (nvml_ok && !nvml_dev[dev] && vgpu_aux.nvmlDeviceGetHandleByIndex_v2((unsigned)dev, &nvml_dev[dev]) != NVML_SUCCESS)
+        nvml_dev[dev] = NULL;
     if (!nvml_ok || !nvml_dev[dev]) return -1;
     nvmlProcessUtilizationSample_t samples[512];
     unsigned int n = 512;
@@ -243,7 +277,7 @@ static void ctl_step(int dev, uint64_t period_ns) {
     c_hat = (bits == 0 || c_hat <= 0) ? c : c_hat + 0.5 * (c - c_hat);
     memcpy(&bits, &c_hat, sizeof bits);
     __atomic_store_n(&d->cost_bits, bits, __ATOMIC_RELAXED);
-    double target = vgpu_cfg.sm_limit[dev] / 100.0;
+    double target = sm_limit_of(d) / 100.0;
     double rate = target / c_hat * 1000.0;
     if (rate < 1000.0) rate = 1000.0; /* at least one block per second */
     if (rate > 1e15) rate = 1e15;
@@ -258,10 +292,7 @@ static void *controller(void *arg) {
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     if (vgpu_aux.nvmlInit_v2 && vgpu_aux.nvmlDeviceGetHandleByIndex_v2 && vgpu_aux.nvmlDeviceGetProcessUtilization &&
         vgpu_aux.nvmlInit_v2() == NVML_SUCCESS) {
-        nvml_ok = 1;
-        for (int i = 0; i < VGPU_MAX_DEVICES; i++)
-            if (vgpu_cfg.sm_limit[i] && vgpu_aux.nvmlDeviceGetHandleByIndex_v2((unsigned)i, &nvml_dev[i]) != NVML_SUCCESS)
-                nvml_dev[i] = NULL;
+        nvml_ok = 1; /* device handles are taken on first use: a resize may cap a device later */
     } else {
         LOG_ERR("NVML is not available: the SM limit cannot be measured and is not enforced");
     }
@@ -269,7 +300,7 @@ static void *controller(void *arg) {
     for (;;) {
         sleep_ns(period);
         for (int i = 0; i < VGPU_MAX_DEVICES; i++)
-            if (vgpu_cfg.sm_limit[i] && cap_in_force(i, &vgpu_region->dev[i])) ctl_step(i, period);
+            if (cap_in_force(&vgpu_region->dev[i])) ctl_step(i, period);
     }
     return NULL;
 }
@@ -277,11 +308,8 @@ static void *controller(void *arg) {
 static void launch_atfork_child(void) { ctl_started = 0; }
 
 void launch_start_controller(void) {
-    vgpu_sm_active = 0;
-    if (vgpu_cfg.policy != POLICY_DISABLE)
-        for (int i = 0; i < VGPU_MAX_DEVICES; i++)
-            if (vgpu_cfg.sm_limit[i]) vgpu_sm_active = 1;
-    if (!vgpu_sm_active) return;
+    refresh_limits();
+    if (!__atomic_load_n(&vgpu_sm_active, __ATOMIC_RELAXED)) return;
     pthread_mutex_lock(&ctl_mu);
     if (!ctl_started) {
         static int atfork_done;

@@ -113,20 +113,6 @@ static void reclaim_dead(void) {
     }
 }
 
-static void init_header(vgpu_region_t *r) {
-    memset(r, 0, sizeof *r);
-    r->version = VGPU_REGION_VERSION;
-    r->region_size = sizeof(vgpu_region_t);
-    r->device_size = sizeof(vgpu_device_t);
-    r->proc_size = sizeof(vgpu_proc_t);
-    r->max_devices = VGPU_MAX_DEVICES;
-    r->max_procs = VGPU_MAX_PROCS;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    r->created_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-    __atomic_store_n(&r->magic, VGPU_REGION_MAGIC, __ATOMIC_RELEASE);
-}
-
 static void register_self(void) {
     vgpu_region_t *r = vgpu_region;
     int pid = getpid();
@@ -153,15 +139,43 @@ static void register_self(void) {
     reclaim_dead();
 }
 
-static void apply_config(void) {
-    vgpu_region_t *r = vgpu_region;
-    uint32_t count = r->device_count;
+/* A new region: the header, then the limits from the environment, then the
+ * magic, so that a reader (the monitor) never sees a region without its limits.
+ * A region that exists keeps its limits: the monitor may have resized them,
+ * and every process of a container has the same environment anyway. */
+static void init_region(vgpu_region_t *r) {
+    memset(r, 0, sizeof *r);
+    r->version = VGPU_REGION_VERSION;
+    r->region_size = sizeof(vgpu_region_t);
+    r->device_size = sizeof(vgpu_device_t);
+    r->proc_size = sizeof(vgpu_proc_t);
+    r->max_devices = VGPU_MAX_DEVICES;
+    r->max_procs = VGPU_MAX_PROCS;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r->created_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    uint32_t count = 0;
     for (int d = 0; d < VGPU_MAX_DEVICES; d++) {
-        if (vgpu_cfg.mem_limit[d]) r->dev[d].limit = vgpu_cfg.mem_limit[d];
+        r->dev[d].limit = vgpu_cfg.mem_limit[d];
         r->dev[d].sm_limit = vgpu_cfg.sm_limit[d];
-        if ((vgpu_cfg.mem_limit[d] || vgpu_cfg.sm_limit[d]) && (uint32_t)d + 1 > count) count = (uint32_t)d + 1;
+        if (vgpu_cfg.mem_limit[d] || vgpu_cfg.sm_limit[d]) count = (uint32_t)d + 1;
     }
     r->device_count = count;
+    __atomic_store_n(&r->magic, VGPU_REGION_MAGIC, __ATOMIC_RELEASE);
+}
+
+/* A shared lock on byte 1 for the life of this open file description: the
+ * monitor's sign that the region is in use (see vgpu_region.h). */
+static void hold_alive_lock(void) {
+    if (region_fd < 0) return;
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_RDLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = 1;
+    fl.l_len = 1;
+    while (fcntl(region_fd, F_OFD_SETLKW, &fl) == -1 && errno == EINTR) {
+    }
 }
 
 static void use_private_region(void) {
@@ -171,7 +185,7 @@ static void use_private_region(void) {
         p = &static_region;
     }
     vgpu_region = p;
-    init_header(vgpu_region);
+    init_region(vgpu_region);
     if (region_fd >= 0) close(region_fd);
     region_fd = -1;
 }
@@ -223,7 +237,7 @@ int region_attach(void) {
         } else {
             vgpu_region_t *r = p;
             if (r->magic == 0) {
-                init_header(r);
+                init_region(r);
             } else if (r->magic != VGPU_REGION_MAGIC || r->version != VGPU_REGION_VERSION ||
                        r->region_size != sizeof(vgpu_region_t)) {
                 LOG_ERR("shared region %s has another layout (version %u); limits apply to this process alone",
@@ -233,12 +247,14 @@ int region_attach(void) {
                 p = NULL;
                 use_private_region();
             }
-            if (p) vgpu_region = r;
+            if (p) {
+                vgpu_region = r;
+                hold_alive_lock();
+            }
         }
     } else {
         use_private_region();
     }
-    apply_config();
     register_self();
     lock_file(F_UNLCK);
     pthread_mutex_unlock(&local_mu);
@@ -254,6 +270,7 @@ static void reattach_after_fork(void) {
         if (open_region_file() != 0) {
             /* keep working on the shared mapping without the file lock */
         }
+        hold_alive_lock();
     }
     lock_file(F_WRLCK);
     register_self();
@@ -333,6 +350,15 @@ uint64_t region_limit(int dev) {
 void region_note_total(int dev, uint64_t total) {
     if (dev < 0 || dev >= VGPU_MAX_DEVICES || !vgpu_region) return;
     __atomic_store_n(&vgpu_region->dev[dev].total, total, __ATOMIC_RELAXED);
+}
+
+/* Rewrites the magic (same bytes) through the file, not the mapping: writes
+ * to a mapping raise no inotify event, this write does. */
+void region_announce(void) {
+    if (region_fd < 0) return;
+    uint64_t magic = VGPU_REGION_MAGIC;
+    ssize_t w = pwrite(region_fd, &magic, sizeof magic, 0);
+    (void)w;
 }
 
 void region_pids(int32_t *pids, int *n, int max) {

@@ -178,6 +178,7 @@ uint64_t region_limit(int dev);
 void region_note_total(int dev, uint64_t total);
 vgpu_proc_t *region_self(void);
 void region_pids(int32_t *pids, int *n, int max);
+void region_announce(void);                  /* an inotify event for the monitor */
 
 /* memory.c */
 int vgpu_current_device(CUdevice *dev);

@@ -11,7 +11,8 @@ int main(void) {
     F(vgpu_region_t, magic); F(vgpu_region_t, version); F(vgpu_region_t, region_size);
     F(vgpu_region_t, device_size); F(vgpu_region_t, proc_size); F(vgpu_region_t, max_devices);
     F(vgpu_region_t, max_procs); F(vgpu_region_t, device_count); F(vgpu_region_t, suspend_any);
-    F(vgpu_region_t, created_ns); F(vgpu_region_t, reserved); F(vgpu_region_t, dev); F(vgpu_region_t, proc);
+    F(vgpu_region_t, created_ns); F(vgpu_region_t, limits_gen);
+    F(vgpu_region_t, reserved0); F(vgpu_region_t, reserved); F(vgpu_region_t, dev); F(vgpu_region_t, proc);
     F(vgpu_device_t, limit); F(vgpu_device_t, used); F(vgpu_device_t, total); F(vgpu_device_t, sm_limit);
     F(vgpu_device_t, sm_count); F(vgpu_device_t, suspend); F(vgpu_device_t, relax);
     F(vgpu_device_t, util_permille); F(vgpu_device_t, reserved0); F(vgpu_device_t, tokens);

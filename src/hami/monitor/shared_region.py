@@ -83,7 +83,9 @@ class VgpuRegion(ctypes.Structure):
         ("device_count", ctypes.c_uint32),
         ("suspend_any", ctypes.c_uint32),
         ("created_ns", ctypes.c_uint64),
-        ("reserved", ctypes.c_uint64 * 3),
+        ("limits_gen", ctypes.c_uint32),
+        ("reserved0", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint64 * 2),
         ("dev", VgpuDevice * MAX_DEVICES),
         ("proc", VgpuProc * MAX_PROCS),
     ]
@@ -97,6 +99,7 @@ class VgpuRegion(ctypes.Structure):
     device_count: int
     suspend_any: int
     created_ns: int
+    limits_gen: int
     dev: ctypes.Array[VgpuDevice]
     proc: ctypes.Array[VgpuProc]
 
