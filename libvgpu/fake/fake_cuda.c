@@ -342,7 +342,7 @@ EXPORT CUresult cuArrayDestroy(CUarray a) {
 EXPORT CUresult cuMemGetInfo_v2(size_t *free_b, size_t *total) {
     NEED_CTX();
     if (!free_b || !total) return CUDA_ERROR_INVALID_VALUE;
-    fake_dev_t *d = &fake_state()->dev[current->dev];
+    fake_dev_t *d = fake_dev(current->dev);
     uint64_t used = __atomic_load_n(&d->mem_used, __ATOMIC_RELAXED);
     *total = fake_cfg.mem_bytes;
     *free_b = used >= fake_cfg.mem_bytes ? 0 : fake_cfg.mem_bytes - used;
@@ -400,7 +400,7 @@ EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s) { return cuGraphLa
 /* Test hook: SM-weighted kernel time scheduled for pid (0 = all) on dev. */
 EXPORT CUresult fakeCuGetBusy(int dev, int pid, unsigned long long *busy_ns, unsigned long long *now_ns) {
     if (dev < 0 || dev >= FAKE_MAX_DEV || !busy_ns) return CUDA_ERROR_INVALID_VALUE;
-    fake_dev_t *d = &fake_state()->dev[dev];
+    fake_dev_t *d = fake_dev(dev);
     uint64_t b = 0;
     fake_lock();
     if (!pid) b = d->busy_ns;

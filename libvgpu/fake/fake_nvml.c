@@ -64,23 +64,11 @@ EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *name, unsigned int l
     return NVML_SUCCESS;
 }
 
-/* FAKE_CUDA_UUIDS: comma-separated UUIDs, one per device; otherwise GPU-00000000-…-<index>. */
 EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned int len) {
     NEED_DEV(d);
     if (!uuid) return NVML_ERROR_INVALID_ARGUMENT;
     char buf[96];
-    snprintf(buf, sizeof buf, "GPU-00000000-0000-0000-0000-%012d", d->index);
-    const char *list = getenv("FAKE_CUDA_UUIDS");
-    for (int i = 0; list && *list; i++) {
-        const char *end = strchr(list, ',');
-        size_t n = end ? (size_t)(end - list) : strlen(list);
-        if (i == d->index && n > 0 && n < sizeof buf) {
-            memcpy(buf, list, n);
-            buf[n] = 0;
-            break;
-        }
-        list = end ? end + 1 : NULL;
-    }
+    fake_uuid(fake_cfg.host[d->index], buf, sizeof buf);
     if (strlen(buf) + 1 > len) return NVML_ERROR_INSUFFICIENT_SIZE;
     memcpy(uuid, buf, strlen(buf) + 1);
     return NVML_SUCCESS;
@@ -89,7 +77,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned int l
 EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *m) {
     NEED_DEV(d);
     if (!m) return NVML_ERROR_INVALID_ARGUMENT;
-    uint64_t used = __atomic_load_n(&fake_state()->dev[d->index].mem_used, __ATOMIC_RELAXED);
+    uint64_t used = __atomic_load_n(&fake_dev(d->index)->mem_used, __ATOMIC_RELAXED);
     m->total = fake_cfg.mem_bytes;
     m->used = used;
     m->free = used >= m->total ? 0 : m->total - used;
@@ -124,7 +112,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessU
     if (!count) return NVML_ERROR_INVALID_ARGUMENT;
     uint64_t now = fake_now_ns();
     uint64_t t0 = last_seen ? fake_realtime_to_mono_ns(last_seen) : (now > 1000000000ull ? now - 1000000000ull : 0);
-    fake_dev_t *dev = &fake_state()->dev[d->index];
+    fake_dev_t *dev = fake_dev(d->index);
     int pids[64];
     int np = 0;
     fake_lock();

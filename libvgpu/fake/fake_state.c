@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -24,9 +25,58 @@ static uint64_t env_u64(const char *name, uint64_t def) {
     return strtoull(s, NULL, 10);
 }
 
+void fake_uuid(int host, char *buf, size_t len) {
+    snprintf(buf, len, "GPU-00000000-0000-0000-0000-%012d", host);
+    const char *list = getenv("FAKE_CUDA_UUIDS");
+    for (int i = 0; list && *list; i++) {
+        const char *end = strchr(list, ',');
+        size_t n = end ? (size_t)(end - list) : strlen(list);
+        if (i == host && n > 0 && n < len) {
+            memcpy(buf, list, n);
+            buf[n] = 0;
+            return;
+        }
+        list = end ? end + 1 : NULL;
+    }
+}
+
+/* Like the container runtime: NVIDIA_VISIBLE_DEVICES (indices or UUIDs, comma-separated;
+ * unset, empty or "all" = every device; "none"/"void" = none) picks the host devices this
+ * process sees, numbered from 0 in that order. */
+static void visible_devices(void) {
+    const char *v = getenv("NVIDIA_VISIBLE_DEVICES");
+    fake_cfg.devices = 0;
+    if (!v || !*v || !strcmp(v, "all")) {
+        for (int i = 0; i < fake_cfg.host_devices; i++) fake_cfg.host[fake_cfg.devices++] = i;
+        return;
+    }
+    if (!strcmp(v, "none") || !strcmp(v, "void")) return;
+    char item[128], uuid[128];
+    while (*v && fake_cfg.devices < FAKE_MAX_DEV) {
+        const char *end = strchr(v, ',');
+        size_t n = end ? (size_t)(end - v) : strlen(v);
+        if (n < sizeof item) {
+            memcpy(item, v, n);
+            item[n] = 0;
+            for (int h = 0; h < fake_cfg.host_devices; h++) {
+                fake_uuid(h, uuid, sizeof uuid);
+                char index[16];
+                snprintf(index, sizeof index, "%d", h);
+                if (!strcmp(item, uuid) || !strcmp(item, index)) {
+                    fake_cfg.host[fake_cfg.devices++] = h;
+                    break;
+                }
+            }
+        }
+        if (!end) break;
+        v = end + 1;
+    }
+}
+
 static void init(void) {
-    fake_cfg.devices = (int)env_u64("FAKE_CUDA_DEVICES", 1);
-    if (fake_cfg.devices > FAKE_MAX_DEV) fake_cfg.devices = FAKE_MAX_DEV;
+    fake_cfg.host_devices = (int)env_u64("FAKE_CUDA_DEVICES", 1);
+    if (fake_cfg.host_devices > FAKE_MAX_DEV) fake_cfg.host_devices = FAKE_MAX_DEV;
+    visible_devices();
     fake_cfg.mem_bytes = env_u64("FAKE_CUDA_MEM_MIB", 16384) << 20;
     fake_cfg.sm_count = (int)env_u64("FAKE_CUDA_SM_COUNT", 108);
     if (fake_cfg.sm_count < 1) fake_cfg.sm_count = 1;
@@ -58,6 +108,8 @@ fake_state_t *fake_state(void) {
     pthread_once(&once, init);
     return state;
 }
+
+fake_dev_t *fake_dev(int dev) { return &fake_state()->dev[fake_cfg.host[dev]]; }
 
 uint64_t fake_now_ns(void) {
     struct timespec ts;
@@ -121,7 +173,7 @@ static void reclaim_dead(fake_dev_t *d) {
 }
 
 int fake_mem_charge(int dev, uint64_t bytes) {
-    fake_dev_t *d = &fake_state()->dev[dev];
+    fake_dev_t *d = fake_dev(dev);
     int rc = -1;
     fake_lock();
     if (d->mem_used + bytes > fake_cfg.mem_bytes) reclaim_dead(d);
@@ -136,7 +188,7 @@ int fake_mem_charge(int dev, uint64_t bytes) {
 }
 
 void fake_mem_uncharge(int dev, uint64_t bytes) {
-    fake_dev_t *d = &fake_state()->dev[dev];
+    fake_dev_t *d = fake_dev(dev);
     fake_lock();
     fake_proc_t *p = proc_slot(d, getpid());
     if (p) {
@@ -148,7 +200,7 @@ void fake_mem_uncharge(int dev, uint64_t bytes) {
 }
 
 uint64_t fake_run_kernel(int dev, uint64_t blocks) {
-    fake_dev_t *d = &fake_state()->dev[dev];
+    fake_dev_t *d = fake_dev(dev);
     uint64_t sm = (uint64_t)fake_cfg.sm_count;
     if (blocks == 0) blocks = 1;
     uint64_t waves = (blocks + sm - 1) / sm;
@@ -184,7 +236,7 @@ uint64_t fake_run_kernel(int dev, uint64_t blocks) {
 
 double fake_util(int dev, int pid, uint64_t t0, uint64_t t1) {
     if (t1 <= t0) return 0;
-    fake_dev_t *d = &fake_state()->dev[dev];
+    fake_dev_t *d = fake_dev(dev);
     double busy = 0;
     fake_lock();
     uint32_t idx = d->ring_head;

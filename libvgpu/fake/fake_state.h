@@ -4,6 +4,7 @@
 #ifndef FAKE_STATE_H
 #define FAKE_STATE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define FAKE_MAX_DEV 8
@@ -40,7 +41,9 @@ typedef struct {
 } fake_state_t;
 
 typedef struct {
-    int devices;
+    int devices;             /* devices this process sees (NVIDIA_VISIBLE_DEVICES), numbered from 0 */
+    int host[FAKE_MAX_DEV];  /* the host device behind each of them */
+    int host_devices;        /* FAKE_CUDA_DEVICES */
     uint64_t mem_bytes;
     int sm_count;
     uint64_t block_ns;       /* one wave of blocks takes this long */
@@ -50,6 +53,10 @@ typedef struct {
 
 extern fake_cfg_t fake_cfg;
 fake_state_t *fake_state(void);
+/* The state of the device this process numbers `dev` (after NVIDIA_VISIBLE_DEVICES). */
+fake_dev_t *fake_dev(int dev);
+/* The UUID of host device `host`: from FAKE_CUDA_UUIDS, else GPU-00000000-0000-0000-0000-<index>. */
+void fake_uuid(int host, char *buf, size_t len);
 void fake_lock(void);
 void fake_unlock(void);
 uint64_t fake_now_ns(void);

@@ -50,7 +50,9 @@ typedef struct {
     uint64_t ctl_launched;   /* (atomic) value of launched at the last controller step */
     uint64_t waits;          /* (atomic) launches that had to wait, cumulative */
     uint64_t cost_bits;      /* (atomic) controller estimate: utilisation per block/s, IEEE double bits */
-    uint64_t reserved1[2];
+    uint64_t last_launch_ns[2]; /* (atomic) CLOCK_REALTIME of the latest launch on this device by a process
+                                 * of priority 0 / 1 (ms resolution; 0 = none): what the monitor's
+                                 * priority rules read */
 } vgpu_device_t;
 
 typedef struct {

@@ -26,6 +26,23 @@ static uint32_t seen_limits_gen;
 static int ctl_started;
 static pthread_mutex_t ctl_mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* Once per millisecond at most: the launch time of this process and of its
+ * priority on the current device. A launch after VGPU_ANNOUNCE_NS without one
+ * (by this process, or by this priority on the device) writes the file once,
+ * which wakes a monitor that watches it with inotify. */
+static __attribute__((noinline)) void note_launch(vgpu_proc_t *s, uint64_t ns, uint64_t prev) {
+    __atomic_store_n(&s->last_kernel_ns, ns, __ATOMIC_RELAXED);
+    int announce = ns - prev >= VGPU_ANNOUNCE_NS;
+    CUdevice dev;
+    if (vgpu_current_device(&dev) == 0 && dev >= 0 && dev < VGPU_MAX_DEVICES) {
+        uint64_t *t = &vgpu_region->dev[dev].last_launch_ns[vgpu_cfg.priority ? 1 : 0];
+        uint64_t old = __atomic_load_n(t, __ATOMIC_RELAXED);
+        if (ns - old >= VGPU_ANNOUNCE_NS) announce = 1;
+        if (ns > old) __atomic_store_n(t, ns, __ATOMIC_RELAXED);
+    }
+    if (announce) region_announce();
+}
+
 static inline void touch_last_kernel(void) {
     vgpu_proc_t *s = region_self();
     if (unlikely(!s)) return;
@@ -33,10 +50,7 @@ static inline void touch_last_kernel(void) {
     clock_gettime(CLOCK_REALTIME_COARSE, &ts);
     uint64_t ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
     uint64_t prev = __atomic_load_n(&s->last_kernel_ns, __ATOMIC_RELAXED);
-    if (ns - prev >= 1000000ull) {
-        __atomic_store_n(&s->last_kernel_ns, ns, __ATOMIC_RELAXED);
-        if (ns - prev >= VGPU_ANNOUNCE_NS) region_announce(); /* waking up: tell the monitor at once */
-    }
+    if (ns - prev >= 1000000ull) note_launch(s, ns, prev);
 }
 
 static uint32_t sm_limit_of(const vgpu_device_t *d) {

@@ -18,7 +18,7 @@ int main(void) {
     F(vgpu_device_t, util_permille); F(vgpu_device_t, reserved0); F(vgpu_device_t, tokens);
     F(vgpu_device_t, refill_ns); F(vgpu_device_t, rate_milli); F(vgpu_device_t, ctl_ns);
     F(vgpu_device_t, launched); F(vgpu_device_t, ctl_launched); F(vgpu_device_t, waits);
-    F(vgpu_device_t, cost_bits); F(vgpu_device_t, reserved1);
+    F(vgpu_device_t, cost_bits); F(vgpu_device_t, last_launch_ns);
     F(vgpu_proc_t, pid); F(vgpu_proc_t, priority); F(vgpu_proc_t, start_time);
     F(vgpu_proc_t, last_kernel_ns); F(vgpu_proc_t, used);
     return 0;

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scheduler": ("hami.commands.scheduler", "run the kube-scheduler extender and the admission webhook"),
     "webhook": ("hami.commands.webhook", "run the mutating admission webhook alone"),
     "device-plugin": ("hami.deviceplugin.command", "run the NVIDIA device plugin and node agent on a node"),
+    "monitor": ("hami.commands.monitor", "run the node monitor: GPU metrics, task priority, resizes, cleanup"),
 }
 
 

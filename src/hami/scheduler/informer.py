@@ -27,6 +27,7 @@ class Informer:
         delete: Callable[[dict[str, Any]], None],
         stop: threading.Event,
         max_backoff: float = 30.0,
+        fields: dict[str, str] | None = None,
     ):
         self.client = client
         self.resource: Any = resource
@@ -35,16 +36,23 @@ class Informer:
         self.delete = delete
         self.stop = stop
         self.max_backoff = max_backoff
+        self.fields = fields  # a field selector, e.g. {"spec.nodeName": node}
         self.kind = resource.__name__
         self.relists = 0
 
     def _list(self) -> str:
-        kwargs: dict[str, Any] = {"namespace": "*"} if issubclass(self.resource, NamespacedResource) else {}
+        kwargs = self._scope()
         listing: Any = self.client.list(self.resource, **kwargs)
         items = [obj.to_dict() for obj in listing]
         self.replace(items)
         self.relists += 1
         return str(listing.resourceVersion)
+
+    def _scope(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"namespace": "*"} if issubclass(self.resource, NamespacedResource) else {}
+        if self.fields:
+            kwargs["fields"] = self.fields
+        return kwargs
 
     def run(self) -> None:
         backoff = 0.5
@@ -75,7 +83,7 @@ class Informer:
                 return OnErrorResult(OnErrorAction.RAISE)
             return OnErrorResult(OnErrorAction.RETRY, sleep=min(0.5 * 2**count, self.max_backoff))
 
-        kwargs: dict[str, Any] = {"namespace": "*"} if issubclass(self.resource, NamespacedResource) else {}
+        kwargs = self._scope()
         events: Any = self.client.watch(self.resource, resource_version=version, on_error=on_error, **kwargs)
         for kind, obj in events:
             if self.stop.is_set():
