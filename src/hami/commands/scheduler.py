@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from hami.scheduler.leader import LeaderElector
     from hami.scheduler.metrics import SchedulerCollector
     from hami.scheduler.nodelock import NodeLocker
+    from hami.scheduler.resize import Resizer
     from hami.serve import serve
     from hami.webhook.mutate import WebhookOptions
 
@@ -89,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
 
     start(Informer(client, Node, cache.replace_nodes, cache.upsert_node,
                    lambda n: cache.delete_node(n["metadata"]["name"]), stop).run, "informer-nodes")
-    start(Informer(client, Pod, cache.replace_pods, cache.upsert_pod,
+    # Live resizing (hami.io/vgpu-resize) sees every pod update after the cache has.
+    resizer = Resizer(cache, api, extender.decide_lock, extender.is_leader)
+    start(lambda: resizer.run(stop), "resizer")
+    start(Informer(client, Pod, resizer.replace_hook(cache.replace_pods), resizer.upsert_hook(cache.upsert_pod),
                    lambda p: cache.delete_pod(pod_key(p)), stop).run, "informer-pods")
     if args.leader_elect:
         extender.is_leader.clear()

@@ -143,6 +143,11 @@ class Extender:
         self._node_locks_guard = threading.Lock()
         self._binding: set[tuple[str, str]] = set()  # (namespace, name) of binds running now
 
+    @property
+    def decide_lock(self) -> threading.Lock:
+        """Held while a pod is decided: others that change accounting (resizes) take it too."""
+        return self._decide_lock
+
     # ---- /filter -----------------------------------------------------------------------
 
     def filter(self, args: dict[str, Any]) -> dict[str, Any]:
