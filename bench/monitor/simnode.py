@@ -156,8 +156,10 @@ class SimNode:
     def cache_dir(self, pod: dict[str, Any], container: str) -> Path:
         return self.hook_path / "containers" / f"{pod['metadata']['uid']}_{container}"
 
-    def start(self, pod: dict[str, Any], container: str, priority: int | None = None, **env: str) -> Worker:
-        """A process of the container, with the env the device plugin gives it (its decision's limits)."""
+    def start(self, pod: dict[str, Any], container: str, priority: int | None = None, device: int = 0,
+              **env: str) -> Worker:
+        """A process of the container, with the env the device plugin gives it (its decision's limits),
+        working on the container's device number `device`."""
         from hami.annotations.pod_devices import decode_pod_devices
 
         names = [c["name"] for c in pod["spec"]["containers"]]
@@ -180,7 +182,7 @@ class SimNode:
         if priority is not None:
             full["CUDA_TASK_PRIORITY"] = str(priority)
         full.update(env)
-        process = subprocess.Popen([str(BUILD / "t_worker")], env=full, stdin=subprocess.PIPE,
+        process = subprocess.Popen([str(BUILD / "t_worker"), str(device)], env=full, stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
         worker = Worker(process, cache)
         self.workers.append(worker)

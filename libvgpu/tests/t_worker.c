@@ -6,6 +6,8 @@
  *                    then print "launch n=<launches>"
  *   launch-log FILE S US   the same, and append the CLOCK_REALTIME ns at which
  *                    each launch returned to FILE, one per line
+ *   busy S           launch one-wave kernels as fast as allowed for S seconds; prints
+ *                    "busy util=<fraction>", the device's utilisation meanwhile (fake clock)
  *   info             prints "info total=<bytes> free=<bytes>" (cuMemGetInfo)
  *   quit
  * Usage: t_worker [DEVICE]   (the device this process uses, default 0) */
@@ -27,6 +29,20 @@ static long launch_for(double seconds, long period_us, FILE *log) {
         if (period_us > 0) usleep((useconds_t)period_us);
     }
     return n;
+}
+
+CUresult cuDeviceGetAttribute(int *, CUdevice_attribute, CUdevice);
+
+static double busy_for(int dev, double seconds) {
+    int sm = 1;
+    cuDeviceGetAttribute(&sm, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev);
+    unsigned long long b0, b1, n0, n1;
+    fakeCuGetBusy(dev, 0, &b0, &n0);
+    double end = now_s() + seconds;
+    while (now_s() < end) api.launchKernel((CUfunction)0x1000, (unsigned)sm, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
+    cuCtxSynchronize();
+    fakeCuGetBusy(dev, 0, &b1, &n1);
+    return n1 > n0 ? (double)(b1 - b0) / (double)(n1 - n0) : 0;
 }
 
 int main(int argc, char **argv) {
@@ -60,6 +76,8 @@ int main(int argc, char **argv) {
             long n = launch_for(a, b, log);
             if (log) fclose(log);
             printf("launch n=%ld\n", n);
+        } else if (!strcmp(cmd, "busy") && sscanf(line, "%*s %lf", &a) == 1) {
+            printf("busy util=%.4f\n", busy_for(dev, a));
         } else if (!strcmp(cmd, "info")) {
             size_t f = 0, t = 0;
             api.memGetInfo(&f, &t);
