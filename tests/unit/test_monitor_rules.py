@@ -113,7 +113,8 @@ ALLOCATION = ((ContainerDevice("GPU-a", "NVIDIA", 3000, 30),), (ContainerDevice(
 
 
 def test_a_resize_that_fits_changes_only_the_named_container() -> None:
-    result = plan_resize(_state(), "t/p", "n1", ALLOCATION, ["train", "side"], parse_resize("train:gpumem=8000,gpucores=40"))
+    result = plan_resize(_state(), "t/p", "n1", ALLOCATION, ["train", "side"],
+                         parse_resize("train:gpumem=8000,gpucores=40"))
     assert result.reason == ""
     assert result.allocation == ((ContainerDevice("GPU-a", "NVIDIA", 8000, 40),), ALLOCATION[1])
     assert result.changes == ("train GPU-a: 3000 -> 8000 MiB, 30 -> 40 % cores",)
