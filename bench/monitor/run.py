@@ -30,10 +30,13 @@ def _times(path: Path) -> list[int]:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
-def measure(low_log: Path, high_log: Path, start_ns: int) -> tuple[float, float] | None:
-    """(stop ms, resume ms) for one trial whose high-priority launches started after start_ns."""
-    high = [t for t in _times(high_log) if t >= start_ns]
-    low = [t for t in _times(low_log) if t >= start_ns]
+def measure(low_log: Path, high_log: Path, start_ns: int, end_ns: int | None = None) -> tuple[float, float] | None:
+    """(stop ms, resume ms) for one trial whose high-priority launches started after start_ns
+    (and the next trial's after end_ns). Read the logs once their writers are done: they are buffered."""
+    end = end_ns or 2**63
+    high = [t for t in _times(high_log) if start_ns <= t < end]
+    # From a little before: the last low-priority launch before the pause may precede start_ns.
+    low = [t for t in _times(low_log) if start_ns - 300_000_000 <= t < end]
     if not high or len(low) < 2:
         return None
     first, last = high[0], high[-1]
@@ -50,6 +53,7 @@ def main() -> int:
     parser.add_argument("--busy", type=float, default=1.0, help="seconds the high-priority task launches per trial")
     parser.add_argument("--rest", type=float, default=1.5, help="seconds between trials")
     parser.add_argument("--window", type=float, default=0.5, help="the monitor's --priority-window")
+    parser.add_argument("--monitor-log", type=Path, help="keep the monitor's log in this file")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="hami-bench-monitor-") as tmp:
@@ -58,7 +62,8 @@ def main() -> int:
         high_pod = node.add_pod("serve", {"serve": [Gpu(0, 4000, 0)]})
         port = free_port()
         monitor = node.start_monitor("--pods", str(node.pods_file()), "--metrics-bind-address",
-                                     f"127.0.0.1:{port}", "--priority-window", str(args.window))
+                                     f"127.0.0.1:{port}", "--priority-window", str(args.window),
+                                     log=args.monitor_log)
         try:
             for _ in range(100):
                 try:
@@ -72,18 +77,21 @@ def main() -> int:
             total = args.trials * (args.busy + args.rest) + 2
             low.start(f"launch-log {low_log} {total} 1000")
             time.sleep(1.0)
-            results = []
-            for trial in range(args.trials):
-                start = time.time_ns()
+            starts = []
+            for _ in range(args.trials):
+                starts.append(time.time_ns())
                 high.send(f"launch-log {high_log} {args.busy} 2000")
                 time.sleep(args.rest)
-                result = measure(low_log, high_log, start)
+            low.answer()  # its log is complete once its launch command is done
+            results = []
+            ends = [*starts[1:], time.time_ns()]
+            for trial, (start, end) in enumerate(zip(starts, ends, strict=True)):
+                result = measure(low_log, high_log, start, end)
                 if result is None:
                     print(f"trial {trial + 1}: no pause seen")
                     continue
                 results.append(result)
-                print(f"trial {trial + 1}: stop {result[0]:7.1f} ms   resume {result[1]:7.1f} ms", flush=True)
-            low.answer()
+                print(f"trial {trial + 1}: stop {result[0]:7.1f} ms   resume {result[1]:7.1f} ms")
         finally:
             node.close()
             stop_process(monitor)

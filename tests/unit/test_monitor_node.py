@@ -327,3 +327,27 @@ def test_resized_cores_reach_the_rate_limiter_without_a_restart(node: SimNode,
 
 def test_layout_has_room_for_what_the_monitor_reads() -> None:
     assert ctypes.sizeof(shared_region.VgpuRegion) == shared_region.REGION_SIZE == 41032
+
+
+def test_libvgpu_writes_the_region_file_when_a_task_wakes_up(node: SimNode) -> None:
+    """What the monitor's quick reaction rests on: a launch after 100 ms without one raises an
+    inotify event on the region; launches in a busy stretch raise none."""
+    from inotify_simple import INotify
+    from inotify_simple import flags as inotify_flags
+
+    pod = node.add_pod("p", {"c": [Gpu(0, 1000)]})
+    worker = node.start(pod, "c", priority=0)
+    watcher = INotify()
+    try:
+        watcher.add_watch(str(node.cache_dir(pod, "c")), inotify_flags.MODIFY)
+        assert worker.send("launch 0.3 1000").startswith("launch")  # the first launch ever: one event
+        events = watcher.read(timeout=1000)
+        assert any(e.mask & inotify_flags.MODIFY and e.name == "vgpu.cache" for e in events)
+        assert watcher.read(timeout=200) == []  # none for the launches that followed, 1 ms apart
+        time.sleep(0.25)
+        worker.send("launch 0.05 1000")  # after 250 ms idle: an event again
+        assert watcher.read(timeout=1000)
+        stamps = shared_region.read_region(node.cache_dir(pod, "c") / "vgpu.cache").device(0)
+        assert stamps is not None and stamps.last_launch_ns[0] > 0 and stamps.last_launch_ns[1] == 0
+    finally:
+        watcher.close()
