@@ -165,7 +165,7 @@ static void do_init(void) {
     }
     region_attach();
     __atomic_store_n(&vgpu_ready, 1, __ATOMIC_RELEASE);
-    launch_start_controller();
+    launch_refresh_limits(); /* the controller thread starts with the first launch */
 }
 
 void vgpu_init_slow(void) { pthread_once(&init_once, do_init); }

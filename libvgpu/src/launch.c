@@ -41,6 +41,7 @@ static __attribute__((noinline)) void note_launch(vgpu_proc_t *s, uint64_t ns, u
         if (ns > old) __atomic_store_n(t, ns, __ATOMIC_RELAXED);
     }
     if (announce) region_announce();
+    if (unlikely(!__atomic_load_n(&ctl_started, __ATOMIC_ACQUIRE))) launch_start_controller();
 }
 
 static inline void touch_last_kernel(void) {
@@ -65,6 +66,9 @@ static int cap_in_force(const vgpu_device_t *d) {
 }
 
 /* Reads the SM limits from the region: is any in force for this process? */
+static void refresh_limits(void);
+void launch_refresh_limits(void) { refresh_limits(); }
+
 static void refresh_limits(void) {
     uint32_t gen = __atomic_load_n(&vgpu_region->limits_gen, __ATOMIC_ACQUIRE);
     int active = 0;
@@ -268,7 +272,9 @@ static double measure_util(int dev, uint64_t window_ns) {
     return total / 100.0;
 }
 
-static void ctl_step(int dev, uint64_t period_ns) {
+/* One controller step on dev (one process per container steps each period): measure the
+ * container's utilisation (for the monitor's metrics) and, with `gate`, set the refill rate. */
+static void ctl_step(int dev, uint64_t period_ns, int gate) {
     vgpu_device_t *d = &vgpu_region->dev[dev];
     uint64_t now = vgpu_now_ns();
     uint64_t last = __atomic_load_n(&d->ctl_ns, __ATOMIC_ACQUIRE);
@@ -281,6 +287,7 @@ static void ctl_step(int dev, uint64_t period_ns) {
     double u = measure_util(dev, dt);
     if (u < 0) return;
     __atomic_store_n(&d->util_permille, (uint32_t)(u * 1000), __ATOMIC_RELAXED);
+    if (!gate) return;
     uint64_t consumed = launched - prev;
     if (consumed == 0 || u < 0.005) return; /* idle: nothing to learn */
     double per_s = (double)consumed * 1e9 / (double)dt;
@@ -308,22 +315,30 @@ static void *controller(void *arg) {
         vgpu_aux.nvmlInit_v2() == NVML_SUCCESS) {
         nvml_ok = 1; /* device handles are taken on first use: a resize may cap a device later */
     } else {
-        LOG_ERR("NVML is not available: the SM limit cannot be measured and is not enforced");
+        if (__atomic_load_n(&vgpu_sm_active, __ATOMIC_RELAXED))
+            LOG_ERR("NVML is not available: the SM limit cannot be measured and is not enforced");
+        else
+            LOG_INFO("NVML is not available: utilisation is not measured");
     }
     uint64_t period = (uint64_t)vgpu_cfg.ctl_period_ms * 1000000ull;
     for (;;) {
         sleep_ns(period);
         for (int i = 0; i < VGPU_MAX_DEVICES; i++)
-            if (cap_in_force(&vgpu_region->dev[i])) ctl_step(i, period);
+            if (cap_in_force(&vgpu_region->dev[i])) ctl_step(i, period, 1);
+            else if (__atomic_load_n(&vgpu_region->dev[i].last_launch_ns[0], __ATOMIC_RELAXED) ||
+                     __atomic_load_n(&vgpu_region->dev[i].last_launch_ns[1], __ATOMIC_RELAXED))
+                ctl_step(i, period, 0); /* no cap: measured for the monitor only */
     }
     return NULL;
 }
 
 static void launch_atfork_child(void) { ctl_started = 0; }
 
+/* Starts the controller thread of this process (once), and re-reads the SM limits. Called on
+ * the first launch: every container with work has its utilisation measured. */
 void launch_start_controller(void) {
     refresh_limits();
-    if (!__atomic_load_n(&vgpu_sm_active, __ATOMIC_RELAXED)) return;
+    if (__atomic_load_n(&ctl_started, __ATOMIC_ACQUIRE)) return;
     pthread_mutex_lock(&ctl_mu);
     if (!ctl_started) {
         static int atfork_done;

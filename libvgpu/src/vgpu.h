@@ -185,6 +185,7 @@ int vgpu_current_device(CUdevice *dev);
 
 /* launch.c */
 void launch_start_controller(void);
+void launch_refresh_limits(void);
 
 /* ptrmap.c: process-local tables of allocations */
 typedef struct ptrmap ptrmap_t;

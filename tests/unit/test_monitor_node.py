@@ -135,6 +135,13 @@ def test_metrics_equal_what_the_regions_hold(node: SimNode, monitor: Callable[..
     assert pick(samples, "hami_container_task_priority", pod="train") == 1
     assert pick(samples, "hami_container_task_priority", pod="serve") == 0
     assert pick(samples, "hami_container_last_kernel_elapsed_seconds", pod="serve", vdevice_index="0") < 30
+
+    # Utilisation of a container without a core limit (HAMi's reads 0 there): measured by libvgpu.
+    server.start("busy 2")
+    busy = wait_for(lambda: pick(running.scrape(), "hami_container_device_utilization_ratio", pod="serve",
+                                 vdevice_index="0") > 50, timeout=5, what="the serving container's utilisation")
+    assert busy
+    assert server.answer().startswith("busy util=")
     # The host's figures come from NVML (the fake's): what the driver holds on each GPU.
     assert pick(samples, "hami_host_gpu_memory_used_bytes", device_uuid=gpu_uuid(0), node="sim-node") == 1500 * MIB
     assert pick(samples, "hami_host_gpu_memory_used_bytes", device_uuid=gpu_uuid(1), device_index="1",
