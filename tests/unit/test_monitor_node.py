@@ -358,3 +358,20 @@ def test_libvgpu_writes_the_region_file_when_a_task_wakes_up(node: SimNode) -> N
         assert stamps is not None and stamps.last_launch_ns[0] > 0 and stamps.last_launch_ns[1] == 0
     finally:
         watcher.close()
+
+
+def test_core_limit_switching_lifts_the_cap_of_a_task_running_alone(
+        node: SimNode, monitor: Callable[..., RunningMonitor]) -> None:
+    alone_pod = node.add_pod("alone", {"c": [Gpu(0, 1000, 30)]})
+    forced_pod = node.add_pod("forced", {"c": [Gpu(1, 1000, 30)]})
+    running = monitor("--pods", str(node.pods_file()), "--core-limit-switching")
+    alone = node.start(alone_pod, "c", LIBVGPU_CONTROL_PERIOD_MS="50")
+    forced = node.start(forced_pod, "c", device=0, LIBVGPU_CONTROL_PERIOD_MS="50",
+                        GPU_CORE_UTILIZATION_POLICY="force")
+    alone.send("launch 0.2 1000")  # running: the monitor lifts its cap
+    wait_for(lambda: pick(running.scrape(), "hami_container_device_core_limit_relaxed", pod="alone") == 1,
+             what="the cap lifted")
+    alone.start("busy 2")
+    forced.start("busy 2")
+    assert float(alone.answer().split("=")[1]) > 0.6  # well past its 30 %
+    assert float(forced.answer().split("=")[1]) < 0.45  # GPU_CORE_UTILIZATION_POLICY=force keeps it
