@@ -119,8 +119,8 @@ def test_unpacked_image_runs_hami_and_loads_libvgpu_in_a_chroot(layout: Path, tm
     rootfs = bundle / "rootfs"
 
     def chroot(*argv: str, env: dict[str, str] | None = None) -> str:
-        answer = subprocess.run([str(shutil.which("chroot")), str(rootfs), *argv], capture_output=True, text=True, timeout=120,
-                                env={"PATH": "/usr/local/bin:/usr/bin:/bin", **(env or {})})
+        answer = subprocess.run([str(shutil.which("chroot")), str(rootfs), *argv], capture_output=True, text=True,
+                                timeout=120, env={"PATH": "/usr/local/bin:/usr/bin:/bin", **(env or {})})
         assert answer.returncode == 0, f"{argv}: {answer.stdout}\n{answer.stderr}"
         return answer.stdout
 
