@@ -17,6 +17,7 @@ from cryptography import x509
 
 from hami.cli import COMMANDS, build_parser
 from hami.config import parse_config
+from hami.vendors.registry import VendorSet
 from tests.cluster.helmchart import CHART_DIR, by_kind_name, helm_binary, objects, render
 
 HAMI_VALUES = Path(__file__).resolve().parents[1] / "data" / "hami-v2.10-values.yaml"
@@ -214,6 +215,7 @@ def test_values_reach_the_device_config_and_the_flags(tmp_path: Path) -> None:
         "devicePlugin": {"deviceSplitCount": 4, "deviceMemoryScaling": 1.5,
                          "nodeConfiguration": {"config": '{"nodeconfig": [{"name": "n1", "devicesplitcount": 2}]}'}},
         "devices": {"nvidia": {"gpuCorePolicy": "force"}},
+        "dcuResourceName": "hygon.com/my-dcu",
         "scheduler": {"defaultSchedulerPolicy": {"nodeSchedulerPolicy": "spread"}, "nodeLockExpire": "90s",
                       "forceOverwriteDefaultScheduler": False,
                       "extender": {"extraArgs": ["--only-best-node", "-v=5"]}},
@@ -221,6 +223,7 @@ def test_values_reach_the_device_config_and_the_flags(tmp_path: Path) -> None:
     config = parse_config(yaml.safe_load(items[("ConfigMap", "hami-device-plugin")]["data"]["device-config.yaml"]))
     assert (config.nvidia.deviceSplitCount, config.nvidia.deviceMemoryScaling, config.nvidia.gpuCorePolicy) == (
         4, 1.5, "force")
+    assert VendorSet.from_config(config)["DCU"].resources.count == "hygon.com/my-dcu"  # HAMi's top-level name
     override = config.node_override("n1")
     assert override is not None and override.devicesplitcount == 2
     command = containers(items)["hami-scheduler/hami-scheduler"]["command"]

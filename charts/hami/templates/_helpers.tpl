@@ -175,8 +175,9 @@ their devices.<vendor>.enabled is true).
 {{- end -}}
 
 {{/*
-The device config (HAMi's device-config.yaml) as YAML: device-config.content when given, else the
-nvidia section made from the values.
+The device config (HAMi's device-config.yaml) as YAML: device-config.content when given, else made
+from the values: the nvidia section, and the resource names of the vendors whose names HAMi's chart
+takes from its top-level values (every other key of a vendor keeps its HAMi default).
 */}}
 {{- define "hami.deviceConfig" -}}
 {{- $content := index (index .Values "device-config" | default dict) "content" | default "" -}}
@@ -199,6 +200,32 @@ nvidia:
   deviceCoreScaling: {{ .Values.devicePlugin.deviceCoreScaling }}
   gpuCorePolicy: {{ .Values.devices.nvidia.gpuCorePolicy | quote }}
   libCudaLogLevel: {{ .Values.devices.nvidia.libCudaLogLevel }}
+cambricon:
+  resourceCountName: {{ .Values.mluResourceName | quote }}
+  resourceMemoryName: {{ .Values.mluResourceMem | quote }}
+  resourceCoreName: {{ .Values.mluResourceCores | quote }}
+hygon:
+  resourceCountName: {{ .Values.dcuResourceName | quote }}
+  resourceMemoryName: {{ .Values.dcuResourceMem | quote }}
+  resourceCoreName: {{ .Values.dcuResourceCores | quote }}
+metax:
+  resourceCountName: "metax-tech.com/gpu"
+  resourceVCountName: {{ .Values.metaxResourceName | quote }}
+  resourceVMemoryName: {{ .Values.metaxResourceMem | quote }}
+  resourceVCoreName: {{ .Values.metaxResourceCore | quote }}
+enflame:
+  resourceNameGCU: "enflame.com/gcu"
+  resourceNameDRSGCU: {{ .Values.enflameResourceNameDRSGCU | quote }}
+  resourceNameGCUMemory: {{ .Values.enflameResourceNameGCUMemory | quote }}
+  resourceNameGCUCore: {{ .Values.enflameResourceNameGCUCore | quote }}
+kunlun:
+  resourceCountName: {{ .Values.kunlunResourceName | quote }}
+  resourceVCountName: {{ .Values.kunlunResourceVCountName | quote }}
+  resourceVMemoryName: {{ .Values.kunlunResourceVMemoryName | quote }}
+vastai:
+  resourceCountName: {{ .Values.vastaiResourceName | quote }}
+biren:
+  resourceCountName: {{ .Values.birenResourceName | quote }}
 scheduler:
   nodeSchedulerPolicy: {{ .Values.scheduler.defaultSchedulerPolicy.nodeSchedulerPolicy | quote }}
   gpuSchedulerPolicy: {{ .Values.scheduler.defaultSchedulerPolicy.gpuSchedulerPolicy | quote }}
