@@ -298,8 +298,8 @@ def test_install_schedules_mutates_upgrades_and_uninstalls(
     extender["urlPrefix"] = f"https://127.0.0.1:{release.webhook_port}"
     extender["tlsConfig"] = {"caFile": str(ca), "serverName": service_host}
     assert kube["command"][:2] == ["kube-scheduler", "--config=/config/config.yaml"]
-    start_kube_scheduler(cp, config, sched_kubeconfig, work / "kube-scheduler", f"kube-scheduler-{release.name}",
-                         extra_args=kube["command"][2:])
+    release.processes.append(start_kube_scheduler(cp, config, sched_kubeconfig, work / "kube-scheduler",
+                                                  f"kube-scheduler-{release.name}", extra_args=kube["command"][2:]))
 
     # 4. The device plugin from the DaemonSet's command line, as its own account, with fake GPUs.
     node = f"{namespace}-gpu"[:63]
