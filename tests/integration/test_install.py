@@ -316,6 +316,17 @@ def test_install_schedules_mutates_upgrades_and_uninstalls(
     dp_kubeconfig = service_account_kubeconfig(cp, namespace, plugin, work / "device-plugin.kubeconfig")
     release.run("device-plugin", [sys.executable, "-m", "hami", *plugin_argv, f"--fake-devices={FAKE_DEVICES}",
                                   f"--kubeconfig={dp_kubeconfig}"], {"NODE_NAME": node, "PYTHONUNBUFFERED": "1"})
+    # hami monitor beside it, from the same pod's command line, as the same account.
+    monitor = container(daemonset["spec"]["template"]["spec"], "monitor")
+    assert monitor["command"][1:4] == ["monitor", "--metrics-bind-address", ":9394"]
+    monitor_port = free_port()
+    monitor_env = {e["name"]: e["value"] for e in monitor["env"] if "value" in e}
+    assert monitor_env["HOOK_PATH"] == "/usr/local/vgpu"  # its containers/ is the plugin's --cache-dir
+    monitor_argv = [f"127.0.0.1:{monitor_port}" if a == ":9394" else a for a in monitor["command"][1:]]
+    release.run("monitor", [sys.executable, "-m", "hami", *monitor_argv, f"--fake-devices={FAKE_DEVICES}",
+                            f"--kubeconfig={dp_kubeconfig}"],
+                {**monitor_env, "HOOK_PATH": str(work / "vgpu"), "NODE_NAME": node})
+    release.wait(lambda: b"hami_" in http_get(f"http://127.0.0.1:{monitor_port}/metrics"), "the monitor's metrics")
     release.wait(lambda: keys.NODE_NVIDIA_REGISTER in (cp.api("GET", f"/api/v1/nodes/{node}")["metadata"]
                                                         .get("annotations") or {}),
                  "the device plugin's registration on the node")
@@ -427,6 +438,14 @@ def test_install_schedules_mutates_upgrades_and_uninstalls(
     assert leftovers == []
     secrets = cp.api("GET", f"/api/v1/namespaces/{namespace}/secrets")["items"]
     assert [s["metadata"]["name"] for s in secrets] == []  # helm's release records too
+
+
+def http_get(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return bytes(answer.read())
+    except OSError:
+        return b""
 
 
 def kinds_and_names(items: list[dict[str, Any]]) -> set[tuple[str, str]]:
