@@ -5,8 +5,11 @@
 #
 #   layer 1  Debian (bookworm) minbase + python3, made by mmdebstrap
 #   layer 2  hami's Python dependencies (manylinux wheels for CPython 3.11, as Debian has)
-#   layer 3  hami itself, /usr/local/bin/hami and /usr/lib/hami/libvgpu.so, the latter compiled
-#            by gcc in a bookworm chroot (so it links against the image's own glibc)
+#   layer 3  hami itself, /usr/local/bin/hami and /usr/lib/hami/libvgpu.so. libvgpu.so is not
+#            for this image: the device plugin mounts it into users' GPU containers, whatever
+#            their distribution. It is compiled by gcc in a Debian bullseye chroot (glibc 2.31),
+#            so it asks for no glibc symbol newer than 2.17 and loads in Ubuntu 20.04, UBI 8 or
+#            CentOS 7 based images; built against bookworm it would need glibc 2.34.
 #
 # The image is assembled with umoci as an OCI image layout; the archive is that layout plus
 # Docker's manifest.json (the format `docker save` writes since Docker 25), see oci_archive.py.
@@ -51,6 +54,7 @@ PYTHON="${PYTHON:-python3}"
 "$PYTHON" -m pip --version >/dev/null 2>&1 || die "$PYTHON has no pip (set PYTHON to one that has)"
 
 suite=bookworm
+lib_suite=bullseye   # libvgpu.so's build: an old glibc, see above
 pyver=3.11   # bookworm's python3
 site="usr/local/lib/python$pyver/dist-packages"
 [[ -n "$tag" ]] || tag="$("$PYTHON" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$repo/pyproject.toml")"
@@ -99,13 +103,13 @@ else
     mv "$work/base.tar" "$base"
 fi
 
-# ---------------------------------------------------------------- libvgpu, built in a bookworm chroot
-lib_key="$(printf '%s %s %s\n' "$suite" "${mirror[*]-}" "$(files_hash libvgpu/Makefile libvgpu/exports.map libvgpu/src libvgpu/include)" | hash_of)"
+# ---------------------------------------------------------------- libvgpu, built in a bullseye chroot
+lib_key="$(printf '%s %s %s\n' "$lib_suite" "${mirror[*]-}" "$(files_hash libvgpu/Makefile libvgpu/exports.map libvgpu/src libvgpu/include)" | hash_of)"
 lib="$cache/libvgpu-$lib_key.so"
 if cached "$lib"; then
     say "libvgpu.so (cached)"
 else
-    say "libvgpu.so: gcc in a Debian $suite chroot (downloads about 60 MB)"
+    say "libvgpu.so: gcc in a Debian $lib_suite chroot (downloads about 60 MB)"
     mkdir -p "$work/libvgpu"
     cp -r "$repo/libvgpu/Makefile" "$repo/libvgpu/exports.map" "$repo/libvgpu/src" "$repo/libvgpu/include" "$work/libvgpu/"
     mmdebstrap --quiet --variant=minbase --include=gcc,libc6-dev,make \
@@ -113,7 +117,7 @@ else
         --customize-hook="copy-in $work/libvgpu /src" \
         --customize-hook='chroot "$1" make -s -C /src/libvgpu build/libvgpu.so' \
         --customize-hook="copy-out /src/libvgpu/build/libvgpu.so $work" \
-        "$suite" /dev/null "${mirror[@]}"
+        "$lib_suite" /dev/null "${mirror[@]}"
     mv "$work/libvgpu.so" "$lib"
 fi
 

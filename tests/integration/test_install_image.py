@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,13 @@ def test_unpacked_image_runs_hami_and_loads_libvgpu_in_a_chroot(layout: Path, tm
                                 timeout=120, env={"PATH": "/usr/local/bin:/usr/bin:/bin", **(env or {})})
         assert answer.returncode == 0, f"{argv}: {answer.stdout}\n{answer.stderr}"
         return answer.stdout
+
+    # libvgpu.so is mounted into users' containers: it must load with an old glibc (CentOS 7's 2.17).
+    need("objdump")
+    symbols = subprocess.run(["objdump", "-T", str(rootfs / "usr/lib/hami/libvgpu.so")], capture_output=True,
+                             text=True, check=True).stdout
+    versions = {tuple(int(part) for part in v.split(".")) for v in re.findall(r"\bGLIBC_([0-9.]+)", symbols)}
+    assert versions and max(versions) <= (2, 17), sorted(versions)
 
     assert "device-plugin" in chroot("hami", "--help")
     for command in ("scheduler", "device-plugin", "webhook"):
