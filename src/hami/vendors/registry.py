@@ -31,9 +31,9 @@ Factory = Callable[[Any], list[Vendor]]
 
 def _factories() -> list[tuple[str, Factory]]:
     # Imported here: vendor modules import hami.vendors.base, which must load first.
-    from hami.vendors import ascend, table
+    from hami.vendors import ascend, kunlun, table
 
-    return [*table.FACTORIES, ("vnpus", ascend.vendors)]
+    return [*table.FACTORIES, ("vnpus", ascend.vendors), ("kunlun", kunlun.vendors)]
 
 
 class VendorSet:
