@@ -31,9 +31,10 @@ Factory = Callable[[Any], list[Vendor]]
 
 def _factories() -> list[tuple[str, Factory]]:
     # Imported here: vendor modules import hami.vendors.base, which must load first.
-    from hami.vendors import ascend, kunlun, table
+    from hami.vendors import ascend, awsneuron, kunlun, table
 
-    return [*table.FACTORIES, ("vnpus", ascend.vendors), ("kunlun", kunlun.vendors)]
+    return [*table.FACTORIES, ("vnpus", ascend.vendors), ("kunlun", kunlun.vendors),
+            ("awsneuron", awsneuron.vendors)]
 
 
 class VendorSet:
