@@ -267,6 +267,12 @@ def test_webhook_allows_whole_npus_for_multiple_devices_and_core_zero() -> None:
     assert mutate(pod_obj(asks(B3, 2, 15360, core=10), HAMI_CORE), vendor_set()).allowed
 
 
+def test_a_count_of_zero_asks_for_nothing() -> None:
+    # HAMi routes the pod and writes the whole NPU's memory; hami leaves it alone, as every vendor.
+    assert mutate(pod_obj(asks(B3, 0, 8000)), vendor_set()).patch == []
+    assert not vendor_set().pod_request(pod_obj(asks(B3, 0))).wants_devices
+
+
 def test_webhook_910c_superpod_asks_a_whole_card() -> None:
     # HAMi: Test_MutateAdmission910C.
     container, _ = admitted_container(asks("Ascend910C", 1), requests={"huawei.com/Ascend910C": 1})

@@ -89,7 +89,6 @@ def occupy(state: ClusterState, node: str, busy: tuple[int, ...] | set[int]) -> 
     (None, {NEURON: 2147483648}, "aws.amazon.com/neuron must not exceed 2147483647"),
     ({CORE: 3}, None, "aws.amazon.com/neuroncore must be 1 or a multiple of 2, got 3"),
     (None, {CORE: 3}, "aws.amazon.com/neuroncore must be 1 or a multiple of 2, got 3"),
-    ({CORE: 0}, None, "aws.amazon.com/neuroncore must be greater than 0"),
     ({CORE: -1}, None, "aws.amazon.com/neuroncore must be greater than 0"),
     ({CORE: 4294967295}, None, "aws.amazon.com/neuroncore must not exceed 4294967294"),
     ({NEURON: "1500m"}, None, "aws.amazon.com/neuron must be an integer"),
@@ -99,6 +98,15 @@ def test_webhook_denials_carry_hamis_text(limits: dict[str, Any] | None, request
     # HAMi: Test_MutateAdmission.
     verdict = mutate(pod_obj(limits, requests=requests), default_vendors())
     assert not verdict.allowed and verdict.message == message
+
+
+def test_a_count_of_zero_asks_for_nothing() -> None:
+    # HAMi denies it ("must be greater than 0"); hami leaves the pod alone, as for every vendor.
+    for limits in ({CORE: 0}, {NEURON: 0}):
+        assert mutate(pod_obj(limits), default_vendors()).patch == []
+        assert not default_vendors().pod_request(pod_obj(limits)).wants_devices
+    (ask,) = default_vendors().pod_request(pod_obj({NEURON: 0, CORE: 2})).containers
+    assert (ask.variant, ask.nums) == ("neuroncore", 1)
 
 
 @pytest.mark.parametrize("limits, requests", [({NEURON: 2}, None), (None, {NEURON: 2}), ({CORE: 2}, None)])

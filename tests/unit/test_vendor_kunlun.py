@@ -264,6 +264,13 @@ def test_vxpu_webhook_rewrites_memory_in_limits_and_requests() -> None:
         admit_pod(pod_obj({VXPU: 1, VMEM: -1}), default_vendors())
 
 
+def test_a_count_of_zero_asks_for_nothing() -> None:
+    for limits in ({XPU: 0}, {VXPU: 0, VMEM: 30000}):
+        admitted, found = admit_pod(pod_obj(limits), default_vendors())
+        assert not found and admitted["spec"]["containers"][0]["resources"] == {"limits": limits}
+        assert not default_vendors().pod_request(pod_obj(limits)).wants_devices
+
+
 def test_vxpu_registration_round_trip() -> None:
     node, _ = default_vendors().registered_node(vxpu_node("n"))
     assert node is not None and {d.vendor for d in node.devices} == {"XPU"}

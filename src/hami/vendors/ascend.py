@@ -224,13 +224,14 @@ class Ascend(Vendor):
         """HAMi's MutateAdmission: 910C pairs, hami-core checks, memory rounded to a template."""
         chip = self.chip
         limits, requests = resources_of(container)
-        if chip.resource_name not in limits:
+        count = self._whole(container, chip.resource_name, limits.get(chip.resource_name, 0))
+        if not count:  # a count of 0 asks for nothing (HAMi: see compatibility.md)
             # HAMi adds this to every container without the chip; one asking another Ascend chip
             # keeps its devices (HAMi would hide them).
-            if chip.overwrite_env and not any(name in limits for name in self.siblings):
+            if chip.overwrite_env and not any(self._whole(container, name, limits[name])
+                                              for name in self.siblings if name in limits):
                 set_env(container, VISIBLE_DEVICES_ENV, "")
             return False
-        count = self._whole(container, chip.resource_name, limits[chip.resource_name])
         if chip.common_word == ASCEND910C and chip.super_pod:
             if count == 1:  # the smallest unit is a card: two NPUs
                 limits[chip.resource_name] = "2"

@@ -64,14 +64,15 @@ PREDICATE_NODE = "aws.amazon.com/predicate-node"
 
 
 def _validated(container: Mapping[str, Any], name: str, raw: Any, most: int) -> int:
-    """HAMi's validateResourceRequest: a whole number in 1..most."""
+    """HAMi's validateResourceRequest: a whole number up to `most`; 0 asks for nothing (HAMi
+    denies it: see compatibility.md)."""
     try:
         value = parse_quantity(raw)
     except QuantityError as exc:
         raise HamiError(f"container {container.get('name')!r}: {name}: {exc}") from None
     if value.denominator != 1:
         raise HamiError(f"{name} must be an integer")
-    if value <= 0:
+    if value < 0:
         raise HamiError(f"{name} must be greater than 0")
     if value > most:
         raise HamiError(f"{name} must not exceed {most}")
@@ -124,18 +125,19 @@ class AWSNeuron(Vendor):
         return nums, CORES_PER_DEVICE
 
     def ask(self, container: Mapping[str, Any]) -> ContainerRequest | None:
-        """Whole devices when the count resource is named (even beside cores), else cores."""
+        """Whole devices when a device count is asked (even beside cores), else cores."""
         r = self.resources
         raw = self._asked(container, r.count)
-        if raw is not None:
-            nums = _validated(container, r.count, raw, INT32_MAX)
+        nums = 0 if raw is None else _validated(container, r.count, raw, INT32_MAX)
+        if nums:
             # Per device, all its cores (the mask is known per node: see need()).
             return ContainerRequest(nums=nums, memreq=0, mem_percentage=0, coresreq=CORES_PER_DEVICE,
                                     vendor=self.name, variant=WHOLE_DEVICES)
         raw = self._asked(container, r.cores)
-        if raw is None:
+        asked = 0 if raw is None else _validated(container, r.cores or "", raw, INT32_MAX * CORES_PER_DEVICE)
+        if not asked:
             return None
-        nums, cores = self.split_cores(_validated(container, r.cores or "", raw, INT32_MAX * CORES_PER_DEVICE))
+        nums, cores = self.split_cores(asked)
         return ContainerRequest(nums=nums, memreq=0, mem_percentage=0, coresreq=cores, vendor=self.name,
                                 variant=CORES)
 

@@ -211,6 +211,11 @@ class KunlunXPU(_Topology):
             return None
         return ContainerRequest(nums=count, memreq=0, mem_percentage=100, coresreq=0, vendor=self.name)
 
+    def admit(self, container: dict[str, Any], pod: Mapping[str, Any]) -> bool:
+        """HAMi's MutateAdmission: the count in limits (a count of 0 asks for nothing)."""
+        limits, _ = resources_of(container)
+        return _whole(container, self.resources.count, limits.get(self.resources.count, 0)) > 0
+
     def node_devices(self, node: Mapping[str, Any]) -> list[DeviceInfo]:
         """One XPU per unit of capacity; the second half is NUMA node 1 (HAMi's rule)."""
         name = str((node.get("metadata") or {}).get("name"))
@@ -339,7 +344,7 @@ class KunlunVXPU(_Topology):
         """HAMi's MutateAdmission: the memory limit rounded up to a slice, in limits and requests."""
         limits, _ = resources_of(container)
         r = self.resources
-        if r.count not in limits:
+        if not _whole(container, r.count, limits.get(r.count, 0)):  # a count of 0 asks for nothing
             return False
         if r.memory and r.memory in limits:
             slice_mib = str(self.trim_memory(_whole(container, r.memory, limits[r.memory])))
