@@ -309,9 +309,9 @@ class Ascend(Vendor):
             picked = _whole_cards(fitting, [int(state.index[first + j]) for j in fitting], ask.nums)
             return (picked, "") if len(picked) == ask.nums else ([], R.ALLOCATED_CARDS_INSUFFICIENT_REQUEST)
         groups = [network_id(state.devices[r]) for r in walk.rows]
-        if ask.nums == 1 or any(g is None for g in groups) or len(fitting) == ask.nums:
+        if ask.nums == 1 or None in groups or len(fitting) == ask.nums:
             return fitting[: ask.nums], ""
-        return _largest_groups(fitting, [groups[j] or 0 for j in fitting], ask.nums), ""
+        return _largest_groups(fitting, [groups[j] for j in fitting], ask.nums), ""
 
     def node_fits(self, ask: ContainerRequest, ctx: PodContext, state: ClusterState,
                   codes: IntArray) -> tuple[BoolArray, str] | None:
@@ -432,10 +432,10 @@ def _whole_cards(fitting: list[int], indices: list[int], nums: int) -> list[int]
     return picked
 
 
-def _largest_groups(fitting: list[int], groups: list[int], nums: int) -> list[int]:
+def _largest_groups(fitting: list[int], groups: Sequence[int | None], nums: int) -> list[int]:
     """HAMi's computeBestCombination: fitting NPUs by network group, the largest group first
     (ties in the walk's order; HAMi's are random), until `nums` are taken."""
-    by_group: dict[int, list[int]] = {}
+    by_group: dict[int | None, list[int]] = {}
     for position, group in zip(fitting, groups, strict=True):
         by_group.setdefault(group, []).append(position)
     ordered = sorted(by_group.values(), key=len, reverse=True)  # stable: ties keep the walk's order
