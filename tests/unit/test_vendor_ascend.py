@@ -669,3 +669,23 @@ def test_hami_schedule_snapshot(tmp_path: Path) -> None:
     assert all(d["memory"] == 65536 for d in pair["containers"][0])
     infer = decisions["ai/infer"]
     assert infer["node"] == "p310" and infer["containers"][0][0]["memory"] == 6144
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from([B3, "Ascend910C"]), st.integers(1, 4),
+                          st.sampled_from([None, 8000, 16384, 30000, 65536])), min_size=1, max_size=12))
+def test_random_pods_never_overcommit_and_910c_gets_whole_cards(pods: list[tuple[str, int, int | None]]) -> None:
+    state = cluster(node_obj("b3", eight()), node_obj("c", [npu(i, 0, type="Ascend910C") for i in range(8)],
+                                                    chip="Ascend910C"))
+    for k, (chip, nums, memory) in enumerate(pods):
+        pod = pod_obj(asks(chip, nums, memory), name=f"p{k}")
+        if not mutate(pod, state.vendors).allowed:  # e.g. a vNPU on several NPUs
+            continue
+        decision = place(state, pod)
+        for container in decision.allocation:
+            assert len({d.uuid for d in container}) == len(container)
+            if chip == "Ascend910C":
+                cards = sorted(int(d.uuid.rsplit("-", 1)[1]) // 2 for d in container)
+                assert len(container) == 1 or cards == sorted(c for c in set(cards) for _ in range(2))
+    assert (state.used <= state.count).all()
+    assert (state.usedmem <= state.totalmem).all()

@@ -374,3 +374,26 @@ def test_hami_schedule_snapshot(tmp_path: Path) -> None:
     assert train["node"] == "trn" and [d["uuid"] for d in train["containers"][0]] == [
         f"trn-AWSNeuron-{i}" for i in range(8)]
     assert train["reasons"] == {"inf": "6/6 NodeInsufficientDevice"}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from([{CORE: 1}, {CORE: 2}, {CORE: 4}, {CORE: 8}, {NEURON: 1}, {NEURON: 2},
+                                 {NEURON: 4}]), min_size=1, max_size=16))
+def test_random_pods_keep_masks_disjoint_and_runs_contiguous(pods: list[dict[str, Any]]) -> None:
+    state = cluster(aws_node("inf", 6, 12, "inf2.24xlarge"), aws_node("trn", 8, 16, "trn1.32xlarge"),
+                    aws_node("big", 2, 16, "trn2.48xlarge"))
+    masks: dict[str, int] = {}
+    for k, limits in enumerate(pods):
+        decision = place(state, pod_obj(limits, name=f"p{k}"))
+        devices = [d for c in decision.allocation for d in c]
+        for d in devices:
+            assert masks.get(d.uuid, 0) & d.usedcores == 0  # cores given once
+            masks[d.uuid] = masks.get(d.uuid, 0) | d.usedcores
+        run = [i for i, _ in placed(decision)]
+        if len(run) > 1:
+            assert run == list(range(run[0], run[0] + len(run)))
+            assert decision.node == "inf" or run[0] % len(run) == 0
+    usage = {state.uuids[r]: int(state.usedcores[r]) for r in range(len(state.uuids))}
+    assert all(usage[uuid] == mask for uuid, mask in masks.items())
+    assert (state.used <= state.count).all()
+    assert (state.usedcores & ~state.totalcore == 0).all()

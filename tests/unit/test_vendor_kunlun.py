@@ -446,3 +446,25 @@ def test_hami_schedule_snapshot(tmp_path: Path) -> None:
     assert train["reasons"] == {"sliced": "0/0 NodeInsufficientDevice"}
     assert infer["node"] == "sliced"
     assert infer["containers"] == [[{"uuid": "sliced-xpu-0", "type": "XPU", "memory": 49152, "cores": 50}]]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.tuples(st.just(XPU), st.sampled_from([1, 2, 4, 8]), st.none()),
+                          st.tuples(st.just(VXPU), st.sampled_from([1, 2]),
+                                    st.sampled_from([None, 1000, 24576, 40000, 98304]))),
+                min_size=1, max_size=14))
+def test_random_pods_never_overcommit(pods: list[tuple[str, int, int | None]]) -> None:
+    """Whole XPUs are never shared; a vXPU's slices never exceed its memory and are all one size."""
+    state = cluster(xpu_node("whole"), vxpu_node("sliced"))
+    sizes: dict[str, set[int]] = {}
+    for k, (resource, nums, memory) in enumerate(pods):
+        limits: dict[str, Any] = {resource: nums}
+        if memory is not None:
+            limits[VMEM] = memory
+        decision = place(state, pod_obj(limits, name=f"p{k}"))
+        for d in (d for c in decision.allocation for d in c):
+            sizes.setdefault(d.uuid, set()).add(d.usedmem)
+    whole = [r for r, d in enumerate(state.devices) if d.vendor == "kunlun"]
+    assert (state.used[whole] <= 1).all()
+    assert (state.usedmem <= state.totalmem).all()
+    assert all(len(s) == 1 for s in sizes.values())
