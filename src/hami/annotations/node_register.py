@@ -15,24 +15,25 @@ from hami.model.devices import HAMI_CORE_MODE, DeviceInfo
 
 
 def encode_node_devices(devices: list[DeviceInfo] | tuple[DeviceInfo, ...]) -> str:
-    """JSON as HAMi's device plugin writes it (every field explicit)."""
-    return json.dumps(
-        [
-            {
-                "id": d.id,
-                "index": d.index,
-                "count": d.count,
-                "devmem": d.devmem,
-                "devcore": d.devcore,
-                "type": d.type,
-                "numa": d.numa,
-                "mode": d.mode,
-                "health": d.health,
-            }
-            for d in devices
-        ],
-        separators=(",", ":"),
-    )
+    """JSON as HAMi's device plugin writes it (every field explicit; `custominfo` when there is some)."""
+    return json.dumps([_device_json(d) for d in devices], separators=(",", ":"))
+
+
+def _device_json(d: DeviceInfo) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "id": d.id,
+        "index": d.index,
+        "count": d.count,
+        "devmem": d.devmem,
+        "devcore": d.devcore,
+        "type": d.type,
+        "numa": d.numa,
+        "mode": d.mode,
+        "health": d.health,
+    }
+    if d.custom:
+        obj["custominfo"] = d.custom
+    return obj
 
 
 def decode_node_devices(value: str) -> list[DeviceInfo]:
@@ -75,6 +76,9 @@ def _decode_json(text: str) -> list[DeviceInfo]:
         mode = obj.get("mode") or HAMI_CORE_MODE
         if not isinstance(dtype, str) or not isinstance(mode, str):
             raise AnnotationError(f"device {position}: 'type' and 'mode' must be strings")
+        custom = obj.get("custominfo") or {}  # a vendor's extra facts (Ascend's NetworkID, …)
+        if not isinstance(custom, dict):
+            raise AnnotationError(f"device {position}: 'custominfo' must be an object")
         device = DeviceInfo(
             id=device_id,
             count=_int_field(obj, "count", position),
@@ -85,6 +89,7 @@ def _decode_json(text: str) -> list[DeviceInfo]:
             health=health,
             index=_int_field(obj, "index", position),
             mode=mode,
+            custom=custom,
         )
         _check_ranges(device, position)
         devices.append(device)

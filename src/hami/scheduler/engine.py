@@ -387,7 +387,9 @@ def feasible_nodes(
             for node in candidates[short].tolist():
                 reasons[node] = R.NODE_INSUFFICIENT_CPU if cpu_short[node] else R.NODE_INSUFFICIENT_MEMORY
 
-    walk = not _independent(pod) or ctx.selectors.numa_bind
+    # Containers interact or NUMA groups matter: every remaining node is walked.
+    pod_walk = not _independent(pod) or ctx.selectors.numa_bind
+    walk = pod_walk
     for request in pod.containers:
         for ask in request.asks:
             vendor = state.vendors.get(ask.vendor)
@@ -398,7 +400,8 @@ def feasible_nodes(
                         reasons[node] = f"0/0 {R.NODE_INSUFFICIENT_DEVICE}"
                 fits &= ~failing
                 continue
-            walk = walk or vendor.exact or ctx.selectors_for(ask.vendor).numa_bind
+            vendor_numa = ctx.selectors_for(ask.vendor).numa_bind
+            walk = walk or vendor_numa
             rows = state.vendor_rows(ask.vendor)
             usage, _ = vendor.usage_codes(ask, ctx, state, rows, state.used[rows], state.usedmem[rows],
                                           state.usedcores[rows])
@@ -418,6 +421,19 @@ def feasible_nodes(
             if explain and failing.any():
                 reasons.update(_explain(state, ask.vendor, candidates[failing], codes, ok[failing],
                                         too_few_devices[failing], sizes[failing]))
+            if vendor.exact:
+                # A topology decides: the vendor's vectorised check when each ask sees the node as
+                # it is, else the walk.
+                topology = None if pod_walk or vendor_numa else vendor.node_fits(ask, ctx, state, codes)
+                if topology is None:
+                    walk = True
+                else:
+                    node_ok, missing = topology
+                    unplaced = fits & ~failing & ~node_ok[candidates]
+                    if explain and unplaced.any():
+                        reasons.update(_explain(state, ask.vendor, candidates[unplaced], codes, ok[unplaced],
+                                                too_few_devices[unplaced], sizes[unplaced], missing))
+                    failing |= unplaced
             fits &= ~failing
 
     if walk:
@@ -433,9 +449,13 @@ def feasible_nodes(
 
 def _explain(
     state: ClusterState, vendor: str, nodes: IntArray, codes: IntArray, ok: IntArray, too_few: np.ndarray,
-    sizes: IntArray,
+    sizes: IntArray, missing: str = "",
 ) -> dict[int, str]:
-    """Reason texts for failing nodes, formatted once per distinct pattern of counts."""
+    """Reason texts for failing nodes, formatted once per distinct pattern of counts.
+
+    `missing`: the reason of nodes whose fitting devices hold no choice for a topology (the walk
+    counts it once per fitting device); otherwise too few devices fit.
+    """
     k = len(R.CHECKS) + 1
     node_of = state.dev_node[state.vendor_rows(vendor)]
     per_node = np.bincount(node_of * k + codes, minlength=len(state.nodes) * k).reshape(-1, k)
@@ -446,17 +466,20 @@ def _explain(
         key = tuple(row)
         text = texts.get(key)
         if text is None:
-            text = texts[key] = _reason_text(row, k)
+            text = texts[key] = _reason_text(row, k, missing)
         result[node] = text
     return result
 
 
-def _reason_text(row: list[int], k: int) -> str:
+def _reason_text(row: list[int], k: int, missing: str = "") -> str:
     devices = row[-1]
     if row[-2]:
         return f"{devices}/{devices} {R.NODE_INSUFFICIENT_DEVICE}"
     counts = dict(zip(R.CHECKS, row[: k - 1], strict=True))
-    counts[R.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] = row[k - 1]
+    if missing:
+        counts[missing] = counts.get(missing, 0) + max(1, row[k - 1])
+    else:
+        counts[R.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] = row[k - 1]
     return R.format_reason(counts, devices)
 
 
@@ -478,8 +501,21 @@ def node_totals(state: ClusterState, ctx: PodContext, nodes: IntArray) -> np.nda
     if not scoring or len(nodes) == 0:
         return scores
     totals = scores.astype(np.float32).copy()
-    static = ctx.static_codes(state)
     sign = np.float32(-1 if ctx.node_policy is Policy.SPREAD else 1)
+    if _independent(ctx.pod):
+        # Each ask sees the node as it is: vendors that can, score every node at once.
+        walked = []
+        for vendor in scoring:
+            plain = not ctx.selectors.numa_bind and not ctx.selectors_for(vendor.name).numa_bind
+            values = vendor.node_scores(ctx, state, nodes) if plain else None
+            if values is None:
+                walked.append(vendor)
+            else:
+                totals += values * np.float32(10000) * sign if vendor.policy_neutral_score else values
+        scoring = walked
+    if not scoring:
+        return totals
+    static = ctx.static_codes(state)
     for k, node in enumerate(nodes.tolist()):
         allocation, _ = fit_pod_on_node(state, node, ctx, static)
         if allocation is None:

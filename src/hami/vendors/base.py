@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from hami.scheduler.state import ClusterState
 
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+FloatArray = npt.NDArray[np.float32]
 Rows = slice | IntArray
 
 # How long a node agent has to answer the scheduler's handshake request (HAMi: 60 s).
@@ -332,6 +334,19 @@ class Vendor:
     # Vendors with a ScoreNode set this, so the engine computes allocations for every candidate.
     scores_nodes: bool = False
 
+    def node_fits(self, ask: ContainerRequest, ctx: PodContext, state: ClusterState,
+                  codes: IntArray) -> tuple[BoolArray, str] | None:
+        """For an `exact` vendor: per node of the state, whether the devices that pass every check
+        (`codes == 0`, over `state.vendor_rows(self.name)`) hold a choice for `ask` on the node
+        as it is, and the reason when not. None: the engine walks each candidate node instead."""
+        return None
+
+    def node_scores(self, ctx: PodContext, state: ClusterState, nodes: IntArray) -> FloatArray | None:
+        """`score_node` of many nodes at once, for a pod whose asks each see the node as it is
+        (no two of its containers compete for devices). None: the engine places the pod on each
+        node and calls `score_node`."""
+        return None
+
     def usage(self, device: DeviceInfo, placed: ContainerDevice) -> tuple[int, int, int]:
         """HAMi's AddResourceUsage: task slots, MiB and cores a placed device takes."""
         return 1, placed.usedmem, placed.usedcores
@@ -371,6 +386,9 @@ class PodDecisionInput:
     annotations: Mapping[str, str]
     container_names: tuple[str, ...]
     now_ns: int
+    # The pod's requests per container (same order), for vendors whose annotations depend on
+    # the kind of ask (AWS Neuron: whole devices or cores).
+    requests: tuple[ContainerRequest, ...] = ()
 
     def device(self, uuid: str) -> DeviceInfo:
         return self.devices[uuid]
@@ -389,9 +407,15 @@ def resources_of(container: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
 
 
 def generic_usage_codes(state: ClusterState, rows: Rows, used: IntArray, usedmem: IntArray, usedcores: IntArray,
-                        need: Need, mutex: bool = False) -> IntArray:
-    """HAMi's generic fit checks on usage, in its order (0 = fits)."""
-    count, totalmem, totalcore = state.count[rows], state.totalmem[rows], state.totalcore[rows]
+                        need: Need, mutex: bool = False, totalcore: IntArray | None = None) -> IntArray:
+    """HAMi's generic fit checks on usage, in its order (0 = fits).
+
+    `totalcore` replaces the registered cores where a vendor counts them differently for some
+    pods (Ascend's hami-core mode counts percent of the device, whatever it registered).
+    """
+    count, totalmem = state.count[rows], state.totalmem[rows]
+    if totalcore is None:
+        totalcore = state.totalcore[rows]
     cores = need.cores
     conditions = [
         used >= count,
@@ -405,6 +429,19 @@ def generic_usage_codes(state: ClusterState, rows: Rows, used: IntArray, usedmem
         conditions.insert(1, used > 0)
         choices.insert(1, R.CODE_OF[R.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT])
     return np.select(conditions, choices, 0).astype(np.int64)
+
+
+def per_row(state: ClusterState, vendor: str, what: str, compute: Callable[[IntArray], IntArray]) -> IntArray:
+    """A fact of each of the vendor's devices that only its registration decides (`compute` gets
+    the vendor's rows), computed once per state."""
+    key = (vendor, what)
+    cached = state.static_cache.get(key)
+    if cached is None:
+        rows = np.arange(len(state.uuids), dtype=np.int64)[state.vendor_rows(vendor)]
+        cached = compute(rows)
+        cached.flags.writeable = False
+        state.static_cache[key] = cached
+    return cached
 
 
 def custom_int(device: DeviceInfo, key: str, default: int = 0) -> int:

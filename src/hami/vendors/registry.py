@@ -31,9 +31,10 @@ Factory = Callable[[Any], list[Vendor]]
 
 def _factories() -> list[tuple[str, Factory]]:
     # Imported here: vendor modules import hami.vendors.base, which must load first.
-    from hami.vendors import table
+    from hami.vendors import ascend, awsneuron, kunlun, table
 
-    return [*table.FACTORIES]
+    return [*table.FACTORIES, ("vnpus", ascend.vendors), ("kunlun", kunlun.vendors),
+            ("awsneuron", awsneuron.vendors)]
 
 
 class VendorSet:
@@ -183,7 +184,7 @@ class VendorSet:
                 continue
             result.update(vendor.decision_annotations(PodDecisionInput(
                 node=node.name, allocation=part, devices=devices, annotations=pod.annotations,
-                container_names=pod.names, now_ns=now_ns,
+                container_names=pod.names, now_ns=now_ns, requests=pod.containers,
             )))
         return result
 
