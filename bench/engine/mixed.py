@@ -13,6 +13,7 @@ wall time and CPU time (CPU time is steadier on a shared machine).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 from collections.abc import Callable
@@ -121,6 +122,7 @@ def measure(nodes: int, pods: int, seed: int) -> tuple[float, float, float, floa
         request = pod(f"fill/p{k}", vendors, rng)
         commit(state, request, schedule(state, request, defaults, explain=False))
         k += 1
+    gc.freeze()  # as `hami scheduler` does after building its state
     wall, cpu = [], []
     for i in range(pods):
         request = pod(f"bench/p{i}", vendors, rng)

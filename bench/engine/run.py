@@ -11,6 +11,7 @@ then scheduled and committed, so the state moves as it does in a real cluster.
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 
 import numpy as np
@@ -65,6 +66,7 @@ def measure(nodes: int, pods: int, seed: int) -> tuple[float, float, float]:
     rng = np.random.default_rng(seed)
     state = build_cluster(nodes, rng)
     fill(state, 0.5, rng)
+    gc.freeze()  # as `hami scheduler` does after building its state
     defaults = PolicyDefaults()
     timings = []
     for k in range(pods):

@@ -83,3 +83,12 @@ def test_pods_for_another_scheduler_are_left_alone() -> None:
     p = {"metadata": {"name": "p"}, "spec": {"schedulerName": "default-scheduler", "containers": [container(gpu=1)]}}
     assert mutate(p, NvidiaConfig(), WebhookOptions(overwrite_default_scheduler=False)).patch == []
     assert mutate(p, NvidiaConfig()).patch  # cores 100 and our scheduler name
+
+
+def test_zero_counts_of_any_vendor_leave_the_pod_alone() -> None:
+    for limits in ({"hygon.com/dcunum": 0}, {"iluvatar.ai/BI-V150-vgpu": 0}, {"birentech.com/gpu": 0},
+                   {"enflame.com/gcu": 0}):
+        p = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "resources": {"limits": limits}}]}}
+        verdict = mutate(p, VENDORS)
+        assert verdict.allowed and verdict.patch == [], limits
+        assert not VENDORS.wants_devices(p)

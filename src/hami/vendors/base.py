@@ -207,10 +207,10 @@ class Vendor:
     def admit(self, container: dict[str, Any], pod: Mapping[str, Any]) -> bool:
         """HAMi's MutateAdmission: change the container in place; True when it asks this vendor.
 
-        Raises HamiError to deny the pod. The generic rule: the count resource in limits.
+        Raises HamiError to deny the pod. The generic rule: a count above 0 in limits (HAMi takes
+        any count, even 0; a count of 0 asks for no device here).
         """
-        limits, _ = resources_of(container)
-        return self.resources.count in limits
+        return bool(self.quantity(container, self.resources.count, limits_only=True))
 
     # ---- nodes ------------------------------------------------------------------------
 

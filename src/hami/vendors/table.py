@@ -97,9 +97,9 @@ class TableVendor(Vendor):
                                 vendor=self.name)
 
     def admit(self, container: dict[str, Any], pod: Mapping[str, Any]) -> bool:
-        limits, _ = resources_of(container)
-        if self.resources.count not in limits:
+        if not self.quantity(container, self.resources.count, limits_only=True):
             return False
+        limits, _ = resources_of(container)
         row = self.spec
         if row.cores_per_device and self.resources.cores:
             try:
