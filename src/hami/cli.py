@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "webhook": ("hami.commands.webhook", "run the mutating admission webhook alone"),
     "device-plugin": ("hami.deviceplugin.command", "run the NVIDIA device plugin and node agent on a node"),
     "monitor": ("hami.commands.monitor", "run the node monitor: GPU metrics, task priority, resizes, cleanup"),
+    "ui": ("hami.commands.ui", "serve the web UI: devices, pods, why pending, what if, simulator reports"),
 }
 
 

@@ -1,0 +1,1 @@
+"""`hami ui`: server-rendered pages over the scheduler's view of the cluster (see docs/ui.md)."""
