@@ -41,6 +41,8 @@ from tests.integration.ui_stack import (
     insecure_context,
 )
 
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE_TRACE = "tests/data/openb-sample/openb_pod_list_default.csv"
 playwright_api = pytest.importorskip("playwright.sync_api")  # a test extra: `make install` brings it
 pytestmark = pytest.mark.timeout(600)
 
@@ -58,9 +60,10 @@ def scene(control_plane: ControlPlane) -> Iterator[Scene]:  # noqa: F811
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real `hami simulate` report: two policies, one seed, the quick cluster."""
     out = tmp_path_factory.mktemp("simulate")
-    subprocess.run([sys.executable, "-m", "hami", "simulate", "--quick", "--seeds", "1", "--policy", "hami-binpack",
-                    "--policy", "fgd-pack", "--jobs", "1", "--out", str(out)],
-                   check=True, capture_output=True, timeout=300)
+    # The trace sample in the repository, named relative to it: the page (and its screenshot) shows it.
+    subprocess.run([sys.executable, "-m", "hami", "simulate", "--trace", SAMPLE_TRACE, "--seeds", "3",
+                    "--policy", "hami-binpack", "--policy", "hami-spread", "--policy", "fgd-pack", "--jobs", "1",
+                    "--out", str(out)], check=True, capture_output=True, timeout=300, cwd=REPO)
     return out / "report.json"
 
 
@@ -152,7 +155,7 @@ def test_nodes_page_shows_each_device_its_pods_and_state(operator: Any, ui: UiPr
     a0 = scene.node("a100-0")
     row = f"table[data-node='{a0}'] tr[data-uuid='GPU-{a0}-1']"
     assert "exclusive" in operator.locator(row).inner_text()
-    assert f"{scene.team_a}/train-2: 68.4 GiB, 100 %" in operator.locator(row + " .holders").inner_text()
+    assert f"{scene.team_a}/train-2: 70000 MiB, 100 %" in operator.locator(row + " .holders").inner_text()
     assert meter(operator, row + " .memory") == (70000, A100_MIB)
     t4 = scene.node("t4-0")
     assert "unhealthy" in operator.locator(f"table[data-node='{t4}'] tr[data-uuid='GPU-{t4}-3']").inner_text()
@@ -170,7 +173,7 @@ def test_pods_page_requested_allocated_and_bind_phase(operator: Any, ui: UiProce
     infer = f"#pods tr[data-pod='{scene.team_b}/infer-1']"
     assert operator.locator(infer + " .requested").inner_text() == "main: 1 × NVIDIA, 40000 MiB, 30 %"
     allocated = operator.locator(infer + " .allocated").inner_text()
-    assert f"GPU-{scene.node('a100-1')}-0 ({A100}) 39.1 GiB, 30 %" in allocated
+    assert f"GPU-{scene.node('a100-1')}-0 ({A100}) 40000 MiB, 30 %" in allocated
     assert operator.locator(infer + " .bind").inner_text() == "success"
     assert operator.locator(f"#pods tr[data-pod='{scene.team_b}/two-t4'] .phase").inner_text() == "Pending (unbound)"
     operator.goto(ui.url + "/pods")
@@ -257,6 +260,8 @@ def test_simulator_opens_a_report_json(operator: Any, ui: UiProcess, report: Pat
         row = cells(operator, f"#fill tr[data-policy='{policy}'] td")
         assert row[1].startswith(f"{100 * summary['allocation_ratio']['1.0']:.2f} %")
     operator.wait_for_selector("[data-chart='fill-chart'][data-drawn='true'] canvas")
+    operator.locator("#report-title").scroll_into_view_if_needed()
+    operator.evaluate("document.getElementById('report-title').scrollIntoView()")
     shoot(operator, "simulator", tmp_path)
 
 

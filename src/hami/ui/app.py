@@ -73,6 +73,7 @@ class Ui:
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         )
         self.env.filters["mib"] = _mib
+        self.env.filters["size"] = _size
         self.env.filters["pct"] = _pct
         self.env.filters["qs"] = lambda params: urllib.parse.urlencode({k: v for k, v in params.items() if v})
         self._overview_cache: tuple[int, list[views.TypeRow]] | None = None
@@ -250,12 +251,13 @@ class Ui:
                            x=explanation, held=held, seconds=seconds)
 
     def whatif(self, request: Request, who: Viewer) -> Response:
-        spec, result, error, hami_json = "", None, "", ""
+        spec, result, error, hami_json, names = "", None, "", "", ()
         if request.method == "POST":
             spec = _form(request).get("spec", "")
             try:
                 pod = parse_pod(spec)
                 pod_request = self.store.cache.request_of(pod)
+                names = pod_request.names
                 if not pod_request.wants_devices:
                     raise HamiError("this pod asks for no device resource the engine manages")
                 with self.store.reading() as view:
@@ -268,7 +270,7 @@ class Ui:
                 hami_json = _json({"decisions": [out]})
             except HamiError as exc:
                 error = str(exc)
-        return self.render("whatif.html", request, viewer=who, spec=spec, x=result, error=error,
+        return self.render("whatif.html", request, viewer=who, spec=spec, x=result, error=error, names=names,
                            hami_json=hami_json, status=400 if error else 200)
 
     def simulator(self, request: Request, who: Viewer) -> Response:
@@ -380,6 +382,12 @@ def _int(value: str | None, default: int) -> int:
 
 
 def _mib(value: int | None) -> str:
+    """Exact, as pods ask for it."""
+    return "–" if value is None else f"{value} MiB"
+
+
+def _size(value: int | None) -> str:
+    """Rounded, for device and cluster totals."""
     if value is None:
         return "–"
     return f"{value / 1024:.1f} GiB" if value >= 10240 else f"{value} MiB"
