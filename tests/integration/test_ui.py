@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from playwright import sync_api as playwright_api
 
 from hami.ui.whynot import group_reasons
 from tests.cluster import ControlPlane
@@ -43,7 +44,6 @@ from tests.integration.ui_stack import (
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_TRACE = "tests/data/openb-sample/openb_pod_list_default.csv"
-playwright_api = pytest.importorskip("playwright.sync_api")  # a test extra: `make install` brings it
 pytestmark = pytest.mark.timeout(600)
 
 

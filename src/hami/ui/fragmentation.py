@@ -4,9 +4,10 @@ The definition is the one `hami simulate` reports (Weng et al., ATC 2023; hami.s
 cluster's own pods as the workload: their requests grouped into classes (devices per container,
 share of one device, which device types they accept), weighted by how many pods ask that way, the
 most popular classes covering 95 % of the pods. A device's free share is the smaller of its free
-compute and free memory (none when its task slots are full); a class needs from one device the
-larger of its compute and its memory share of that device, or the whole device when it asks for
-several devices or all of one's compute (the simulator's multi-GPU tasks are whole GPUs).
+compute and free memory (none when its task slots are full, or it is unhealthy or cordoned); a
+class needs from one device the larger of its compute and its memory share of that device, or the
+whole device when it asks for several devices or all of one's compute (the simulator's multi-GPU
+tasks are whole GPUs).
 """
 
 from __future__ import annotations
@@ -75,11 +76,12 @@ def classes_on(shapes: list[tuple[Shape, tuple[bool, ...], int]],
 
 
 def free_milli(state: ClusterState) -> np.ndarray:
-    """Per device, its free share in milli-devices."""
+    """Per device, its free share in milli-devices (none on a full, unhealthy or cordoned device)."""
     cores = (state.totalcore - state.usedcores) * FULL // np.maximum(state.totalcore, 1)
     memory = (state.totalmem - state.usedmem) * FULL // np.maximum(state.totalmem, 1)
     free = np.minimum(cores, memory)
-    return np.where(state.used >= state.count, 0, np.maximum(free, 0)).astype(np.int64)
+    closed = (state.used >= state.count) | ~state.health | state.cordoned
+    return np.where(closed, 0, np.maximum(free, 0)).astype(np.int64)
 
 
 def by_type(state: ClusterState, pods: Iterable[PodRequest], defaults: PolicyDefaults
