@@ -41,6 +41,7 @@ SESSION_SECONDS = 8 * 3600
 MAX_FORM_BYTES = simreport.MAX_BYTES + 4096
 NODES_PER_PAGE = 20
 PODS_PER_PAGE = 100
+PENDING_PER_PAGE = 50
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
@@ -189,7 +190,7 @@ class Ui:
         name = request.path_params["name"]
         with self.store.reading() as view:
             rows = views.node_rows(view, who.may_see_pods, [name])
-            pods = [r for r in views.pod_rows(view, who.may_see_pods) if r.decided_node == name or r.info.node == name]
+            pods = views.pod_rows(view, who.may_see_pods, views.pod_keys(view, who.may_see_pods, node=name))
             known = name in view.nodes
         if not rows:
             message = f"node {name} registers no devices" if known else f"there is no node {name}"
@@ -200,29 +201,35 @@ class Ui:
         q = request.query_params
         namespace = q.get("namespace", "")
         with self.store.reading() as view:
-            rows = views.pod_rows(view, who.may_see_pods, namespace=namespace,
-                                  pending_only=q.get("pending") == "1")
+            keys = views.pod_keys(view, who.may_see_pods, namespace=namespace, pending_only=q.get("pending") == "1")
+            first, pages = views.page(len(keys), _int(q.get("page"), 1), PODS_PER_PAGE)
+            rows = views.pod_rows(view, who.may_see_pods, keys[first:first + PODS_PER_PAGE])
             namespaces = sorted({p.namespace for p in view.pods.values() if who.may_see_pods(p.namespace)})
-        first, pages = views.page(len(rows), _int(q.get("page"), 1), PODS_PER_PAGE)
-        return self.render("pods.html", request, viewer=who, rows=rows[first:first + PODS_PER_PAGE], total=len(rows),
+        return self.render("pods.html", request, viewer=who, rows=rows, total=len(keys),
                            page=first // PODS_PER_PAGE + 1, pages=pages, namespaces=namespaces,
                            params={"namespace": namespace, "pending": q.get("pending", "")})
 
     def pending(self, request: Request, who: Viewer) -> Response:
         q = request.query_params
         with self.store.reading() as view:
-            rows = views.pod_rows(view, who.may_see_pods, pending_only=True)
-            first, pages = views.page(len(rows), _int(q.get("page"), 1), PODS_PER_PAGE)
-            shown = rows[first:first + PODS_PER_PAGE]
+            keys = views.pod_keys(view, who.may_see_pods, pending_only=True)
+            first, pages = views.page(len(keys), _int(q.get("page"), 1), PENDING_PER_PAGE)
+            rows = views.pod_rows(view, who.may_see_pods, keys[first:first + PENDING_PER_PAGE])
             answers = {}
-            for row in shown:
-                if row.info.request is None or row.decided_node:
+            # Pods of one workload ask alike: the engine is asked once per distinct request.
+            asked: dict[object, tuple[str | None, list[whynot.ReasonGroup]]] = {}
+            for row in rows:
+                pod = row.info.request
+                if pod is None or row.decided_node:
                     continue
-                decision = whynot.decide(view.state, row.info.request, self.options.defaults, view.unregistered)
-                groups = whynot.group_reasons(decision.reasons)
-                answers[row.info.key] = (decision.node, groups[:2])
-        return self.render("pending.html", request, viewer=who, rows=shown, total=len(rows), answers=answers,
-                           page=first // PODS_PER_PAGE + 1, pages=pages, params={})
+                alike = (pod.containers, pod.init_count, tuple(sorted(pod.annotations.items())), pod.cpu_milli,
+                         pod.memory_mib)
+                if alike not in asked:
+                    decision = whynot.decide(view.state, pod, self.options.defaults, view.unregistered)
+                    asked[alike] = (decision.node, whynot.group_reasons(decision.reasons)[:2])
+                answers[row.info.key] = asked[alike]
+        return self.render("pending.html", request, viewer=who, rows=rows, total=len(keys), answers=answers,
+                           page=first // PENDING_PER_PAGE + 1, pages=pages, params={})
 
     def pending_pod(self, request: Request, who: Viewer) -> Response:
         namespace, name = request.path_params["namespace"], request.path_params["name"]
@@ -232,7 +239,6 @@ class Ui:
         with self.store.reading() as view:
             info = view.pods.get(key)
             unregistered = view.unregistered
-            allocations = {k: (h.node, h.allocation, h.init_count) for k, h in view.holdings.items()}
             held = view.holdings.get(key)
         if info is None:
             return self.render("error.html", request, status=404, viewer=who,
@@ -240,18 +246,17 @@ class Ui:
         if info.request is None:
             return self.render("error.html", request, status=400, viewer=who,
                                message=f"the engine cannot read this pod's requests: {info.error}")
-        state = self.store.private_state()
-        if key in state.pods:  # the pod's own earlier decision does not count against it
-            state.remove_pod(key)
-            allocations.pop(key, None)
         started = time.perf_counter()
-        explanation = whynot.explain(state, info.request, self.options.defaults, unregistered, allocations)
+        # The pod's own earlier decision does not count against it.
+        with self.store.what_if(without=key) as (state, allocations):
+            explanation = whynot.explain(state, info.request, self.options.defaults, unregistered, allocations)
         seconds = time.perf_counter() - started
         return self.render("pending_pod.html", request, viewer=who, info=info, asks=views.asks(info.request),
                            x=explanation, held=held, seconds=seconds)
 
     def whatif(self, request: Request, who: Viewer) -> Response:
-        spec, result, error, hami_json, names = "", None, "", "", ()
+        spec, result, error, hami_json = "", None, "", ""
+        names: tuple[str, ...] = ()
         if request.method == "POST":
             spec = _form(request).get("spec", "")
             try:
@@ -262,9 +267,8 @@ class Ui:
                     raise HamiError("this pod asks for no device resource the engine manages")
                 with self.store.reading() as view:
                     unregistered = view.unregistered
-                    allocations = {k: (h.node, h.allocation, h.init_count) for k, h in view.holdings.items()}
-                state = self.store.private_state()
-                result = whynot.explain(state, pod_request, self.options.defaults, unregistered, allocations)
+                with self.store.what_if() as (state, allocations):
+                    result = whynot.explain(state, pod_request, self.options.defaults, unregistered, allocations)
                 out = decision_json(result.decision)
                 out["reasons"] = dict(sorted(result.decision.reasons.items()))
                 hami_json = _json({"decisions": [out]})

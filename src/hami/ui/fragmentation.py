@@ -3,16 +3,17 @@
 The definition is the one `hami simulate` reports (Weng et al., ATC 2023; hami.sim.frag), with the
 cluster's own pods as the workload: their requests grouped into classes (devices per container,
 share of one device, which device types they accept), weighted by how many pods ask that way, the
-most popular classes covering 95 % of the pods. A device's free share is the smaller of its free
-compute and free memory (none when its task slots are full, or it is unhealthy or cordoned); a
-class needs from one device the larger of its compute and its memory share of that device, or the
-whole device when it asks for several devices or all of one's compute (the simulator's multi-GPU
-tasks are whole GPUs).
+most popular classes covering 95 % of the containers. A device's free share is the smaller of its
+free compute and free memory (none when its task slots are full, or it is unhealthy or cordoned).
+A class needs from one device the larger of its compute and its memory share of that device,
+rounded up to whole percents as the trace's shares are, or the whole device when it asks for
+several devices or all of one's compute (the simulator's multi-GPU tasks are whole GPUs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,54 +25,77 @@ from hami.sim.frag import FULL, Classes, below, fragmentation
 COVERAGE = 0.95
 
 
-def _share_milli(cores: int, memreq: int, percentage: int, device_memory: int) -> int:
-    memory = percentage * 10 if percentage != NO_PERCENTAGE else -(-memreq * FULL // max(device_memory, 1))
-    return int(min(FULL, max(cores * 10, memory, 1)))
-
-
 # A request shape: (devices per container, cores, MiB, memory percentage).
 Shape = tuple[int, int, int, int]
 
 
 def workload(pods: Iterable[PodRequest], models: list[str], defaults: PolicyDefaults
-             ) -> list[tuple[Shape, tuple[bool, ...], int]]:
-    """The most popular request shapes covering 95 % of the device containers: (shape, which
-    models it accepts, how many ask that way)."""
+             ) -> dict[tuple[Shape, tuple[bool, ...]], int]:
+    """How many device containers ask each way, with the device types they accept."""
     counts: dict[tuple[Shape, tuple[bool, ...]], int] = {}
+    access_of: dict[tuple[tuple[str, str], ...], tuple[bool, ...] | None] = {}
     for pod in pods:
-        try:
-            selectors = PodContext.of(pod, defaults).selectors
-        except Exception:  # noqa: BLE001 - a pod with malformed annotations is no typical pod
+        # Most pods share their selectors: decode each set once. HAMi's own hami.io/ annotations
+        # (decisions, bind phase, policies) never narrow the device types.
+        notes = tuple(sorted(kv for kv in pod.annotations.items() if not kv[0].startswith("hami.io/")))
+        if notes not in access_of:
+            try:
+                selectors = PodContext.of(pod, defaults).selectors
+                access_of[notes] = tuple(selectors.type_allowed(m) for m in models)
+            except Exception:  # noqa: BLE001 - a pod with malformed annotations is no typical pod
+                access_of[notes] = None
+        access = access_of[notes]
+        if access is None:
             continue
-        access = tuple(selectors.type_allowed(m) for m in models)
         for c in pod.containers:
             if c.wants_devices:
                 key = ((c.nums, c.coresreq, c.memreq, c.mem_percentage), access)
                 counts[key] = counts.get(key, 0) + 1
-    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][0]))
-    chosen, covered, total = [], 0, sum(counts.values())
-    for (shape, access), count in ordered:
-        chosen.append((shape, access, count))
-        covered += count
-        if covered >= COVERAGE * total:
-            break
-    return chosen
+    return counts
 
 
-def classes_on(shapes: list[tuple[Shape, tuple[bool, ...], int]],
-               device_memory: int) -> Classes:
-    """The simulator's task classes for devices with this much memory: several devices, or all of
-    a device's compute, count as whole devices (as the simulator's multi-GPU tasks)."""
-    milli = [FULL if n > 1 or cores >= 100 else _share_milli(cores, mem, pct, device_memory)
-             for (n, cores, mem, pct), _, _ in shapes]
-    weights = np.asarray([count for _, _, count in shapes], dtype=np.int64)
+@dataclass(frozen=True)
+class Shapes:
+    """workload() as arrays, one entry per distinct shape."""
+
+    nums: np.ndarray
+    cores: np.ndarray
+    memreq: np.ndarray
+    percentage: np.ndarray
+    access_id: np.ndarray
+    accesses: np.ndarray  # (distinct accesses, models)
+    count: np.ndarray
+
+    @staticmethod
+    def of(counts: dict[tuple[Shape, tuple[bool, ...]], int], models: int) -> Shapes:
+        accesses = sorted({access for _, access in counts})
+        index = {a: i for i, a in enumerate(accesses)}
+        shapes = np.asarray([shape for shape, _ in counts], dtype=np.int64).reshape(-1, 4)
+        return Shapes(nums=shapes[:, 0], cores=shapes[:, 1], memreq=shapes[:, 2], percentage=shapes[:, 3],
+                      access_id=np.asarray([index[a] for _, a in counts], dtype=np.int64),
+                      accesses=np.asarray(accesses, dtype=bool).reshape(len(accesses), models),
+                      count=np.asarray(list(counts.values()), dtype=np.int64))
+
+
+def classes_on(shapes: Shapes, device_memory: int) -> Classes:
+    """The simulator's task classes on devices with this much memory: the most popular, covering
+    95 % of the containers. A share is the larger of compute and memory, rounded up to whole
+    percents as the trace's are; several devices, or all of a device's compute, count as whole
+    devices (as the simulator's multi-GPU tasks)."""
+    memory = np.where(shapes.percentage != NO_PERCENTAGE, shapes.percentage * 10,
+                      -(-shapes.memreq * FULL // max(device_memory, 1)))
+    share = np.minimum(FULL, np.maximum(np.maximum(shapes.cores * 10, memory), 1))
+    share = -(-share // 10) * 10
+    milli = np.where((shapes.nums > 1) | (shapes.cores >= 100), FULL, share)
+    keys = np.column_stack([shapes.nums, milli, shapes.access_id])
+    distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
+    weight = np.bincount(inverse.reshape(-1), weights=shapes.count, minlength=len(distinct)).astype(np.int64)
+    order = np.lexsort((distinct[:, 1], distinct[:, 0], -weight))
+    covered = np.cumsum(weight[order])
+    keep = order[: int(np.searchsorted(covered, COVERAGE * covered[-1])) + 1]
     return Classes(
-        num_gpu=np.asarray([shape[0] for shape, _, _ in shapes], dtype=np.int64),
-        milli=np.asarray(milli, dtype=np.int64),
-        cpu=np.zeros(len(shapes), dtype=np.int64),
-        access=np.asarray([access for _, access, _ in shapes], dtype=bool).reshape(len(shapes), -1),
-        weight=weights,
-        total=int(weights.sum()),
+        num_gpu=distinct[keep, 0], milli=distinct[keep, 1], cpu=np.zeros(len(keep), dtype=np.int64),
+        access=shapes.accesses[distinct[keep, 2]], weight=weight[keep], total=int(weight[keep].sum()),
     )
 
 
@@ -97,9 +121,10 @@ def by_type(state: ClusterState, pods: Iterable[PodRequest], defaults: PolicyDef
         return {}
     first = [int(state.starts[i]) for i in range(n)]
     models = sorted({state.types[r] for r in first})
-    shapes = workload(pods, models, defaults)
-    if not shapes:
+    counts = workload(pods, models, defaults)
+    if not counts:
         return {}
+    shapes = Shapes.of(counts, len(models))
     width = int(state.sizes.max())
     rows = np.full((n, width), len(state.uuids), dtype=np.int64)
     for i in range(n):

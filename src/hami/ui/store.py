@@ -8,7 +8,6 @@ bumps `version`, so that views computed from the store can be reused until somet
 from __future__ import annotations
 
 import contextlib
-import copy
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 from hami.annotations import keys
 from hami.config import HamiConfig
 from hami.errors import HamiError
+from hami.model.allocation import PodAllocation
 from hami.model.requests import PodRequest
 from hami.scheduler.cache import ENDED, ClusterCache, Holding, pod_key
 from hami.scheduler.state import ClusterState
@@ -168,7 +168,7 @@ class UiStore:
     @contextlib.contextmanager
     def reading(self) -> Iterator[StoreView]:
         """Everything a page reads, consistent while the block runs: informers wait meanwhile.
-        The engine state in it is shared: read it, never change it (see private_state)."""
+        The engine state in it is shared: read it, never change it (see what_if)."""
         with self._lock, self.cache.lock():
             yield StoreView(
                 version=self.version,
@@ -184,10 +184,27 @@ class UiStore:
             return {p.namespace for p in self._pods.values()} | {
                 k.split("/", 1)[0] for k in self.cache.holdings()}
 
-    def private_state(self) -> ClusterState:
-        """A copy of the engine state that what-if questions may change freely."""
-        with self.cache.lock():
-            return copy.deepcopy(self.cache.state())
+    @contextlib.contextmanager
+    def what_if(self, without: str = "") -> Iterator[tuple[ClusterState, dict[str, Allocation]]]:
+        """The engine state for what-if questions, with the lock held (informers wait meanwhile), and
+        the allocation of every pod counted in it. `without`: a pod whose own decision must not count
+        against it (as ClusterCache.decide does). Whoever changes the state must put it back as it was;
+        the pod left out is counted again on the way out."""
+        with self._lock, self.cache.lock():
+            state = self.cache.state()
+            holdings = self.cache.holdings()
+            own = holdings.pop(without, None) if without else None
+            if own is not None:
+                state.remove_pod(without)
+            try:
+                yield state, {k: (h.node, h.allocation, h.init_count) for k, h in holdings.items()}
+            finally:
+                if own is not None:
+                    state.add_pod(without, own.node, own.allocation, own.init_count)
+
+
+# (node, devices per container, init container count) of a pod counted in the engine state.
+Allocation = tuple[str, PodAllocation, int]
 
 
 @dataclass(frozen=True)

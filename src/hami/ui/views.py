@@ -131,10 +131,13 @@ def device_rows(view: StoreView, node: int, may_see: PodFilter, holders: dict[tu
     return rows
 
 
-def holders_by_device(view: StoreView) -> dict[tuple[str, str], list[Holder]]:
-    """Per (node, device UUID), each pod's share as the engine counts it (init containers overlap)."""
+def holders_by_device(view: StoreView, nodes: set[str]) -> dict[tuple[str, str], list[Holder]]:
+    """Per (node, device UUID) of the given nodes, each pod's share as the engine counts it
+    (init containers overlap)."""
     result: dict[tuple[str, str], list[Holder]] = {}
     for key, holding in sorted(view.holdings.items()):
+        if holding.node not in nodes:
+            continue
         for uuid, (slots, memory, cores) in footprint_of(holding.allocation, holding.init_count).items():
             result.setdefault((holding.node, uuid), []).append(Holder(key, memory, cores, slots))
     return result
@@ -143,8 +146,8 @@ def holders_by_device(view: StoreView) -> dict[tuple[str, str], list[Holder]]:
 def node_rows(view: StoreView, may_see: PodFilter, names: Iterable[str] | None = None) -> list[NodeRow]:
     """Nodes with devices (all, or those named), by name."""
     state = view.state
-    holders = holders_by_device(view)
     wanted = sorted(state.node_pos) if names is None else [n for n in names if n in state.node_pos]
+    holders = holders_by_device(view, set(wanted))
     rows = []
     for name in wanted:
         info = view.nodes.get(name)
@@ -254,25 +257,40 @@ class PodRow:
     memory_in_use: int | None = None
 
 
-def pod_rows(view: StoreView, may_see: PodFilter, pending_only: bool = False, namespace: str = "") -> list[PodRow]:
-    state = view.state
-    type_of = {(state.names[int(state.dev_node[r])], uuid): state.types[r] for r, uuid in enumerate(state.uuids)}
-    rows = []
-    for key in sorted(view.pods):
-        info = view.pods[key]
+def pod_keys(view: StoreView, may_see: PodFilter, pending_only: bool = False, namespace: str = "",
+             node: str = "") -> list[str]:
+    """The pods to list, by key: those the viewer may see, narrowed by the filters."""
+    keys = []
+    for key, info in view.pods.items():
         if not may_see(info.namespace) or (namespace and info.namespace != namespace):
             continue
         if pending_only and not info.pending:
             continue
+        if node and info.node != node and (key not in view.holdings or view.holdings[key].node != node):
+            continue
+        keys.append(key)
+    return sorted(keys)
+
+
+def pod_rows(view: StoreView, may_see: PodFilter, keys: list[str]) -> list[PodRow]:
+    """A row per pod key (from pod_keys): what it asks, what it holds, its bind and lock state."""
+    state = view.state
+    rows = []
+    for key in keys:
+        info = view.pods[key]
         holding = view.holdings.get(key)
         allocated = []
         node = holding.node if holding else ""
         if holding is not None:
             names = info.request.names if info.request else ()
+            position_of = state.node_pos.get(node)
+            type_of = {}
+            if position_of is not None:
+                type_of = {state.uuids[r]: state.types[r] for r in state.rows_of_node(position_of)}
             for position, container in enumerate(holding.allocation):
                 cname = names[position] if position < len(names) else str(position)
                 for d in container:
-                    allocated.append((cname, d.uuid, type_of.get((node, d.uuid), "?"), d.usedmem, d.usedcores))
+                    allocated.append((cname, d.uuid, type_of.get(d.uuid, "?"), d.usedmem, d.usedcores))
         lock_node = info.node or node
         lock = ""
         if lock_node and lock_node in view.nodes and view.nodes[lock_node].lock:

@@ -12,14 +12,16 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from hami.annotations import keys
 from hami.annotations.errors import AnnotationError
 from hami.errors import HamiError
-from hami.model.allocation import PodAllocation
 from hami.model.requests import NO_PERCENTAGE, ContainerRequest, PodRequest
 from hami.scheduler import reasons as R
 from hami.scheduler.engine import Decision, PolicyDefaults, schedule
 from hami.scheduler.state import ClusterState
+from hami.ui.store import Allocation
 
 # Pod annotations that narrow which devices a pod accepts; dropping one is a change we can try.
 SELECTOR_KEYS = (keys.USE_GPUTYPE, keys.NOUSE_GPUTYPE, keys.USE_GPUUUID, keys.NOUSE_GPUUUID, keys.VGPU_MODE,
@@ -198,50 +200,78 @@ def _selectors(asker: _Asker, pod: PodRequest) -> list[Suggestion]:
     return out
 
 
-def _pod_ends(asker: _Asker, pod: PodRequest, failing: list[str],
-              allocations: dict[str, tuple[str, PodAllocation, int]], limit: int, budget: int) -> list[Suggestion]:
-    """Nodes where the pod would fit once one pod there ends, smallest such pod first."""
+def _memory_need(state: ClusterState, pod: PodRequest, rows: range) -> np.ndarray:
+    """Per device row, the most memory one container of the pod would take there."""
+    totals = state.totalmem[rows.start:rows.stop]
+    need = np.zeros(len(totals), dtype=np.int64)
+    for c in pod.containers:
+        if c.wants_devices:
+            need = np.maximum(need, [c.memory_on(int(t)) for t in totals])
+    return need
+
+
+def _pod_ends(asker: _Asker, pod: PodRequest, failing: list[str], allocations: dict[str, Allocation],
+              limit: int, budget: int, nodes: int) -> list[Suggestion]:
+    """Nodes where the pod would fit once one pod there ends, smallest such pod first.
+
+    Looked for on the `nodes` failing nodes with the most free memory on one device, among the
+    pods there whose end would leave some device with the memory the pod needs; each candidate
+    is then asked of the engine.
+    """
     state = asker.state
     on_node: dict[str, list[str]] = {}
     for key, (node, _, _) in allocations.items():
-        if key != pod.key and key in state.pods:
+        if key in state.pods:
             on_node.setdefault(node, []).append(key)
-    out: list[Suggestion] = []
+    positions = [state.node_pos[n] for n in failing if n in on_node]
+    if not positions:
+        return []
+    free = state.totalmem - state.usedmem
+    best_free = np.maximum.reduceat(free, state.starts[:-1])[positions]
+    closest = [positions[k] for k in np.argsort(-best_free, kind="stable")[:nodes].tolist()]
     tries: list[tuple[int, str, str]] = []
-    for node in failing:
-        keys_here = on_node.get(node, [])
-        if not keys_here or asker.questions >= budget:
-            continue
+    for i in closest:
+        name = state.names[i]
+        rows = state.rows_of_node(i)
         # Even with every pod there gone, would it fit? If not, no single pod's end helps.
-        removed = [(k, allocations[k]) for k in keys_here]
-        for k in keys_here:
-            state.remove_pod(k)
-        fits_empty = asker.place(pod, [node]) is not None
-        for k, (n, allocation, init_count) in removed:
-            state.add_pod(k, n, allocation, init_count)
-        if fits_empty:
-            for k in keys_here:
-                footprint = state.pods[k]
-                tries.append((int(footprint.mem.sum()), k, node))
-    for _, key, node in sorted(tries):
+        asker.questions += 1
+        alone = ClusterState([state.nodes[i]])
+        try:
+            if schedule(alone, pod, asker.defaults, explain=False).node is None:
+                continue
+        except AnnotationError:
+            return []
+        need = _memory_need(state, pod, rows)
+        node_free = free[rows.start:rows.stop]
+        for key in on_node[name]:
+            footprint = state.pods[key]
+            after = node_free.copy()
+            np.add.at(after, footprint.rows - rows.start, footprint.mem)
+            if (after >= need).any():
+                tries.append((int(footprint.mem.sum()), key, name))
+    out: list[Suggestion] = []
+    for _, key, name in sorted(tries):
         if len(out) >= limit or asker.questions >= budget:
             break
-        n, allocation, init_count = allocations[key]
+        node, allocation, init_count = allocations[key]
         state.remove_pod(key)
-        fits = asker.place(pod, [node]) is not None
-        state.add_pod(key, n, allocation, init_count)
+        try:
+            fits = asker.place(pod, [name]) is not None
+        finally:
+            state.add_pod(key, node, allocation, init_count)
         if fits:
-            out.append(Suggestion("pod-ends", f"Node {node} frees up enough when pod {key} ends", node=node, pod=key))
+            out.append(Suggestion("pod-ends", f"Node {name} frees up enough when pod {key} ends", node=name, pod=key))
     return out
 
 
 def explain(state: ClusterState, pod: PodRequest, defaults: PolicyDefaults, unregistered: Iterable[str],
-            allocations: dict[str, tuple[str, PodAllocation, int]], limit: int = 3, budget: int = 400
+            allocations: dict[str, Allocation], limit: int = 3, budget: int = 400, nodes: int = 64
             ) -> Explanation:
     """The engine's answer for the pod, its reasons grouped, and what would change it.
 
-    `state` is changed while asking and restored after: pass a private copy. `allocations` holds
-    (node, allocation, init container count) of the pods counted in it. At most `budget` questions.
+    `state` is changed while asking and put back as it was (UiStore.what_if gives it with its
+    lock held). `allocations` holds (node, allocation, init container count) of the pods counted
+    in it. At most `budget` questions; pod ends are looked for on the `nodes` closest to fitting.
     """
     decision = decide(state, pod, defaults, unregistered)
     result = Explanation(decision=decision, groups=group_reasons(decision.reasons))
@@ -254,6 +284,6 @@ def explain(state: ClusterState, pod: PodRequest, defaults: PolicyDefaults, unre
             result.suggestions.append(suggestion)
     result.suggestions.extend(_selectors(asker, pod))
     failing = [n for n in sorted(decision.reasons) if n in state.node_pos]
-    result.suggestions.extend(_pod_ends(asker, pod, failing, allocations, limit, budget))
+    result.suggestions.extend(_pod_ends(asker, pod, failing, allocations, limit, budget, nodes))
     result.questions = asker.questions
     return result
