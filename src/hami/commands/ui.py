@@ -29,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-header", default="X-Remote-Group", help="the proxy's group header (repeated)")
     parser.add_argument("--node-policy", choices=[p.value for p in Policy], help="default node policy")
     parser.add_argument("--gpu-policy", choices=[p.value for p in Policy], help="default GPU policy")
+    parser.add_argument("--prometheus", metavar="URL",
+                        help="Prometheus that scrapes hami monitor: live memory and utilisation next to allocation")
+    parser.add_argument("--prometheus-ca", metavar="FILE", help="CA of Prometheus' HTTPS certificate")
+    parser.add_argument("--prometheus-token-file", metavar="FILE",
+                        help="bearer token for Prometheus, read again for each query")
     parser.add_argument("--report", action="append", default=[], metavar="FILE",
                         help="a hami simulate report.json to offer on the Simulator page (repeatable)")
     parser.add_argument("--access-ttl", type=float, default=30.0,
@@ -47,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from hami.serve import watch_certificates
     from hami.ui.access import Endpoint, Reviewer
     from hami.ui.app import UiOptions, build_app
+    from hami.ui.prometheus import Prometheus
     from hami.ui.store import UiStore
     from hami.ui.tls import self_signed
 
@@ -56,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("hami")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise HamiError("--tls-cert and --tls-key go together")
-    for path in (args.tls_cert, args.tls_key, args.proxy_client_ca, *args.report):
+    for path in (args.tls_cert, args.tls_key, args.proxy_client_ca, args.prometheus_ca, args.prometheus_token_file,
+                 *args.report):
         if path is not None and not Path(path).is_file():
             raise HamiError(f"file {path} not found")
     reports: dict[str, Path] = {}
@@ -75,10 +82,14 @@ def run(args: argparse.Namespace) -> int:
         raise HamiError(f"cannot read the cluster's address and credentials: {exc}") from None
     store = UiStore(config)
     reviewer = Reviewer(endpoint, client, ttl=args.access_ttl)
+    stop = threading.Event()
+    prometheus = None
+    if args.prometheus:
+        prometheus = Prometheus(args.prometheus, ca_file=args.prometheus_ca, token_file=args.prometheus_token_file)
+        threading.Thread(target=prometheus.run, args=(stop,), daemon=True, name="prometheus").start()
     app = build_app(store, reviewer, UiOptions(defaults=defaults, proxy_headers=args.proxy_client_ca is not None,
                                                user_header=args.user_header, group_header=args.group_header,
-                                               reports=reports))
-    stop = threading.Event()
+                                               reports=reports, prometheus=prometheus))
     informers = {
         "nodes": Informer(client, Node, store.replace_nodes, store.upsert_node, store.delete_node, stop),
         "pods": Informer(client, Pod, store.replace_pods, store.upsert_pod, store.delete_pod, stop),

@@ -7,6 +7,7 @@ or a report to look at, and for the viewer's own login cookie.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -32,6 +33,7 @@ from hami.errors import HamiError
 from hami.scheduler.engine import PolicyDefaults
 from hami.ui import fragmentation, simreport, views, whynot
 from hami.ui.access import Identity, NotAuthenticated, Reviewer, Viewer, viewer
+from hami.ui.prometheus import Prometheus, Usage
 from hami.ui.store import StoreView, UiStore
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class UiOptions:
     group_header: str = "X-Remote-Group"
     session_key: bytes = field(default_factory=Fernet.generate_key, repr=False)
     reports: dict[str, Path] = field(default_factory=dict)
+    prometheus: Prometheus | None = None
 
 
 class Ui:
@@ -83,7 +86,8 @@ class Ui:
 
     def render(self, name: str, request: Request, status: int = 200, **context: Any) -> HTMLResponse:
         template = self.env.get_template(name)
-        html = template.render(path=request.url.path, ready=self.store.ready, **context)
+        html = template.render(path=request.url.path, ready=self.store.ready, live=self.options.prometheus is not None,
+                               **context)
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
     def identity(self, request: Request) -> Identity:
@@ -124,11 +128,24 @@ class Ui:
                 return self.render("error.html", request, status=400, viewer=who, message=str(exc))
         return endpoint
 
+    def usage(self) -> Usage | None:
+        return self.options.prometheus.latest if self.options.prometheus is not None else None
+
     # ---- pages -------------------------------------------------------------------------
 
     def overview(self, request: Request, who: Viewer) -> Response:
+        usage = self.usage()
+        trends: dict[str, Any] = {}
         with self.store.reading() as view:
-            rows = self._overview(view) if who.nodes else []
+            rows = [dataclasses.replace(r) for r in self._overview(view)] if who.nodes else []
+            if usage is not None and who.nodes:
+                views.add_type_usage(rows, view, usage)
+                if usage.trends:
+                    names = sorted(usage.trends)
+                    times = usage.trends[names[0]][0]
+                    series = [usage.trends[n][1] for n in names if usage.trends[n][0] == times]
+                    trends = {"series": [n for n in names if usage.trends[n][0] == times], "data": [times, *series],
+                              "x": "time", "y": "device memory in use", "unit": "MiB", "time": True}
             pods = [p for p in view.pods.values() if who.may_see_pods(p.namespace)]
             counts = {
                 "nodes": len(view.state.nodes), "unregistered": len(view.unregistered),
@@ -146,7 +163,7 @@ class Ui:
             total.fragmented = None if row.fragmented is None or total.fragmented is None \
                 else total.fragmented + row.fragmented
         return self.render("overview.html", request, viewer=who, rows=rows, vendors=list(vendors.values()),
-                           counts=counts)
+                           counts=counts, usage=usage, trends=trends)
 
     def _overview(self, view: StoreView) -> list[views.TypeRow]:
         cached = self._overview_cache
@@ -180,7 +197,11 @@ class Ui:
             number = first // NODES_PER_PAGE + 1
             rows = views.node_rows(view, who.may_see_pods, wanted[first:first + NODES_PER_PAGE])
             unregistered = view.unregistered
+        usage = self.usage()
+        if usage is not None:
+            views.add_device_usage(rows, usage)
         return self.render("nodes.html", request, viewer=who, rows=rows, total=len(wanted), page=number, pages=pages,
+                           usage=usage,
                            vendors=all_vendors, types=all_types, unregistered=unregistered,
                            params={"vendor": vendor, "type": dtype, "q": name, "problems": problems})
 
@@ -192,10 +213,14 @@ class Ui:
             rows = views.node_rows(view, who.may_see_pods, [name])
             pods = views.pod_rows(view, who.may_see_pods, views.pod_keys(view, who.may_see_pods, node=name))
             known = name in view.nodes
+        usage = self.usage()
+        if usage is not None:
+            views.add_device_usage(rows, usage)
+            views.add_pod_usage(pods, usage)
         if not rows:
             message = f"node {name} registers no devices" if known else f"there is no node {name}"
             return self.render("error.html", request, status=404, viewer=who, message=message)
-        return self.render("node.html", request, viewer=who, node=rows[0], pods=pods)
+        return self.render("node.html", request, viewer=who, node=rows[0], pods=pods, usage=usage)
 
     def pods(self, request: Request, who: Viewer) -> Response:
         q = request.query_params
@@ -205,7 +230,10 @@ class Ui:
             first, pages = views.page(len(keys), _int(q.get("page"), 1), PODS_PER_PAGE)
             rows = views.pod_rows(view, who.may_see_pods, keys[first:first + PODS_PER_PAGE])
             namespaces = sorted({p.namespace for p in view.pods.values() if who.may_see_pods(p.namespace)})
-        return self.render("pods.html", request, viewer=who, rows=rows, total=len(keys),
+        usage = self.usage()
+        if usage is not None:
+            views.add_pod_usage(rows, usage)
+        return self.render("pods.html", request, viewer=who, rows=rows, total=len(keys), usage=usage,
                            page=first // PODS_PER_PAGE + 1, pages=pages, namespaces=namespaces,
                            params={"namespace": namespace, "pending": q.get("pending", "")})
 

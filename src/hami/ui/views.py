@@ -13,6 +13,7 @@ import numpy as np
 
 from hami.model.requests import NO_PERCENTAGE, PodRequest
 from hami.scheduler.state import footprint_of
+from hami.ui.prometheus import Usage
 from hami.ui.store import PodInfo, StoreView
 
 # May the viewer see the pods of this namespace?
@@ -255,6 +256,36 @@ class PodRow:
     # "held by this pod", "held by <pod>", "" (the node lock of the pod's node).
     lock: str
     memory_in_use: int | None = None
+    utilization: float | None = None
+
+
+# ---- live usage (Prometheus) ------------------------------------------------------------------
+
+
+def add_device_usage(nodes: list[NodeRow], usage: Usage) -> None:
+    for node in nodes:
+        for d in node.devices:
+            d.memory_in_use = usage.device_memory.get((node.name, d.uuid))
+            d.utilization = usage.device_utilization.get((node.name, d.uuid))
+
+
+def add_pod_usage(pods: list[PodRow], usage: Usage) -> None:
+    for row in pods:
+        row.memory_in_use = usage.pod_memory.get(row.info.key)
+        row.utilization = usage.pod_utilization.get(row.info.key)
+
+
+def add_type_usage(rows: list[TypeRow], view: StoreView, usage: Usage) -> None:
+    """Memory in use per vendor and type: the sum over the devices the monitors report."""
+    state = view.state
+    totals: dict[tuple[str, str], int] = {}
+    for node in state.nodes:
+        for d in node.devices:
+            used = usage.device_memory.get((node.name, d.id))
+            if used is not None:
+                totals[(d.vendor, d.type)] = totals.get((d.vendor, d.type), 0) + used
+    for row in rows:
+        row.memory_in_use = totals.get((row.vendor, row.type))
 
 
 def pod_keys(view: StoreView, may_see: PodFilter, pending_only: bool = False, namespace: str = "",

@@ -8,18 +8,21 @@ function drawChart(holder) {
   if (!source || typeof uPlot === "undefined") return;
   const chart = JSON.parse(source.textContent);
   const width = Math.max(320, Math.min(holder.clientWidth || 800, 1100));
+  // Values are ratios (shown as percents) or MiB (shown as GiB).
+  const gib = chart.unit === "MiB";
+  const show = (v, digits) => (gib ? (v / 1024).toFixed(digits) + " GiB" : (100 * v).toFixed(digits) + " %");
   const series = [{ label: chart.x }].concat(chart.series.map((name, i) => ({
     label: name,
     stroke: PALETTE[i % PALETTE.length],
     width: 2,
-    value: (u, v) => (v == null ? "–" : (100 * v).toFixed(2) + " %"),
+    value: (u, v) => (v == null ? "–" : show(v, gib ? 1 : 2)),
   })));
   const options = {
     width: width,
     height: 320,
     series: series,
-    scales: { x: { time: false } },
-    axes: [{ label: chart.x }, { label: chart.y, values: (u, ticks) => ticks.map((t) => (100 * t).toFixed(0) + " %") }],
+    scales: { x: { time: !!chart.time } },
+    axes: [{ label: chart.x }, { label: chart.y, size: 70, values: (u, ticks) => ticks.map((t) => show(t, 0)) }],
   };
   new uPlot(options, chart.data, holder);
   holder.dataset.drawn = "true";
