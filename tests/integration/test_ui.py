@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 import yaml
+from PIL import Image
 from playwright import sync_api as playwright_api
 
 from hami.ui.whynot import group_reasons
-from tests.cluster import ControlPlane
+from tests.cluster import ControlPlane, free_port
 from tests.cluster.pki import CertificateAuthority, cert_pem, key_pem
 from tests.integration.conftest import control_plane  # noqa: F401 - the shared fixture
 from tests.integration.ui_stack import (
@@ -35,6 +36,8 @@ from tests.integration.ui_stack import (
     CHROMIUM,
     CHROMIUM_ARGS,
     T4,
+    MonitorMetrics,
+    Prometheus,
     Scene,
     UiProcess,
     device_pod,
@@ -68,9 +71,27 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ui(control_plane: ControlPlane, scene: Scene, report: Path,  # noqa: F811
+def monitor(scene: Scene, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """A real Prometheus scraping the node monitors' metrics: what the A100s of a100-0 and the
+    first T4 use now, and the containers of train-1 and infer-1."""
+    metrics = MonitorMetrics()
+    a0, a1, t4 = scene.node("a100-0"), scene.node("a100-1"), scene.node("t4-0")
+    metrics.device(a0, scene.nodes[a0][0], 50000, 42)
+    metrics.device(a0, scene.nodes[a0][1], 65000, 97)
+    metrics.device(t4, scene.nodes[t4][0], 3000, 5)
+    metrics.container(scene.team_a, "train-1", f"GPU-{a0}-0", 48000, 40)
+    metrics.container(scene.team_b, "infer-1", f"GPU-{a1}-0", 30000, 12)
+    prometheus = Prometheus(tmp_path_factory.mktemp("prometheus"), {"hami-monitor": f"127.0.0.1:{metrics.port}"})
+    yield prometheus
+    prometheus.stop()
+    metrics.stop()
+
+
+@pytest.fixture(scope="module")
+def ui(control_plane: ControlPlane, scene: Scene, report: Path, monitor: Prometheus,  # noqa: F811
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiProcess]:
-    process = UiProcess(control_plane, tmp_path_factory.mktemp("ui"), ["--report", str(report)]).start()
+    process = UiProcess(control_plane, tmp_path_factory.mktemp("ui"),
+                        ["--report", str(report), "--prometheus", monitor.url, "--prometheus-interval", "1"]).start()
     yield process
     process.stop()
 
@@ -114,7 +135,19 @@ def shoot(page: Any, name: str, tmp_path: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
+    with Image.open(path) as shot:  # 64 colours: a page of text stays sharp, the file small
+        shot.convert("RGB").quantize(colors=64).save(path, optimize=True)
     assert path.stat().st_size > 5000  # a rendered page, not a blank one
+
+
+def wait_for_text(page: Any, url: str, selector: str, text: str, tries: int = 40) -> None:
+    """Reload until the element shows `text` (live figures arrive within a few refreshes)."""
+    for _ in range(tries):
+        page.goto(url)
+        if text in page.locator(selector).inner_text():
+            return
+        page.wait_for_timeout(500)
+    raise AssertionError(f"{selector} never showed {text!r}: {page.locator(selector).inner_text()!r}")
 
 
 def cells(page: Any, selector: str) -> list[str]:
@@ -145,6 +178,10 @@ def test_overview_counts_devices_and_allocation_per_type(operator: Any, ui: UiPr
     # Fragmentation is computed (there are device pods): a number, not a dash.
     assert re.match(r"^\d+\.\d\d of \d+\.\d\d$", operator.locator(a100 + " .frag").inner_text())
     assert int(operator.locator("#count-unregistered").inner_text()) >= 1
+    # In use, from Prometheus: 50000 + 65000 MiB on the A100s of a100-0; the trend chart is drawn.
+    wait_for_text(operator, ui.url + "/", a100 + " .in-use", "112.3 GiB")
+    assert meter(operator, a100 + " .in-use") == (115000, 4 * A100_MIB)
+    operator.wait_for_selector("[data-chart='trend-chart'][data-drawn='true'] canvas")
     shoot(operator, "overview", tmp_path)
 
 
@@ -157,11 +194,16 @@ def test_nodes_page_shows_each_device_its_pods_and_state(operator: Any, ui: UiPr
     assert "exclusive" in operator.locator(row).inner_text()
     assert f"{scene.team_a}/train-2: 70000 MiB, 100 %" in operator.locator(row + " .holders").inner_text()
     assert meter(operator, row + " .memory") == (70000, A100_MIB)
+    assert meter(operator, row + " .in-use") == (65000, A100_MIB)
+    assert "97 % busy" in operator.locator(row + " .in-use").inner_text()
     t4 = scene.node("t4-0")
     assert "unhealthy" in operator.locator(f"table[data-node='{t4}'] tr[data-uuid='GPU-{t4}-3']").inner_text()
     shoot(operator, "nodes", tmp_path)
     operator.goto(ui.url + f"/nodes/{a0}")
     assert operator.locator("#node-lock").inner_text() == "free"
+    operator.goto(ui.url + f"/nodes/{scene.node('a100-1')}")
+    assert operator.locator("#node-lock").inner_text() == scene.lock
+    operator.goto(ui.url + f"/nodes/{a0}")
     assert sorted(cells(operator, "#pods tbody th")) == [f"{scene.team_a}/train-1", f"{scene.team_a}/train-2"]
 
 
@@ -175,6 +217,12 @@ def test_pods_page_requested_allocated_and_bind_phase(operator: Any, ui: UiProce
     allocated = operator.locator(infer + " .allocated").inner_text()
     assert f"GPU-{scene.node('a100-1')}-0 ({A100}) 40000 MiB, 30 %" in allocated
     assert operator.locator(infer + " .bind").inner_text() == "success"
+    assert operator.locator(infer + " .used").inner_text() == "30000 MiB, 12 % busy"
+    assert operator.locator(f"#pods tr[data-pod='{scene.team_b}/infer-2'] .used").inner_text() == "–"
+    # a100-1's node lock, held by infer-2's bind:
+    assert operator.locator(f"#pods tr[data-pod='{scene.team_b}/infer-2'] .lock").inner_text() == "held by this pod"
+    assert operator.locator(infer + " .lock").inner_text() == f"held by {scene.team_b}/infer-2"
+    assert operator.locator(f"#pods tr[data-pod='{scene.team_b}/t4-x'] .lock").inner_text() == "–"
     assert operator.locator(f"#pods tr[data-pod='{scene.team_b}/two-t4'] .phase").inner_text() == "Pending (unbound)"
     operator.goto(ui.url + "/pods")
     shoot(operator, "pods", tmp_path)
@@ -273,6 +321,9 @@ def test_member_sees_only_their_namespace(member: Any, ui: UiProcess, scene: Sce
     shown = cells(member, "#pods tbody th")
     assert shown == [f"{scene.team_a}/{n}" for n in ("big", "train-1", "train-2")]
     assert scene.team_b not in member.content()
+    assert member.locator(f"#pods tr[data-pod='{scene.team_a}/train-1'] .used").inner_text() == "48000 MiB, 40 % busy"
+    member.goto(ui.url + "/")
+    assert member.locator("#types").count() == 0  # no device figures, live or allocated, without nodes access
     member.goto(ui.url + "/nodes")
     assert "may not list nodes" in member.locator(".error").inner_text()
     member.goto(ui.url + f"/pending/{scene.team_b}/two-t4")
@@ -359,3 +410,15 @@ def test_a_new_pod_appears_without_reload_of_the_ui(operator: Any, ui: UiProcess
         assert f"{scene.team_a}/late" in cells(operator, "#pods tbody th")
     finally:
         scene.cp.api("DELETE", f"/api/v1/namespaces/{scene.team_a}/pods/late")
+
+
+def test_prometheus_down_costs_a_note_not_the_page(control_plane: ControlPlane, scene: Scene,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    process = UiProcess(control_plane, tmp_path, ["--prometheus", closed, "--prometheus-interval", "1"]).start()
+    try:
+        status, _, body = _get(process.url + "/nodes", {"Authorization": f"Bearer {scene.admin_token}"})
+        assert status == 200 and f"GPU-{scene.node('a100-0')}-0" in body
+        assert "Live usage is not shown: Prometheus at" in body
+    finally:
+        process.stop()

@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from hami.annotations import keys
 from hami.annotations.node_register import encode_node_devices
@@ -87,6 +90,80 @@ class UiProcess:
             return ""
 
 
+class Prometheus:
+    """Debian's prometheus, scraping the given targets every second."""
+
+    def __init__(self, workdir: Path, targets: dict[str, str]):
+        binary = shutil.which("prometheus")
+        assert binary is not None, "prometheus is not installed: apt-get install prometheus (.ci/run does)"
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                  "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}
+                                     for job, target in targets.items()]}
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "prometheus.log"
+        self.process = subprocess.Popen(
+            [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h"],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115 - the child owns it
+        for job in targets:
+            wait_for(lambda job=job: self.query(f'up{{job="{job}"}} == 1'), timeout=60,
+                     message=f"prometheus scraping {job}\n{self.log.read_text(errors='replace')[-2000:]}")
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"prometheus exited:\n{self.log.read_text(errors='replace')[-2000:]}")
+        try:
+            url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+            body = json.loads(urllib.request.urlopen(url, timeout=5).read())
+        except OSError:
+            return []
+        return list(body["data"]["result"])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=15)
+
+
+class MonitorMetrics:
+    """The node monitor's metrics, with `hami monitor`'s names and labels and values we choose.
+
+    It stands in for `hami monitor`, which reads GPUs and libvgpu's shared regions that these fake
+    nodes do not have; Prometheus scrapes it as it would scrape the monitor."""
+
+    HOST = ["zone", "node", "device_index", "device_uuid", "device_type"]
+    CONTAINER = ["zone", "namespace", "pod", "container", "vdevice_index", "device_uuid"]
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.host_memory = Gauge("hami_host_gpu_memory_used_bytes", "GPU memory in use", self.HOST,
+                                 registry=self.registry)
+        self.host_utilization = Gauge("hami_host_gpu_utilization_ratio", "GPU utilisation, percent", self.HOST,
+                                      registry=self.registry)
+        self.memory = Gauge("hami_vgpu_memory_used_bytes", "memory the container uses", self.CONTAINER,
+                            registry=self.registry)
+        self.utilization = Gauge("hami_container_device_utilization_ratio", "SM utilisation, percent",
+                                 self.CONTAINER, registry=self.registry)
+        self.port = free_port()
+        self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
+
+    def device(self, node: str, device: DeviceInfo, memory_mib: int, percent: float) -> None:
+        labels = ("vGPU", node, str(device.index), device.id, device.type)
+        self.host_memory.labels(*labels).set(memory_mib * 2**20)
+        self.host_utilization.labels(*labels).set(percent)
+
+    def container(self, namespace: str, pod: str, uuid: str, memory_mib: int, percent: float) -> None:
+        labels = ("vGPU", namespace, pod, "main", "0", uuid)
+        self.memory.labels(*labels).set(memory_mib * 2**20)
+        self.utilization.labels(*labels).set(percent)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
 def insecure_context() -> ssl.SSLContext:
     """Trusts any server certificate: for talking to the UI's self-signed one from a test."""
     context = ssl.create_default_context()
@@ -135,6 +212,7 @@ class Scene:
     admin_token: str = ""
     team_a_token: str = ""
     team_a_user: str = ""
+    lock: str = ""
 
     def node(self, suffix: str) -> str:
         return f"{self.prefix}-{suffix}"
@@ -146,9 +224,12 @@ class Scene:
         a0, a1, t4, cpu = self.node("a100-0"), self.node("a100-1"), self.node("t4-0"), self.node("cpu-0")
         self.nodes = {a0: devices(a0, 2, A100, A100_MIB), a1: devices(a1, 2, A100, A100_MIB),
                       t4: devices(t4, 4, T4, T4_MIB, unhealthy=[3])}
+        self.lock = f"2026-12-01T10:00:00Z,{self.team_b},infer-2"  # a bind of infer-2 holds a100-1's lock
         for name, devs in self.nodes.items():
-            self.cp.add_node(name, {"nvidia.com/gpu": str(10 * len(devs))},
-                             {keys.NODE_NVIDIA_REGISTER: encode_node_devices(devs)})
+            annotations = {keys.NODE_NVIDIA_REGISTER: encode_node_devices(devs)}
+            if name == a1:
+                annotations[keys.NODE_LOCK] = self.lock
+            self.cp.add_node(name, {"nvidia.com/gpu": str(10 * len(devs))}, annotations)
         self.cpu_node = cpu
         self.cp.add_node(cpu)
         a, b = self.team_a, self.team_b

@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prometheus-ca", metavar="FILE", help="CA of Prometheus' HTTPS certificate")
     parser.add_argument("--prometheus-token-file", metavar="FILE",
                         help="bearer token for Prometheus, read again for each query")
+    parser.add_argument("--prometheus-interval", type=float, default=10.0, metavar="SECONDS",
+                        help="how often to ask Prometheus (default 10)")
     parser.add_argument("--report", action="append", default=[], metavar="FILE",
                         help="a hami simulate report.json to offer on the Simulator page (repeatable)")
     parser.add_argument("--access-ttl", type=float, default=30.0,
@@ -85,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     prometheus = None
     if args.prometheus:
-        prometheus = Prometheus(args.prometheus, ca_file=args.prometheus_ca, token_file=args.prometheus_token_file)
+        prometheus = Prometheus(args.prometheus, ca_file=args.prometheus_ca, token_file=args.prometheus_token_file,
+                                interval=args.prometheus_interval)
         threading.Thread(target=prometheus.run, args=(stop,), daemon=True, name="prometheus").start()
     app = build_app(store, reviewer, UiOptions(defaults=defaults, proxy_headers=args.proxy_client_ca is not None,
                                                user_header=args.user_header, group_header=args.group_header,
