@@ -35,6 +35,7 @@ from tests.integration.ui_stack import (
     A100_MIB,
     CHROMIUM,
     CHROMIUM_ARGS,
+    DCU,
     T4,
     MonitorMetrics,
     Prometheus,
@@ -178,6 +179,15 @@ def test_overview_counts_devices_and_allocation_per_type(operator: Any, ui: UiPr
     # Fragmentation is computed (there are device pods): a number, not a dash.
     assert re.match(r"^\d+\.\d\d of \d+\.\d\d$", operator.locator(a100 + " .frag").inner_text())
     assert int(operator.locator("#count-unregistered").inner_text()) >= 1
+    # Other vendors, side by side with no labels or configuration: the DCU pod's 8000 MiB of two
+    # 16384 MiB DCUs; one of two Enflame GCUs, held whole (GCUs register 100 units, not MiB).
+    dcu = f"#types tr[data-vendor='DCU'][data-type='{DCU}']"
+    assert operator.locator(dcu + " .devices").inner_text() == "2"
+    assert meter(operator, dcu + " .memory") == (8000, 2 * 16384)
+    assert meter(operator, dcu + " .cores") == (30, 200)
+    gcu = "#types tr[data-vendor='GCU']"
+    assert (meter(operator, gcu + " .slots"), operator.locator(gcu + " .idle").inner_text()) == ((1, 2), "1")
+    assert operator.locator(gcu + " .memory").inner_text() == "100 / 200"
     # In use, from Prometheus: 50000 + 65000 MiB on the A100s of a100-0; the trend chart is drawn.
     wait_for_text(operator, ui.url + "/", a100 + " .in-use", "112.3 GiB")
     assert meter(operator, a100 + " .in-use") == (115000, 4 * A100_MIB)
@@ -188,7 +198,7 @@ def test_overview_counts_devices_and_allocation_per_type(operator: Any, ui: UiPr
 def test_nodes_page_shows_each_device_its_pods_and_state(operator: Any, ui: UiProcess, scene: Scene,
                                                          tmp_path: Path) -> None:
     operator.goto(ui.url + "/nodes?q=" + scene.prefix)
-    assert operator.locator("#node-total").inner_text().startswith("3 nodes with devices")
+    assert operator.locator("#node-total").inner_text().startswith("5 nodes with devices")
     a0 = scene.node("a100-0")
     row = f"table[data-node='{a0}'] tr[data-uuid='GPU-{a0}-1']"
     assert "exclusive" in operator.locator(row).inner_text()
@@ -211,7 +221,11 @@ def test_pods_page_requested_allocated_and_bind_phase(operator: Any, ui: UiProce
                                                       tmp_path: Path) -> None:
     operator.goto(ui.url + f"/pods?namespace={scene.team_b}")
     rows = cells(operator, "#pods tbody th")
-    assert rows == [f"{scene.team_b}/{n}" for n in ("infer-1", "infer-2", "t4-x", "two-t4")]
+    assert rows == [f"{scene.team_b}/{n}" for n in ("dcu-run", "gcu-run", "infer-1", "infer-2", "t4-x", "two-t4")]
+    dcu_run = f"#pods tr[data-pod='{scene.team_b}/dcu-run']"
+    assert operator.locator(dcu_run + " .requested").inner_text() == "main: 1 × DCU, 8000 MiB, 30 %"
+    dcu_allocated = operator.locator(dcu_run + " .allocated").inner_text()
+    assert f"DCU-{scene.node('dcu-0')}-0 ({DCU}) 8000 MiB, 30 %" in dcu_allocated
     infer = f"#pods tr[data-pod='{scene.team_b}/infer-1']"
     assert operator.locator(infer + " .requested").inner_text() == "main: 1 × NVIDIA, 40000 MiB, 30 %"
     allocated = operator.locator(infer + " .allocated").inner_text()
@@ -248,7 +262,8 @@ def test_why_pending_gives_the_engines_reasons_and_changes_that_fit(operator: An
     # The same groups as the engine's reasons in `hami schedule`, node for node.
     assert shown == {g.reason: g.nodes for g in group_reasons(expected["reasons"])}
     ours = {n for group in shown.values() for n in group if n.startswith(scene.prefix)}
-    assert ours == {scene.node("a100-0"), scene.node("a100-1"), scene.node("t4-0"), scene.cpu_node}
+    assert ours == {scene.node("a100-0"), scene.node("a100-1"), scene.node("t4-0"), scene.cpu_node,
+                    *scene.other_nodes}
     assert scene.node("a100-1") in shown["CardInsufficientMemory"]
     assert scene.node("t4-0") in shown["CardNotHealth + CardTypeMismatch"]
     assert scene.cpu_node in shown["node unregistered"]
@@ -259,6 +274,18 @@ def test_why_pending_gives_the_engines_reasons_and_changes_that_fit(operator: An
     ends = [s for s in suggestions if "ends" in s]
     assert ends[0] == f"Node {scene.node('a100-1')} frees up enough when pod {scene.team_b}/infer-1 ends"
     shoot(operator, "why-pending", tmp_path)
+
+    # Another vendor's pod: a DCU has 16384 MiB; 81 % of the 20000 MiB asked fits, on the DCU left free.
+    big_dcu = scene.pods[f"{scene.team_a}/dcu-big"]
+    expected = hami_schedule(scene.snapshot(tmp_path / "snapshot-dcu.yaml", extra=[big_dcu]))["decisions"][0]
+    operator.goto(ui.url + f"/pending/{scene.team_a}/dcu-big")
+    shown = {item.locator(".reason").inner_text(): tuple(
+        item.locator("details").text_content().strip().removeprefix("which").strip().split(", "))
+        for item in operator.locator("ul.groups > li").all()}
+    assert shown == {g.reason: g.nodes for g in group_reasons(expected["reasons"])}
+    assert scene.node("dcu-0") in shown["CardInsufficientMemory"]
+    assert cells(operator, "#suggestions li")[0] == (
+        f"Ask less device memory — main: 16200 MiB instead of 20000 MiB → {scene.node('dcu-0')}")
 
 
 WHATIF = """
@@ -319,7 +346,7 @@ def test_simulator_opens_a_report_json(operator: Any, ui: UiProcess, report: Pat
 def test_member_sees_only_their_namespace(member: Any, ui: UiProcess, scene: Scene) -> None:
     member.goto(ui.url + "/pods")
     shown = cells(member, "#pods tbody th")
-    assert shown == [f"{scene.team_a}/{n}" for n in ("big", "train-1", "train-2")]
+    assert shown == [f"{scene.team_a}/{n}" for n in ("big", "dcu-big", "train-1", "train-2")]
     assert scene.team_b not in member.content()
     assert member.locator(f"#pods tr[data-pod='{scene.team_a}/train-1'] .used").inner_text() == "48000 MiB, 40 % busy"
     member.goto(ui.url + "/")

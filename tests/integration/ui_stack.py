@@ -35,6 +35,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 A100, A100_MIB = "NVIDIA-A100-SXM4-80GB", 81920
 T4, T4_MIB = "NVIDIA-Tesla-T4", 15360
+DCU = "DCU-Z100"
 
 
 class UiProcess:
@@ -198,6 +199,25 @@ def device_pod(name: str, namespace: str, memory: int, cores: int, gpus: int = 1
             "spec": spec}
 
 
+def vendor_pod(name: str, namespace: str, limits: dict[str, Any], node: str = "",
+               allocated: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A pod asking any vendor's resources; with `node` and `allocated` (the vendor's allocated-devices
+    annotation and its value, as HAMi writes them), already placed."""
+    notes: dict[str, str] = {}
+    spec: dict[str, Any] = {"schedulerName": "hami-ui-test-nobody",
+                            "containers": [{"name": "main", "image": "busybox", "resources": {"limits": limits}}]}
+    if node and allocated:
+        notes = {keys.VGPU_NODE: node, keys.VGPU_TIME: "1700000000", keys.BIND_PHASE: "success", **allocated}
+        spec["nodeName"] = node
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "annotations": notes},
+            "spec": spec}
+
+
+def dcu_registration(node: str, n: int) -> str:
+    """Hygon DCUs in HAMi's colon-separated registration: 4 tasks each, 16384 MiB."""
+    return "".join(f"DCU-{node}-{i},4,16384,100,{DCU},0,true,{i},hami-core:" for i in range(n))
+
+
 @dataclass
 class Scene:
     """Nodes and pods with a known state, and two viewers: an operator and a team-a member."""
@@ -213,6 +233,7 @@ class Scene:
     team_a_token: str = ""
     team_a_user: str = ""
     lock: str = ""
+    other_nodes: list[str] = field(default_factory=list)
 
     def node(self, suffix: str) -> str:
         return f"{self.prefix}-{suffix}"
@@ -232,6 +253,12 @@ class Scene:
             self.cp.add_node(name, {"nvidia.com/gpu": str(10 * len(devs))}, annotations)
         self.cpu_node = cpu
         self.cp.add_node(cpu)
+        # Other vendors, side by side: two Hygon DCUs (registered by annotation) and two Enflame
+        # GCUs (registered by the node's capacity alone).
+        dcu, gcu = self.node("dcu-0"), self.node("gcu-0")
+        self.cp.add_node(dcu, {"hygon.com/dcunum": "8"}, {"hami.io/node-dcu-register": dcu_registration(dcu, 2)})
+        self.cp.add_node(gcu, {"enflame.com/gcu": "2"})
+        self.other_nodes = [dcu, gcu]
         a, b = self.team_a, self.team_b
         pods = [
             device_pod("train-1", a, 60000, 50, node=a0, allocation=[(f"GPU-{a0}-0", 60000, 50)]),
@@ -243,6 +270,12 @@ class Scene:
             device_pod("big", a, 50000, 20, annotations={keys.USE_GPUTYPE: "A100"}),
             # Would fit now (three healthy T4s): it waits only because no scheduler takes it.
             device_pod("two-t4", b, 8000, 10, gpus=2, annotations={keys.USE_GPUTYPE: "T4"}),
+            vendor_pod("dcu-run", b, {"hygon.com/dcunum": 1, "hygon.com/dcumem": 8000, "hygon.com/dcucores": 30},
+                       node=dcu, allocated={"hami.io/dcu-devices-allocated": f"DCU-{dcu}-0,DCU,8000,30:;"}),
+            vendor_pod("gcu-run", b, {"enflame.com/gcu": 1}, node=gcu,
+                       allocated={"hami.io/enflame-gcu-devices-allocated": f"{gcu}-GCU-0,GCU,100,100:;"}),
+            # Waits: a DCU has 16384 MiB.
+            vendor_pod("dcu-big", a, {"hygon.com/dcunum": 1, "hygon.com/dcumem": 20000, "hygon.com/dcucores": 10}),
         ]
         for pod in pods:
             meta = pod["metadata"]
@@ -288,7 +321,7 @@ class Scene:
         return path
 
     def close(self) -> None:
-        for name in [*self.nodes, self.cpu_node]:
+        for name in [*self.nodes, self.cpu_node, *self.other_nodes]:
             self.cp.remove_node(name)
         for namespace in (self.team_a, self.team_b):
             self.cp.delete_namespace(namespace)

@@ -154,7 +154,8 @@ class Ui:
             }
         vendors: dict[str, views.TypeRow] = {}
         for row in rows:
-            total = vendors.setdefault(row.vendor, views.TypeRow(vendor=row.vendor, type="all", fragmented=0.0))
+            total = vendors.setdefault(row.vendor, views.TypeRow(vendor=row.vendor, type="all", fragmented=0.0,
+                                                                 memory_unit=row.memory_unit))
             for name in ("devices", "unhealthy", "free_devices", "slots", "slots_used", "memory", "memory_used",
                          "cores", "cores_used"):
                 setattr(total, name, getattr(total, name) + getattr(row, name))

@@ -29,9 +29,9 @@ COVERAGE = 0.95
 Shape = tuple[int, int, int, int]
 
 
-def workload(pods: Iterable[PodRequest], models: list[str], defaults: PolicyDefaults
+def workload(pods: Iterable[PodRequest], models: list[tuple[str, str]], defaults: PolicyDefaults
              ) -> dict[tuple[Shape, tuple[bool, ...]], int]:
-    """How many device containers ask each way, with the device types they accept."""
+    """How many vendor asks of containers ask each way, with the (vendor, type) models they accept."""
     counts: dict[tuple[Shape, tuple[bool, ...]], int] = {}
     access_of: dict[tuple[tuple[str, str], ...], tuple[bool, ...] | None] = {}
     for pod in pods:
@@ -40,16 +40,17 @@ def workload(pods: Iterable[PodRequest], models: list[str], defaults: PolicyDefa
         notes = tuple(sorted(kv for kv in pod.annotations.items() if not kv[0].startswith("hami.io/")))
         if notes not in access_of:
             try:
-                selectors = PodContext.of(pod, defaults).selectors
-                access_of[notes] = tuple(selectors.type_allowed(m) for m in models)
+                ctx = PodContext.of(pod, defaults)
+                access_of[notes] = tuple(ctx.selectors_for(vendor).type_allowed(dtype) for vendor, dtype in models)
             except Exception:  # noqa: BLE001 - a pod with malformed annotations is no typical pod
                 access_of[notes] = None
         access = access_of[notes]
         if access is None:
             continue
-        for c in pod.containers:
-            if c.wants_devices:
-                key = ((c.nums, c.coresreq, c.memreq, c.mem_percentage), access)
+        for container in pod.containers:
+            for c in container.asks:  # an ask may run only on its own vendor's devices
+                allowed = tuple(ok and vendor == c.vendor for ok, (vendor, _) in zip(access, models, strict=True))
+                key = ((c.nums, c.coresreq, c.memreq, c.mem_percentage), allowed)
                 counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -120,7 +121,7 @@ def by_type(state: ClusterState, pods: Iterable[PodRequest], defaults: PolicyDef
     if not n:
         return {}
     first = [int(state.starts[i]) for i in range(n)]
-    models = sorted({state.types[r] for r in first})
+    models = sorted({(state.devices[r].vendor, state.types[r]) for r in first})
     counts = workload(pods, models, defaults)
     if not counts:
         return {}
@@ -130,7 +131,7 @@ def by_type(state: ClusterState, pods: Iterable[PodRequest], defaults: PolicyDef
     for i in range(n):
         rows[i, : int(state.sizes[i])] = np.arange(int(state.starts[i]), int(state.starts[i + 1]))
     free = np.append(free_milli(state), 0)[rows]
-    model = np.asarray([models.index(state.types[r]) for r in first], dtype=np.int64)
+    model = np.asarray([models.index((state.devices[r].vendor, state.types[r])) for r in first], dtype=np.int64)
     memory = state.totalmem[first]
     frag = np.zeros(n)
     for device_memory in np.unique(memory).tolist():  # nodes whose devices have the same memory at once

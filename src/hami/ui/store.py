@@ -197,14 +197,14 @@ class UiStore:
             if own is not None:
                 state.remove_pod(without)
             try:
-                yield state, {k: (h.node, h.allocation, h.init_count) for k, h in holdings.items()}
+                yield state, {k: (h.node, h.allocation, h.init_count, h.sidecars) for k, h in holdings.items()}
             finally:
                 if own is not None:
-                    state.add_pod(without, own.node, own.allocation, own.init_count)
+                    state.add_pod(without, own.node, own.allocation, own.init_count, sidecars=own.sidecars)
 
 
-# (node, devices per container, init container count) of a pod counted in the engine state.
-Allocation = tuple[str, PodAllocation, int]
+# (node, devices per container, init container count, sidecars) of a pod counted in the engine state.
+Allocation = tuple[str, PodAllocation, int, frozenset[int]]
 
 
 @dataclass(frozen=True)

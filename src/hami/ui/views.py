@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hami.model.requests import NO_PERCENTAGE, PodRequest
-from hami.scheduler.state import footprint_of
 from hami.ui.prometheus import Usage
 from hami.ui.store import PodInfo, StoreView
 
@@ -52,6 +51,7 @@ class DeviceRow:
     # Live usage from the node monitor (Prometheus), None when not known.
     memory_in_use: int | None = None
     utilization: float | None = None
+    memory_unit: str = "MiB"  # "" for a vendor whose devices count memory in units of their own
 
     @property
     def exclusive(self) -> bool:
@@ -103,9 +103,17 @@ class TypeRow:
     cores: int = 0
     cores_used: int = 0
     memory_in_use: int | None = None
+    memory_unit: str = "MiB"
     # Free compute (in device shares, 1.0 = one whole device) that no typical pod could use.
     fragmented: float | None = None
     free_share: float = 0.0
+
+
+def memory_unit(view: StoreView, vendor: str) -> str:
+    """MiB for vendors whose pods ask memory in MiB; "" for those whose devices register a
+    share of their own (Enflame GCU registers 100, for example)."""
+    known = view.state.vendors.get(vendor)
+    return "MiB" if known is None or known.resources.memory else ""
 
 
 def device_rows(view: StoreView, node: int, may_see: PodFilter, holders: dict[tuple[str, str], list[Holder]]
@@ -127,20 +135,22 @@ def device_rows(view: StoreView, node: int, may_see: PodFilter, holders: dict[tu
             slots=int(state.count[r]), slots_used=int(state.used[r]),
             memory=int(state.totalmem[r]), memory_used=int(state.usedmem[r]),
             cores=int(state.totalcore[r]), cores_used=int(state.usedcores[r]),
-            holders=shown, hidden_pods=len(hidden),
+            holders=shown, hidden_pods=len(hidden), memory_unit=memory_unit(view, device.vendor),
         ))
     return rows
 
 
 def holders_by_device(view: StoreView, nodes: set[str]) -> dict[tuple[str, str], list[Holder]]:
-    """Per (node, device UUID) of the given nodes, each pod's share as the engine counts it
-    (init containers overlap)."""
+    """Per (node, device UUID) of the given nodes, each pod's share as the engine counts it."""
+    state = view.state
     result: dict[tuple[str, str], list[Holder]] = {}
-    for key, holding in sorted(view.holdings.items()):
-        if holding.node not in nodes:
+    for key, footprint in sorted(state.pods.items()):
+        node = state.names[footprint.node]
+        if node not in nodes:
             continue
-        for uuid, (slots, memory, cores) in footprint_of(holding.allocation, holding.init_count).items():
-            result.setdefault((holding.node, uuid), []).append(Holder(key, memory, cores, slots))
+        for r, slots, memory, cores in zip(footprint.rows.tolist(), footprint.used.tolist(), footprint.mem.tolist(),
+                                           footprint.cores.tolist(), strict=True):
+            result.setdefault((node, state.uuids[r]), []).append(Holder(key, memory, cores, slots))
     return result
 
 
@@ -207,7 +217,7 @@ def overview(view: StoreView, fragmented: dict[tuple[str, str], tuple[float, flo
     for k, node in zip(keys, state.dev_node.tolist(), strict=True):
         nodes_of.setdefault(k, set()).add(node)
     for i, k in enumerate(distinct):
-        row = TypeRow(vendor=k[0], type=k[1], nodes=len(nodes_of[k]),
+        row = TypeRow(vendor=k[0], type=k[1], nodes=len(nodes_of[k]), memory_unit=memory_unit(view, k[0]),
                       **{name: values[i] for name, values in sums.items()})
         row.free_share = (row.cores - row.cores_used) / 100.0
         if fragmented is not None and k in fragmented:
@@ -231,18 +241,18 @@ class Ask:
 
 
 def asks(request: PodRequest) -> list[Ask]:
+    """Every vendor ask of every container (a container may ask several vendors)."""
     out = []
-    for position, c in enumerate(request.containers):
-        if not c.wants_devices:
-            continue
+    for position, container in enumerate(request.containers):
         name = request.names[position] if position < len(request.names) else str(position)
-        if c.memreq:
-            memory = f"{c.memreq} MiB"
-        elif c.mem_percentage != NO_PERCENTAGE:
-            memory = f"{c.mem_percentage} %"
-        else:
-            memory = ""
-        out.append(Ask(name, c.vendor, c.nums, memory, c.coresreq))
+        for c in container.asks:
+            if c.memreq:
+                memory = f"{c.memreq} MiB"
+            elif c.mem_percentage != NO_PERCENTAGE:
+                memory = f"{c.mem_percentage} %"
+            else:
+                memory = ""
+            out.append(Ask(name, c.vendor, c.nums, memory, c.coresreq))
     return out
 
 

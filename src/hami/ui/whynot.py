@@ -1,8 +1,8 @@
 """Why a pod waits, and the smallest change that would let it fit, found by asking the engine.
 
-Every suggestion is an answer the engine gave to a what-if question on a private copy of the
-cluster state: the same pod with less memory, fewer cores, fewer devices, without one of its
-selectors, or on a node after one pod there has ended. Nothing is guessed from the reason text.
+Every suggestion is an answer the engine gave to a what-if question on the cluster's state (put
+back as it was after): the same pod with less memory, fewer cores, fewer devices, without one of
+its selectors, or on a node after one pod there has ended. Nothing is guessed from the reason text.
 """
 
 from __future__ import annotations
@@ -23,9 +23,16 @@ from hami.scheduler.engine import Decision, PolicyDefaults, schedule
 from hami.scheduler.state import ClusterState
 from hami.ui.store import Allocation
 
-# Pod annotations that narrow which devices a pod accepts; dropping one is a change we can try.
-SELECTOR_KEYS = (keys.USE_GPUTYPE, keys.NOUSE_GPUTYPE, keys.USE_GPUUUID, keys.NOUSE_GPUUUID, keys.VGPU_MODE,
-                 keys.NUMA_BIND)
+# Pod annotations besides the vendors' type and UUID lists that narrow which devices a pod accepts.
+SELECTOR_KEYS = (keys.VGPU_MODE, keys.NUMA_BIND)
+
+
+def selector_keys(state: ClusterState) -> tuple[str, ...]:
+    """Every annotation that narrows the devices a pod accepts: each vendor's type and UUID lists."""
+    found: list[str] = []
+    for vendor in state.vendors:
+        found.extend(k for k in vendor.keys.selector_keys if k not in found)
+    return (*found, *SELECTOR_KEYS)
 _COUNTED = re.compile(r"^\d+/\d+ (.+)$")
 
 
@@ -82,8 +89,19 @@ def decide(state: ClusterState, pod: PodRequest, defaults: PolicyDefaults, unreg
     return decision
 
 
-def _with_containers(pod: PodRequest, change: Callable[[ContainerRequest], ContainerRequest]) -> PodRequest:
-    return dataclasses.replace(pod, containers=tuple(change(c) if c.wants_devices else c for c in pod.containers))
+def _with_asks(pod: PodRequest, change: Callable[[ContainerRequest], ContainerRequest]) -> PodRequest:
+    """The pod with `change` applied to every vendor ask of every container."""
+    def each(c: ContainerRequest) -> ContainerRequest:
+        if not c.wants_devices:
+            return c
+        return ContainerRequest.of([change(dataclasses.replace(a, also=())) for a in c.asks])
+    return dataclasses.replace(pod, containers=tuple(each(c) for c in pod.containers))
+
+
+def _asks(pod: PodRequest) -> list[tuple[str, ContainerRequest]]:
+    """(container name, vendor ask) for every ask of the pod, in container order."""
+    names = pod.names or ("",) * len(pod.containers)
+    return [(name, a) for c, name in zip(pod.containers, names, strict=False) for a in c.asks]
 
 
 def _largest(fits: Callable[[int], bool], low: int, high: int) -> int | None:
@@ -115,11 +133,13 @@ class _Asker:
             return None
 
 
+def _memory_asked(c: ContainerRequest) -> bool:
+    return c.memreq > 0 or c.mem_percentage != NO_PERCENTAGE
+
+
 def _memory(asker: _Asker, pod: PodRequest) -> Suggestion | None:
     """Ask the memory of every device container scaled down to the largest percentage that fits."""
-    def asked(c: ContainerRequest) -> bool:
-        return c.memreq > 0 or c.mem_percentage != NO_PERCENTAGE
-    if not any(asked(c) for c in pod.containers if c.wants_devices):
+    if not any(_memory_asked(a) for _, a in _asks(pod)):
         return None
 
     def scaled(percent: int) -> PodRequest:
@@ -129,48 +149,44 @@ def _memory(asker: _Asker, pod: PodRequest) -> Suggestion | None:
             if c.mem_percentage != NO_PERCENTAGE:
                 return dataclasses.replace(c, mem_percentage=max(1, c.mem_percentage * percent // 100))
             return c
-        return _with_containers(pod, change)
+        return _with_asks(pod, change)
 
     best = _largest(lambda p: asker.place(scaled(p)) is not None, 1, 99)
     if best is None:
         return None
     changed = scaled(best)
     parts = []
-    for before, after, name in zip(pod.containers, changed.containers, pod.names or [""] * len(pod.containers),
-                                   strict=False):
-        if before.wants_devices and asked(before):
-            if before.memreq:
-                parts.append(f"{name}: {after.memreq} MiB instead of {before.memreq} MiB")
-            else:
-                parts.append(f"{name}: {after.mem_percentage} % instead of {before.mem_percentage} %")
+    for (name, before), (_, after) in zip(_asks(pod), _asks(changed), strict=True):
+        if before.memreq:
+            parts.append(f"{name}: {after.memreq} MiB instead of {before.memreq} MiB")
+        elif before.mem_percentage != NO_PERCENTAGE:
+            parts.append(f"{name}: {after.mem_percentage} % instead of {before.mem_percentage} %")
     return Suggestion("memory", "Ask less device memory — " + "; ".join(parts), node=asker.place(changed))
 
 
 def _cores(asker: _Asker, pod: PodRequest) -> Suggestion | None:
-    if not any(c.coresreq > 0 for c in pod.containers if c.wants_devices):
+    if not any(a.coresreq > 0 for _, a in _asks(pod)):
         return None
 
     def scaled(percent: int) -> PodRequest:
-        return _with_containers(pod, lambda c: dataclasses.replace(c, coresreq=c.coresreq * percent // 100))
+        return _with_asks(pod, lambda c: dataclasses.replace(c, coresreq=c.coresreq * percent // 100))
 
     best = _largest(lambda p: asker.place(scaled(p)) is not None, 0, 99)
     if best is None:
         return None
     changed = scaled(best)
     parts = [f"{name}: {after.coresreq} % instead of {before.coresreq} %"
-             for before, after, name in zip(pod.containers, changed.containers,
-                                            pod.names or [""] * len(pod.containers), strict=False)
-             if before.wants_devices and before.coresreq > 0]
+             for (name, before), (_, after) in zip(_asks(pod), _asks(changed), strict=True) if before.coresreq > 0]
     return Suggestion("cores", "Ask fewer cores — " + "; ".join(parts), node=asker.place(changed))
 
 
 def _devices(asker: _Asker, pod: PodRequest) -> Suggestion | None:
-    most = max((c.nums for c in pod.containers if c.wants_devices), default=0)
+    most = max((a.nums for _, a in _asks(pod)), default=0)
     if most <= 1:
         return None
 
     def fewer(n: int) -> PodRequest:
-        return _with_containers(pod, lambda c: dataclasses.replace(c, nums=min(c.nums, n)))
+        return _with_asks(pod, lambda c: dataclasses.replace(c, nums=min(c.nums, n)))
 
     best = _largest(lambda n: asker.place(fewer(n)) is not None, 1, most - 1)
     if best is None:
@@ -181,7 +197,7 @@ def _devices(asker: _Asker, pod: PodRequest) -> Suggestion | None:
 
 def _selectors(asker: _Asker, pod: PodRequest) -> list[Suggestion]:
     out = []
-    for key in SELECTOR_KEYS:
+    for key in selector_keys(asker.state):
         if key not in pod.annotations:
             continue
         annotations = {k: v for k, v in pod.annotations.items() if k != key}
@@ -201,12 +217,14 @@ def _selectors(asker: _Asker, pod: PodRequest) -> list[Suggestion]:
 
 
 def _memory_need(state: ClusterState, pod: PodRequest, rows: range) -> np.ndarray:
-    """Per device row, the most memory one container of the pod would take there."""
-    totals = state.totalmem[rows.start:rows.stop]
-    need = np.zeros(len(totals), dtype=np.int64)
-    for c in pod.containers:
-        if c.wants_devices:
-            need = np.maximum(need, [c.memory_on(int(t)) for t in totals])
+    """Per device row, the least memory an ask of the pod for that device's vendor would take
+    there (none when no ask is for that vendor): a device with less cannot take any of them."""
+    need = np.full(len(rows), np.iinfo(np.int64).max, dtype=np.int64)
+    for k, r in enumerate(rows):
+        device = state.devices[r]
+        takes = [a.memory_on(device.devmem) for _, a in _asks(pod) if a.vendor == device.vendor]
+        if takes:
+            need[k] = min(takes)
     return need
 
 
@@ -220,7 +238,7 @@ def _pod_ends(asker: _Asker, pod: PodRequest, failing: list[str], allocations: d
     """
     state = asker.state
     on_node: dict[str, list[str]] = {}
-    for key, (node, _, _) in allocations.items():
+    for key, (node, *_) in allocations.items():
         if key in state.pods:
             on_node.setdefault(node, []).append(key)
     positions = [state.node_pos[n] for n in failing if n in on_node]
@@ -235,7 +253,7 @@ def _pod_ends(asker: _Asker, pod: PodRequest, failing: list[str], allocations: d
         rows = state.rows_of_node(i)
         # Even with every pod there gone, would it fit? If not, no single pod's end helps.
         asker.questions += 1
-        alone = ClusterState([state.nodes[i]])
+        alone = ClusterState([state.nodes[i]], state.vendors)
         try:
             if schedule(alone, pod, asker.defaults, explain=False).node is None:
                 continue
@@ -253,12 +271,12 @@ def _pod_ends(asker: _Asker, pod: PodRequest, failing: list[str], allocations: d
     for _, key, name in sorted(tries):
         if len(out) >= limit or asker.questions >= budget:
             break
-        node, allocation, init_count = allocations[key]
+        node, allocation, init_count, sidecars = allocations[key]
         state.remove_pod(key)
         try:
             fits = asker.place(pod, [name]) is not None
         finally:
-            state.add_pod(key, node, allocation, init_count)
+            state.add_pod(key, node, allocation, init_count, sidecars=sidecars)
         if fits:
             out.append(Suggestion("pod-ends", f"Node {name} frees up enough when pod {key} ends", node=name, pod=key))
     return out
