@@ -281,3 +281,25 @@ def test_pages_split_into_numbered_slices() -> None:
     assert views.page(0, 1, 20) == (0, 1)
     assert views.page(45, 3, 20) == (40, 3)
     assert views.page(45, 99, 20) == (40, 3) and views.page(45, -1, 20) == (0, 3)
+
+
+def test_other_vendors_need_no_code_of_their_own() -> None:
+    """A Hygon DCU node registered in HAMi's colon form, next to an NVIDIA one: the rows group by
+    vendor and type, and why-pending asks the engine about the DCU pod as about any other."""
+    dcus = "".join(f"DCU-d1-{i},4,16384,100,DCU-Z100,0,true,{i},hami-core:" for i in range(2))
+    s = UiStore(HamiConfig())
+    s.replace_nodes([node("n1", gpu("GPU-a", A100, 81920)),
+                     {"metadata": {"name": "d1", "annotations": {"hami.io/node-dcu-register": dcus}},
+                      "status": {"allocatable": {"hygon.com/dcunum": "8"}}}])
+    s.replace_pods([{"metadata": {"name": "w", "namespace": "ns"}, "spec": {"containers": [{"name": "c", "resources": {
+        "limits": {"hygon.com/dcunum": 1, "hygon.com/dcumem": 20000, "hygon.com/dcucores": 10}}}]}}])
+    with s.reading() as view:
+        assert [(r.vendor, r.type, r.devices, r.memory) for r in views.overview(view)] == [
+            ("DCU", "DCU-Z100", 2, 32768), ("NVIDIA", A100, 1, 81920)]
+        request = view.pods["ns/w"].request
+        assert request is not None and views.asks(request) == [views.Ask("c", "DCU", 1, "20000 MiB", 10)]
+    x = explain(s, "ns/w")
+    assert x.decision.reasons == {"d1": "2/2 CardInsufficientMemory", "n1": "0/0 NodeInsufficientDevice"}
+    # 81 % of 20000 MiB is the largest ask a 16384 MiB DCU takes.
+    assert [(sg.kind, sg.text, sg.node) for sg in x.suggestions] == [
+        ("memory", "Ask less device memory — c: 16200 MiB instead of 20000 MiB", "d1")]

@@ -110,6 +110,7 @@ class UiStore:
         self._nodes: dict[str, NodeInfo] = {}
         self._pods: dict[str, PodInfo] = {}
         self.version = 0
+        self._namespaces: tuple[int, set[str]] = (-1, set())
 
     # ---- informer side -----------------------------------------------------------------
 
@@ -181,8 +182,11 @@ class UiStore:
     def namespaces(self) -> set[str]:
         """Namespaces of the pods that ask for devices (the ones a viewer's access is asked about)."""
         with self._lock:
-            return {p.namespace for p in self._pods.values()} | {
-                k.split("/", 1)[0] for k in self.cache.holdings()}
+            if self._namespaces[0] != self.version:
+                found = {p.namespace for p in self._pods.values()} | {
+                    k.split("/", 1)[0] for k in self.cache.holdings()}
+                self._namespaces = (self.version, found)
+            return set(self._namespaces[1])
 
     @contextlib.contextmanager
     def what_if(self, without: str = "") -> Iterator[tuple[ClusterState, dict[str, Allocation]]]:

@@ -143,11 +143,10 @@ def device_rows(view: StoreView, node: int, may_see: PodFilter, holders: dict[tu
 def holders_by_device(view: StoreView, nodes: set[str]) -> dict[tuple[str, str], list[Holder]]:
     """Per (node, device UUID) of the given nodes, each pod's share as the engine counts it."""
     state = view.state
+    positions = {state.node_pos[n] for n in nodes if n in state.node_pos}
     result: dict[tuple[str, str], list[Holder]] = {}
-    for key, footprint in sorted(state.pods.items()):
+    for key, footprint in sorted(kv for kv in state.pods.items() if kv[1].node in positions):
         node = state.names[footprint.node]
-        if node not in nodes:
-            continue
         for r, slots, memory, cores in zip(footprint.rows.tolist(), footprint.used.tolist(), footprint.mem.tolist(),
                                            footprint.cores.tolist(), strict=True):
             result.setdefault((node, state.uuids[r]), []).append(Holder(key, memory, cores, slots))
