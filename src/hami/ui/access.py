@@ -37,6 +37,10 @@ class NotAuthenticated(Exception):
     """The viewer brought no identity, or one the API server does not accept."""
 
 
+class ApiUnavailable(Exception):
+    """The API server could not be asked who the viewer is (unreachable, or an error of its own)."""
+
+
 @dataclass(frozen=True)
 class Identity:
     user: str
@@ -124,11 +128,11 @@ class Reviewer:
         try:
             response = self._post(SELF_SUBJECT_REVIEW, token, body)
         except httpx2.HTTPError as exc:
-            raise NotAuthenticated(f"the API server could not be reached: {exc}") from None
+            raise ApiUnavailable(f"the API server could not be reached: {exc}") from None
         if response.status_code in (401, 403):
             raise NotAuthenticated("the API server did not accept this token")
         if response.status_code >= 400:
-            raise NotAuthenticated(f"the API server answered {response.status_code} to a SelfSubjectReview")
+            raise ApiUnavailable(f"the API server answered {response.status_code} to a SelfSubjectReview")
         info = (response.json().get("status") or {}).get("userInfo") or {}
         identity = Identity(
             user=str(info.get("username") or ""),

@@ -7,7 +7,6 @@ or a report to look at, and for the viewer's own login cookie.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -32,7 +31,7 @@ from hami.commands.schedule import decision_json
 from hami.errors import HamiError
 from hami.scheduler.engine import PolicyDefaults
 from hami.ui import fragmentation, simreport, views, whynot
-from hami.ui.access import Identity, NotAuthenticated, Reviewer, Viewer, viewer
+from hami.ui.access import ApiUnavailable, Identity, NotAuthenticated, Reviewer, Viewer, viewer
 from hami.ui.prometheus import Prometheus, Usage
 from hami.ui.store import StoreView, UiStore
 
@@ -43,6 +42,7 @@ SESSION_SECONDS = 8 * 3600
 MAX_FORM_BYTES = simreport.MAX_BYTES + 4096
 NODES_PER_PAGE = 20
 PODS_PER_PAGE = 100
+FRAGMENTATION_AGE = 5.0  # seconds: in a busy cluster the store changes between most views
 PENDING_PER_PAGE = 50
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -80,7 +80,8 @@ class Ui:
         self.env.filters["size"] = _size
         self.env.filters["pct"] = _pct
         self.env.filters["qs"] = lambda params: urllib.parse.urlencode({k: v for k, v in params.items() if v})
-        self._overview_cache: tuple[int, list[views.TypeRow]] | None = None
+        # (store version, when, result) of the last fragmentation computed.
+        self._fragmentation: tuple[int, float, dict[tuple[str, str], tuple[float, float]]] | None = None
 
     # ---- plumbing ----------------------------------------------------------------------
 
@@ -119,6 +120,8 @@ class Ui:
                     return PlainTextResponse(f"not authenticated: {exc}", status_code=401)
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse("/login?" + urllib.parse.urlencode({"next": target}), status_code=303)
+            except ApiUnavailable as exc:
+                return self.render("error.html", request, status=503, viewer=None, message=str(exc))
             if request.method == "POST" and not _same_origin(request):
                 return PlainTextResponse("cross-site form posts are refused", status_code=403)
             who = viewer(self.reviewer, identity, self.store.namespaces())
@@ -137,7 +140,7 @@ class Ui:
         usage = self.usage()
         trends: dict[str, Any] = {}
         with self.store.reading() as view:
-            rows = [dataclasses.replace(r) for r in self._overview(view)] if who.nodes else []
+            rows = self._overview(view) if who.nodes else []
             if usage is not None and who.nodes:
                 views.add_type_usage(rows, view, usage)
                 if usage.trends:
@@ -167,13 +170,14 @@ class Ui:
                            counts=counts, usage=usage, trends=trends)
 
     def _overview(self, view: StoreView) -> list[views.TypeRow]:
-        cached = self._overview_cache
-        if cached is not None and cached[0] == view.version:
-            return cached[1]
-        requests = [p.request for p in view.pods.values() if p.request is not None]
-        rows = views.overview(view, fragmentation.by_type(view.state, requests, self.options.defaults))
-        self._overview_cache = (view.version, rows)
-        return rows
+        """Allocation as it is now; fragmentation (the costly part) at most FRAGMENTATION_AGE old."""
+        cached = self._fragmentation
+        now = time.monotonic()
+        if cached is None or (cached[0] != view.version and now - cached[1] > FRAGMENTATION_AGE):
+            requests = [p.request for p in view.pods.values() if p.request is not None]
+            cached = (view.version, now, fragmentation.by_type(view.state, requests, self.options.defaults))
+            self._fragmentation = cached
+        return views.overview(view, cached[2])
 
     def nodes(self, request: Request, who: Viewer) -> Response:
         if not who.nodes:
@@ -347,7 +351,7 @@ class Ui:
             if not token:
                 raise NotAuthenticated("paste a token")
             self.reviewer.identify(token)
-        except NotAuthenticated as exc:
+        except (NotAuthenticated, ApiUnavailable) as exc:
             return self.render("login.html", request, status=401, viewer=None, next=next_page, error=str(exc))
         response = RedirectResponse(next_page, status_code=303)
         response.set_cookie(COOKIE, self.fernet.encrypt(token.encode()).decode(), max_age=SESSION_SECONDS,
