@@ -9,6 +9,7 @@ $HAMI_UI_SCREENSHOTS (docs/ui to refresh the ones in docs/ui.md), else to a temp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,9 +28,11 @@ from PIL import Image
 from playwright import sync_api as playwright_api
 
 from hami.ui.whynot import group_reasons
-from tests.cluster import ControlPlane, free_port
+from tests.cluster import ControlPlane, free_port, wait_for
+from tests.cluster.controlplane import ApiCallError
 from tests.cluster.pki import CertificateAuthority, cert_pem, key_pem
 from tests.integration.conftest import control_plane  # noqa: F401 - the shared fixture
+from tests.integration.test_monitor_cluster import GpuNode, gpu_node  # noqa: F401 - a node with hami monitor
 from tests.integration.ui_stack import (
     A100,
     A100_MIB,
@@ -44,6 +47,7 @@ from tests.integration.ui_stack import (
     device_pod,
     hami_schedule,
     insecure_context,
+    viewer_token,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -449,3 +453,35 @@ def test_prometheus_down_costs_a_note_not_the_page(control_plane: ControlPlane, 
         assert "Live usage is not shown: Prometheus at" in body
     finally:
         process.stop()
+
+
+def test_live_usage_from_a_real_hami_monitor(control_plane: ControlPlane, gpu_node: GpuNode,  # noqa: F811
+                                             tmp_path: Path) -> None:
+    """End to end: a pod placed by `hami scheduler`, its container a libvgpu process on the fake
+    driver that allocates 1000 MiB, `hami monitor` exporting it, Prometheus scraping the monitor,
+    and the UI showing it on the Pods and Nodes pages."""
+    _, train = gpu_node.run_pod("train", memory=4000, cores=30, priority=1)
+    assert train.send("alloc 1000") == "alloc ok"
+    prometheus = Prometheus(tmp_path / "prometheus", {"hami-monitor": f"127.0.0.1:{gpu_node.monitor_port}"})
+    token = viewer_token(control_plane, gpu_node.namespace, "ui-viewer", cluster=True)
+    process = UiProcess(control_plane, tmp_path, ["--prometheus", prometheus.url, "--prometheus-interval", "1"])
+    process.start()
+    try:
+        auth = {"Authorization": f"Bearer {token}"}
+
+        def used_cell() -> str:
+            _, _, body = _get(process.url + f"/pods?namespace={gpu_node.namespace}", auth)
+            row = re.search(rf'data-pod="{gpu_node.namespace}/train">.*?<td class="used">(.*?)</td>', body, re.S)
+            return row.group(1).strip() if row else ""
+
+        cell = wait_for(lambda: (c := used_cell()).startswith("1000 MiB") and c, timeout=30, poll=0.5,
+                        message="the pod's memory in use on the Pods page")
+        assert re.fullmatch(r"1000 MiB, \d+ % busy", cell)
+        _, _, body = _get(process.url + f"/nodes/{gpu_node.name}", auth)
+        assert "memory in use on device" in body and "1000 MiB / 15.6 GiB" in body
+    finally:
+        process.stop()
+        prometheus.stop()
+        for kind in ("clusterrolebindings", "clusterroles"):
+            with contextlib.suppress(ApiCallError):  # best effort on a shared cluster
+                control_plane.api("DELETE", f"/apis/rbac.authorization.k8s.io/v1/{kind}/{gpu_node.namespace}-ui-viewer")

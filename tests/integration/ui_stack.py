@@ -26,6 +26,7 @@ from hami.annotations import keys
 from hami.annotations.node_register import encode_node_devices
 from hami.annotations.pod_devices import encode_pod_devices
 from hami.model import ContainerDevice, DeviceInfo
+from hami.monitor.metrics import CONTAINER_LABELS, HOST_LABELS
 from tests.cluster import ControlPlane, free_port, wait_for
 from tests.cluster.controlplane import ApiCallError
 
@@ -135,8 +136,8 @@ class MonitorMetrics:
     It stands in for `hami monitor`, which reads GPUs and libvgpu's shared regions that these fake
     nodes do not have; Prometheus scrapes it as it would scrape the monitor."""
 
-    HOST = ["zone", "node", "device_index", "device_uuid", "device_type"]
-    CONTAINER = ["zone", "namespace", "pod", "container", "vdevice_index", "device_uuid"]
+    HOST = HOST_LABELS
+    CONTAINER = CONTAINER_LABELS
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -287,29 +288,7 @@ class Scene:
         return self
 
     def _viewer(self, namespace: str, name: str, cluster: bool) -> str:
-        """A ServiceAccount that may list pods (everywhere, and nodes, or only in `namespace`); its token."""
-        self.cp.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
-                    {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
-        subject = [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
-        if cluster:
-            rules = [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]}]
-            self.cp.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-                        {"metadata": {"name": f"{namespace}-{name}"}, "rules": rules})
-            self.cp.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
-                        {"metadata": {"name": f"{namespace}-{name}"}, "subjects": subject,
-                         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                                     "name": f"{namespace}-{name}"}})
-        else:
-            rules = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
-            base = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
-            self.cp.api("POST", f"{base}/roles", {"metadata": {"name": name}, "rules": rules})
-            self.cp.api("POST", f"{base}/rolebindings",
-                        {"metadata": {"name": name}, "subjects": subject,
-                         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}})
-        answer = self.cp.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
-                             {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                              "spec": {"expirationSeconds": 3600}})
-        return str(answer["status"]["token"])
+        return viewer_token(self.cp, namespace, name, cluster)
 
     def snapshot(self, path: Path, extra: Iterable[dict[str, Any]] = ()) -> Path:
         """Nodes and placed pods as `kubectl get nodes,pods -A -o yaml` prints them; `extra` pods first."""
@@ -328,6 +307,32 @@ class Scene:
         for kind in ("clusterrolebindings", "clusterroles"):
             with contextlib.suppress(ApiCallError):  # best effort on a shared cluster
                 self.cp.api("DELETE", f"/apis/rbac.authorization.k8s.io/v1/{kind}/{self.team_a}-ui-operator")
+
+
+def viewer_token(cp: ControlPlane, namespace: str, name: str, cluster: bool) -> str:
+    """A ServiceAccount that may list pods (everywhere, and nodes, or only in `namespace`); its token.
+    Cluster-wide rights are named "<namespace>-<name>" (Scene.close removes them)."""
+    cp.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
+           {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
+    subject = [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
+    if cluster:
+        rules = [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]}]
+        role = f"{namespace}-{name}"
+        cp.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", {"metadata": {"name": role}, "rules": rules})
+        cp.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+               {"metadata": {"name": role}, "subjects": subject,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}})
+    else:
+        rules = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+        base = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+        cp.api("POST", f"{base}/roles", {"metadata": {"name": name}, "rules": rules})
+        cp.api("POST", f"{base}/rolebindings",
+               {"metadata": {"name": name}, "subjects": subject,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}})
+    answer = cp.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+                    {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                     "spec": {"expirationSeconds": 3600}})
+    return str(answer["status"]["token"])
 
 
 def hami_schedule(snapshot: Path) -> dict[str, Any]:
