@@ -9,15 +9,11 @@ $HAMI_UI_SCREENSHOTS (docs/ui to refresh the ones in docs/ui.md), else to a temp
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import ssl
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +24,9 @@ from PIL import Image
 from playwright import sync_api as playwright_api
 
 from hami.ui.whynot import group_reasons
-from tests.cluster import ControlPlane, free_port, wait_for
-from tests.cluster.controlplane import ApiCallError
+from tests.cluster import ControlPlane, free_port
 from tests.cluster.pki import CertificateAuthority, cert_pem, key_pem
 from tests.integration.conftest import control_plane  # noqa: F401 - the shared fixture
-from tests.integration.test_monitor_cluster import GpuNode, gpu_node  # noqa: F401 - a node with hami monitor
 from tests.integration.ui_stack import (
     A100,
     A100_MIB,
@@ -46,8 +40,8 @@ from tests.integration.ui_stack import (
     UiProcess,
     device_pod,
     hami_schedule,
+    https_get,
     insecure_context,
-    viewer_token,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -369,29 +363,12 @@ def test_member_sees_only_their_namespace(member: Any, ui: UiProcess, scene: Sce
 # ---- security -----------------------------------------------------------------------------------
 
 
-def _get(url: str, headers: dict[str, str] | None = None, context: ssl.SSLContext | None = None,
-         data: bytes | None = None) -> tuple[int, dict[str, str], str]:
-    context = context or insecure_context()
-
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args: Any) -> None:
-            return None
-
-    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), NoRedirect)
-    request = urllib.request.Request(url, headers=headers or {}, data=data)
-    try:
-        with opener.open(request, timeout=10) as response:
-            return response.status, dict(response.headers), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read().decode()
-
-
 def test_no_identity_no_page_and_no_secret_in_pages(operator: Any, ui: UiProcess, scene: Scene) -> None:
-    status, headers, _ = _get(ui.url + "/pods")
+    status, headers, _ = https_get(ui.url + "/pods")
     assert status == 303 and headers["location"].startswith("/login")
-    status, _, body = _get(ui.url + "/pods", {"Authorization": "Bearer not-a-token"})
+    status, _, body = https_get(ui.url + "/pods", {"Authorization": "Bearer not-a-token"})
     assert status == 303
-    status, headers, body = _get(ui.url + "/pods", {"Authorization": f"Bearer {scene.admin_token}"})
+    status, headers, body = https_get(ui.url + "/pods", {"Authorization": f"Bearer {scene.admin_token}"})
     assert status == 200 and f"{scene.team_b}/infer-1" in body
     assert scene.admin_token not in body
     assert "default-src 'self'" in headers["content-security-policy"]
@@ -399,7 +376,7 @@ def test_no_identity_no_page_and_no_secret_in_pages(operator: Any, ui: UiProcess
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
     assert scene.admin_token not in cookie["value"]
     # A form posted from another site is refused, even with valid credentials.
-    status, _, _ = _get(ui.url + "/whatif", {"Authorization": f"Bearer {scene.admin_token}",
+    status, _, _ = https_get(ui.url + "/whatif", {"Authorization": f"Bearer {scene.admin_token}",
                                              "Origin": "https://elsewhere.example"}, data=b"spec=x")
     assert status == 403
 
@@ -417,14 +394,14 @@ def test_behind_an_authenticating_proxy(control_plane: ControlPlane, scene: Scen
     proxied = UiProcess(control_plane, tmp_path, ["--proxy-client-ca", str(tmp_path / "ca.crt")],
                         client_context=context).start()
     try:
-        status, _, body = _get(proxied.url + "/pods", {"X-Remote-User": scene.team_a_user,
+        status, _, body = https_get(proxied.url + "/pods", {"X-Remote-User": scene.team_a_user,
                                                        "X-Remote-Group": "system:serviceaccounts"}, context)
         assert status == 200
         assert f"{scene.team_a}/train-1" in body and scene.team_b not in body
-        status, _, _ = _get(proxied.url + "/pods", {}, context)
+        status, _, _ = https_get(proxied.url + "/pods", {}, context)
         assert status == 401
         with pytest.raises(OSError):  # without the proxy's certificate, no connection at all
-            _get(proxied.url + "/pods", {"X-Remote-User": scene.team_a_user})
+            https_get(proxied.url + "/pods", {"X-Remote-User": scene.team_a_user})
     finally:
         proxied.stop()
 
@@ -448,40 +425,9 @@ def test_prometheus_down_costs_a_note_not_the_page(control_plane: ControlPlane, 
     closed = f"http://127.0.0.1:{free_port()}"
     process = UiProcess(control_plane, tmp_path, ["--prometheus", closed, "--prometheus-interval", "1"]).start()
     try:
-        status, _, body = _get(process.url + "/nodes", {"Authorization": f"Bearer {scene.admin_token}"})
+        status, _, body = https_get(process.url + "/nodes", {"Authorization": f"Bearer {scene.admin_token}"})
         assert status == 200 and f"GPU-{scene.node('a100-0')}-0" in body
         assert "Live usage is not shown: Prometheus at" in body
     finally:
         process.stop()
 
-
-def test_live_usage_from_a_real_hami_monitor(control_plane: ControlPlane, gpu_node: GpuNode,  # noqa: F811
-                                             tmp_path: Path) -> None:
-    """End to end: a pod placed by `hami scheduler`, its container a libvgpu process on the fake
-    driver that allocates 1000 MiB, `hami monitor` exporting it, Prometheus scraping the monitor,
-    and the UI showing it on the Pods and Nodes pages."""
-    _, train = gpu_node.run_pod("train", memory=4000, cores=30, priority=1)
-    assert train.send("alloc 1000") == "alloc ok"
-    prometheus = Prometheus(tmp_path / "prometheus", {"hami-monitor": f"127.0.0.1:{gpu_node.monitor_port}"})
-    token = viewer_token(control_plane, gpu_node.namespace, "ui-viewer", cluster=True)
-    process = UiProcess(control_plane, tmp_path, ["--prometheus", prometheus.url, "--prometheus-interval", "1"])
-    process.start()
-    try:
-        auth = {"Authorization": f"Bearer {token}"}
-
-        def used_cell() -> str:
-            _, _, body = _get(process.url + f"/pods?namespace={gpu_node.namespace}", auth)
-            row = re.search(rf'data-pod="{gpu_node.namespace}/train">.*?<td class="used">(.*?)</td>', body, re.S)
-            return row.group(1).strip() if row else ""
-
-        cell = wait_for(lambda: (c := used_cell()).startswith("1000 MiB") and c, timeout=30, poll=0.5,
-                        message="the pod's memory in use on the Pods page")
-        assert re.fullmatch(r"1000 MiB, \d+ % busy", cell)
-        _, _, body = _get(process.url + f"/nodes/{gpu_node.name}", auth)
-        assert "memory in use on device" in body and "1000 MiB / 15.6 GiB" in body
-    finally:
-        process.stop()
-        prometheus.stop()
-        for kind in ("clusterrolebindings", "clusterroles"):
-            with contextlib.suppress(ApiCallError):  # best effort on a shared cluster
-                control_plane.api("DELETE", f"/apis/rbac.authorization.k8s.io/v1/{kind}/{gpu_node.namespace}-ui-viewer")

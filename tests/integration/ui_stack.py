@@ -174,6 +174,24 @@ def insecure_context() -> ssl.SSLContext:
     return context
 
 
+def https_get(url: str, headers: dict[str, str] | None = None, context: ssl.SSLContext | None = None,
+              data: bytes | None = None) -> tuple[int, dict[str, str], str]:
+    """GET (or POST `data`) without following redirects: (status, headers, body)."""
+    context = context or insecure_context()
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), NoRedirect)
+    request = urllib.request.Request(url, headers=headers or {}, data=data)
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
 def devices(node: str, count: int, gpu_type: str, memory: int, unhealthy: Iterable[int] = ()) -> list[DeviceInfo]:
     return [DeviceInfo(id=f"GPU-{node}-{i}", count=10, devmem=memory, devcore=100, type=gpu_type, index=i,
                        health=i not in set(unhealthy)) for i in range(count)]
