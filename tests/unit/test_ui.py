@@ -296,6 +296,7 @@ def test_other_vendors_need_no_code_of_their_own() -> None:
     with s.reading() as view:
         assert [(r.vendor, r.type, r.devices, r.memory) for r in views.overview(view)] == [
             ("DCU", "DCU-Z100", 2, 32768), ("NVIDIA", A100, 1, 81920)]
+        assert views.nodes_per_vendor(view) == {"DCU": 1, "NVIDIA": 1}
         request = view.pods["ns/w"].request
         assert request is not None and views.asks(request) == [views.Ask("c", "DCU", 1, "20000 MiB", 10)]
     x = explain(s, "ns/w")

@@ -149,6 +149,7 @@ class Ui:
                     series = [usage.trends[n][1] for n in names if usage.trends[n][0] == times]
                     trends = {"series": [n for n in names if usage.trends[n][0] == times], "data": [times, *series],
                               "x": "time", "y": "device memory in use", "unit": "MiB", "time": True}
+            vendor_nodes = views.nodes_per_vendor(view)
             pods = [p for p in view.pods.values() if who.may_see_pods(p.namespace)]
             counts = {
                 "nodes": len(view.state.nodes), "unregistered": len(view.unregistered),
@@ -158,11 +159,11 @@ class Ui:
         vendors: dict[str, views.TypeRow] = {}
         for row in rows:
             total = vendors.setdefault(row.vendor, views.TypeRow(vendor=row.vendor, type="all", fragmented=0.0,
+                                                                 nodes=vendor_nodes.get(row.vendor, 0),
                                                                  memory_unit=row.memory_unit))
             for name in ("devices", "unhealthy", "free_devices", "slots", "slots_used", "memory", "memory_used",
                          "cores", "cores_used"):
                 setattr(total, name, getattr(total, name) + getattr(row, name))
-            total.nodes += row.nodes
             total.free_share += row.free_share
             total.fragmented = None if row.fragmented is None or total.fragmented is None \
                 else total.fragmented + row.fragmented

@@ -225,6 +225,15 @@ def overview(view: StoreView, fragmented: dict[tuple[str, str], tuple[float, flo
     return list(rows.values())
 
 
+def nodes_per_vendor(view: StoreView) -> dict[str, int]:
+    """How many nodes have devices of each vendor (a node with two types counts once)."""
+    counts: dict[str, int] = {}
+    for node in view.state.nodes:
+        for vendor in {d.vendor for d in node.devices}:
+            counts[vendor] = counts.get(vendor, 0) + 1
+    return counts
+
+
 # ---- pods --------------------------------------------------------------------------------------
 
 
