@@ -7,6 +7,9 @@ import logging
 import sys
 import threading
 
+from hami.commands.scheduler import add_client_auth_arguments, client_rule
+from hami.errors import HamiError
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="HAMi device config (device-config.yaml shape)")
@@ -14,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=9443)
     parser.add_argument("--tls-cert", help="certificate file (reloaded when it changes); without it, plain HTTP")
     parser.add_argument("--tls-key", help="key file for --tls-cert")
+    add_client_auth_arguments(parser, extender=False)
     parser.add_argument("--scheduler-name", default="hami-scheduler")
     parser.add_argument("--no-overwrite-default-scheduler", action="store_true")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -21,14 +25,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hami.config import load_config
-    from hami.scheduler.app import build_app
+    from hami.scheduler.app import RequestLimits, build_app
     from hami.serve import serve
     from hami.webhook.mutate import WebhookOptions
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config)
+    clients = client_rule(args.webhook_client_ca, args.webhook_allowed_names, "--webhook-client-ca")
+    if args.max_request_bytes < 1:
+        raise HamiError("--max-request-bytes must be at least 1")
     options = WebhookOptions(args.scheduler_name, not args.no_overwrite_default_scheduler)
-    app = build_app(None, None, options, ready=lambda: True, nvidia=config.nvidia)
-    serve(app, args.host, args.port, args.tls_cert, args.tls_key, threading.Event())
+    app = build_app(None, None, options, ready=lambda: True, nvidia=config.nvidia,
+                    limits=RequestLimits(max_body_bytes=args.max_request_bytes), webhook_clients=clients)
+    serve(app, args.host, args.port, args.tls_cert, args.tls_key, threading.Event(),
+          client_cas=[clients.ca_file] if clients else [])
     return 0
