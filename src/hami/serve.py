@@ -4,11 +4,12 @@ With client CA files, the TLS layer asks every client for a certificate but does
 a certificate that is presented must chain to one of those CAs (else the handshake fails),
 and a client without one still connects, so that probes and Prometheus reach /healthz and
 /metrics. Routes that need a certificate check it themselves (`hami.clientauth`), from the
-ASGI TLS extension that `TlsScopeH11Protocol` puts into each request's scope.
+ASGI TLS extension that `HamiH11Protocol` puts into each request's scope.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -26,13 +28,23 @@ from hami.errors import HamiError
 log = logging.getLogger(__name__)
 
 
-class TlsScopeH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, telling the app the client's certificate in the shape of the ASGI
-    TLS extension (`scope["extensions"]["tls"]["client_cert_chain"]`: PEM, the client's own
-    certificate first; Python's ssl module gives only that one)."""
+class HamiH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with these additions:
+
+    - the client's certificate in the shape of the ASGI TLS extension
+      (`scope["extensions"]["tls"]["client_cert_chain"]`: PEM, the client's own certificate;
+      Python's ssl module gives only that one);
+    - a request head that has not arrived whole `head_timeout` seconds after its first byte gets
+      408 and the connection is closed (uvicorn would wait for it forever); a new connection that
+      sends nothing is closed after that time without an answer;
+    - a malformed request in the middle of a request gets uvicorn's 400 and nothing else.
+    """
+
+    head_timeout = 30.0
 
     def connection_made(self, transport: Any) -> None:  # asyncio.Transport
         super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(self.head_timeout, self._head_late)
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is None:
             return
@@ -46,6 +58,45 @@ class TlsScopeH11Protocol(H11Protocol):
             await app(scope, receive, send)
 
         self.app = with_tls
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        partial_head = self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])
+        if not partial_head:
+            self._stop_head_timer()
+        elif self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a malformed request, also when it comes in the middle of one (a bad
+        chunk): the app, still reading, must then not answer a second time."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            super().send_400_response(msg)
+        else:  # our answer to this request is already out: nothing more can be said
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE or answering:
+            return
+        if self.conn.trailing_data[0]:
+            reason = f"request head not received within {self.head_timeout:g} s".encode()
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(reason), reason))
+        self.transport.close()
 
 
 def client_certificate(scope: Mapping[str, Any]) -> str | None:
@@ -107,9 +158,10 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(app: Any, host: str, port: int, cert: str | None, key: str | None, stop: threading.Event,
-          client_cas: Sequence[str] = (), sock: socket.socket | None = None) -> None:
+          client_cas: Sequence[str] = (), sock: socket.socket | None = None, head_timeout: float = 30.0) -> None:
     """Serve until `stop` is set. `client_cas`: PEM files of the CAs whose client certificates
-    the TLS layer accepts (needs `cert`). `sock`: a socket from `listen` (else host:port is bound here)."""
+    the TLS layer accepts (needs `cert`). `sock`: a socket from `listen` (else host:port is bound here).
+    `head_timeout`: seconds a request head may take (see HamiH11Protocol)."""
     if (cert is None) != (key is None):
         raise HamiError("--tls-cert and --tls-key go together")
     if client_cas and cert is None:
@@ -128,7 +180,8 @@ def serve(app: Any, host: str, port: int, cert: str | None, key: str | None, sto
     # The standard library's event loop and TLS and the h11 parser, named so that what else is
     # installed does not change them (uvloop and httptools bought no measurable speed here).
     config = uvicorn.Config(app, host=host, port=port, ssl_certfile=cert, ssl_keyfile=key, log_level="warning",
-                            access_log=False, loop="asyncio", http=TlsScopeH11Protocol,
+                            access_log=False, loop="asyncio",
+                            http=type("HamiH11", (HamiH11Protocol,), {"head_timeout": head_timeout}),
                             ssl_context_factory=factory)
     server = uvicorn.Server(config)
     if cert and key:
