@@ -63,7 +63,10 @@ class ClientCertRule:
         self._reload()  # a missing or empty file is an error at start, not at the first call
 
     def _reload(self) -> None:
-        mtime = os.stat(self.ca_file).st_mtime_ns
+        try:
+            mtime = os.stat(self.ca_file).st_mtime_ns
+        except OSError as exc:
+            raise HamiError(f"client CA file {self.ca_file}: {exc.strerror}") from None
         if mtime != self._mtime:
             self._cas = load_ca_file(self.ca_file)
             self._mtime = mtime
@@ -72,7 +75,7 @@ class ClientCertRule:
     def _current(self) -> None:
         try:
             self._reload()
-        except (OSError, HamiError) as exc:  # a file being rewritten: keep the CAs we had
+        except HamiError as exc:  # a file being rewritten: keep the CAs we had
             log.warning("%s %s: keeping the CAs read before: %s", self.flag, self.ca_file, exc)
 
     def refusal(self, client_cert_pem: str | None) -> tuple[int, str] | None:
