@@ -206,7 +206,7 @@ def test_webhook_route(server: tuple[str, ClusterCache]) -> None:
     status, result = post(url + "/webhook", review)
     assert status == 200 and result["response"]["uid"] == "u1" and result["response"]["allowed"] is True
     status, result = post(url + "/webhook", {"request": {}})
-    assert status == 400 and "request.uid" in result["error"]
+    assert status == 400 and "request.uid" in result["message"] and result["kind"] == "Status"
 
 
 def test_unbound_decisions_expire_and_bound_ones_do_not() -> None:

@@ -189,7 +189,7 @@ def reason_of(headers: dict[str, str], body: bytes) -> str:
     assert "\n" not in text.strip(), f"reason is not one line: {text!r}"
     if headers.get("content-type", "").startswith("application/json"):
         data = json.loads(text)
-        reason = data.get("Error", data.get("error")) if isinstance(data, dict) else None
+        reason = data.get("Error", data.get("message")) if isinstance(data, dict) else None
         assert isinstance(reason, str), f"no error field in {text!r}"
         text = reason
     assert text.strip(), "empty reason"

@@ -190,7 +190,7 @@ def test_each_route_group_takes_only_its_own_clients(mtls: MtlsServer) -> None:
     status, text = mtls.request("POST", "/bind", {"PodName": "a", "PodNamespace": "t", "Node": "n1"}, cert=apiserver)
     assert status == 403 and "--extender-client-ca" in json.loads(text)["Error"]
     status, text = mtls.request("POST", "/webhook", REVIEW, cert=scheduler)
-    assert status == 403 and "--webhook-client-ca" in json.loads(text)["error"]
+    assert status == 403 and "--webhook-client-ca" in json.loads(text)["message"]
     # The webhook's CA, but not a name it allows.
     other_name = mtls.client_cert(mtls.webhook_ca, "someone-else")
     status, text = mtls.request("POST", "/webhook", REVIEW, cert=other_name)

@@ -91,7 +91,7 @@ def _one_line(text: str) -> str:
 LATENCY_BUCKETS = tuple(0.00025 * 1.25**i for i in range(58))
 
 
-def _handler(work: Callable[[dict[str, Any]], Any], error_shape: Callable[[str], Any], limits: RequestLimits,
+def _handler(work: Callable[[dict[str, Any]], Any], error_shape: Callable[[str, int], Any], limits: RequestLimits,
              clients: ClientCertRule | None = None, latency: Histogram | None = None,
              inline: bool = False) -> Callable[[Request], Awaitable[Response]]:
     """`inline` work runs on the event loop: short CPU work (filter, prioritize) must not queue
@@ -117,15 +117,26 @@ def _handler(work: Callable[[dict[str, Any]], Any], error_shape: Callable[[str],
             log.warning("%s: %d: %s", request.url.path, status, reason)
             # A client that stalled mid-body gets the connection closed; any other keeps it.
             headers = {"Connection": "close"} if status == 408 else None
-            return JSONResponse(error_shape(reason), status_code=status, headers=headers)
+            return JSONResponse(error_shape(reason, status), status_code=status, headers=headers)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is left to read it
         except Exception as exc:  # noqa: BLE001 - answer kube-scheduler instead of dropping the connection
             log.exception("%s failed", request.url.path)
-            return JSONResponse(error_shape(_one_line(f"internal error: {type(exc).__name__}: {exc}")),
+            return JSONResponse(error_shape(_one_line(f"internal error: {type(exc).__name__}: {exc}"), 500),
                                 status_code=500)
 
     return handle
+
+
+# metav1.StatusReason for the codes we answer with.
+_STATUS_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 408: "Timeout",
+                   413: "RequestEntityTooLarge", 500: "InternalError"}
+
+
+def _api_status(reason: str, code: int) -> dict[str, Any]:
+    """A metav1.Status: kube-apiserver shows its message when a webhook call fails."""
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": f"hami webhook: {reason}", "reason": _STATUS_REASONS.get(code, "BadRequest"), "code": code}
 
 
 def build_app(extender: Extender | None, registry: CollectorRegistry | None, webhook: WebhookOptions | None,
@@ -144,21 +155,22 @@ def build_app(extender: Extender | None, registry: CollectorRegistry | None, web
             held = latency.labels("bind-held")  # a bind's own work, once its node is free
             extender.on_bind_held = held.observe
 
-        def route(path: str, work: Callable[[dict[str, Any]], Any], error_shape: Callable[[str], Any],
+        def route(path: str, work: Callable[[dict[str, Any]], Any], error_shape: Callable[[str, int], Any],
                   inline: bool = False) -> Route:
             return Route(path, _handler(work, error_shape, limits, extender_clients, latency, inline),
                          methods=["POST"])
 
         routes += [
-            route("/filter", extender.filter, lambda e: {"NodeNames": [], "FailedNodes": {}, "Error": e}, inline=True),
+            route("/filter", extender.filter, lambda e, _: {"NodeNames": [], "FailedNodes": {}, "Error": e},
+                  inline=True),
             # HostPriorityList has no error field; kube-scheduler reads no body of a non-200 answer.
-            route("/prioritize", extender.prioritize, lambda e: {"Error": e}, inline=True),
-            route("/bind", extender.bind, lambda e: {"Error": e}),
+            route("/prioritize", extender.prioritize, lambda e, _: {"Error": e}, inline=True),
+            route("/bind", extender.bind, lambda e, _: {"Error": e}),
         ]
     if webhook is not None:
         resources = nvidia or (extender.cache.config.nvidia if extender is not None else NvidiaConfig())
         routes.append(Route("/webhook", _handler(lambda review: review_response(review, resources, webhook),
-                                                 lambda e: {"error": e}, limits, webhook_clients),
+                                                 _api_status, limits, webhook_clients),
                             methods=["POST"]))
 
     async def healthz(request: Request) -> Response:
