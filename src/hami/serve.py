@@ -147,7 +147,7 @@ def watch_certificates(config: uvicorn.Config, cert: str, key: str, stop: thread
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound to host:port, or a HamiError that says why not (a port in use, say)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP, so asyncio sets TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

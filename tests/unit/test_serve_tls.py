@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import threading
 import time
@@ -25,7 +26,7 @@ from hami.errors import HamiError
 from hami.scheduler.app import build_app
 from hami.scheduler.cache import ClusterCache
 from hami.scheduler.extender import Extender
-from hami.serve import serve
+from hami.serve import listen, serve
 from hami.webhook.mutate import WebhookOptions
 from tests.cluster.pki import CertificateAuthority, serving_cert, write_pair
 from tests.unit.test_extender_http import free_port, gpu, node, pod
@@ -223,3 +224,13 @@ def test_a_missing_or_empty_client_ca_file_is_a_clear_error(tmp_path: Path) -> N
     (tmp_path / "empty.crt").write_text("not a certificate\n")
     with pytest.raises(HamiError, match="holds no PEM certificate"):
         ClientCertRule(str(tmp_path / "empty.crt"))
+
+
+def test_listening_socket_is_tcp_so_that_answers_are_not_delayed() -> None:
+    """asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP; with proto 0 every
+    kept-alive call waited ~40 ms for a delayed ACK (Nagle), which bench/http showed."""
+    sock = listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
