@@ -46,6 +46,7 @@ class _Container(msgspec.Struct):
     resources: _Resources | None = None
     env: list[_EnvVar] | None = None
     securityContext: _SecurityContext | None = None  # noqa: N815
+    restartPolicy: str | None = None  # noqa: N815 - "Always" marks a sidecar init container
 
 
 class _Spec(msgspec.Struct):
@@ -53,6 +54,7 @@ class _Spec(msgspec.Struct):
     initContainers: list[_Container] | None = None  # noqa: N815
     nodeName: str | None = None  # noqa: N815
     schedulerName: str | None = None  # noqa: N815
+    runtimeClassName: str | None = None  # noqa: N815
 
 
 class _Status(msgspec.Struct):

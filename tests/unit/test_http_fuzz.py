@@ -31,6 +31,7 @@ from hami.scheduler.cache import ClusterCache
 from hami.scheduler.extender import Extender
 from hami.scheduler.metrics import SchedulerCollector
 from hami.serve import listen, serve
+from hami.vendors.registry import default_vendors
 from hami.webhook.mutate import WebhookOptions
 from tests.unit.test_extender_http import gpu, node
 
@@ -216,11 +217,12 @@ def assert_answered(answer: tuple[int, dict[str, str], bytes]) -> None:
 
 # ---- strategies: the wire types ---------------------------------------------------------------
 
-NVIDIA = ["nvidia.com/gpu", "nvidia.com/gpumem", "nvidia.com/gpumem-percentage", "nvidia.com/gpucores",
-          "nvidia.com/priority"]
-ANNOTATIONS = [keys.USE_GPUTYPE, keys.NOUSE_GPUTYPE, keys.USE_GPUUUID, keys.NOUSE_GPUUUID, keys.VGPU_MODE,
-               keys.NUMA_BIND, keys.NODE_SCHEDULER_POLICY, keys.GPU_SCHEDULER_POLICY, keys.DEVICE_SCORING_WEIGHTS,
-               keys.VGPU_NODE, keys.VGPU_TIME, keys.DEVICES_ALLOCATED, keys.DEVICES_TO_ALLOCATE, keys.BIND_PHASE]
+VENDORS = default_vendors()
+RESOURCES = sorted(VENDORS.managed_resources())  # every vendor's, so that each vendor reads the pod
+ANNOTATIONS = sorted({keys.USE_GPUTYPE, keys.NOUSE_GPUTYPE, keys.USE_GPUUUID, keys.NOUSE_GPUUUID, keys.VGPU_MODE,
+                      keys.NUMA_BIND, keys.NODE_SCHEDULER_POLICY, keys.GPU_SCHEDULER_POLICY,
+                      keys.DEVICE_SCORING_WEIGHTS, keys.VGPU_NODE, keys.VGPU_TIME, keys.BIND_PHASE,
+                      *VENDORS.decision_keys()})
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) \
     | st.text(max_size=12)
@@ -234,7 +236,7 @@ quantities = st.one_of(
 )
 names = st.text(min_size=1, max_size=12)
 # Resource names never collide with the field names that test_a_typed_field_... looks for.
-limits = st.dictionaries(st.sampled_from([*NVIDIA, "cpu", "memory"]) | st.text(max_size=6).map(lambda k: "r/" + k),
+limits = st.dictionaries(st.sampled_from([*RESOURCES, "cpu", "memory"]) | st.text(max_size=6).map(lambda k: "r/" + k),
                          quantities, max_size=4)
 containers = st.fixed_dictionaries(
     {"name": names},
@@ -243,6 +245,7 @@ containers = st.fixed_dictionaries(
         "resources": st.fixed_dictionaries({}, optional={"limits": limits, "requests": limits}),
         "env": st.lists(st.fixed_dictionaries({"name": names}, optional={"value": st.text(max_size=6)}), max_size=2),
         "securityContext": st.fixed_dictionaries({"privileged": st.booleans()}),
+        "restartPolicy": st.sampled_from(["Always", "Never"]),
     },
 )
 annotation_values = st.sampled_from(["binpack", "spread", "slot=1,core=2,memory=0", "GPU-g0", "A10", "true",
@@ -260,6 +263,7 @@ pods = st.fixed_dictionaries(
             {"containers": st.lists(containers, min_size=1, max_size=3)},
             optional={"initContainers": st.lists(containers, max_size=2),
                       "schedulerName": st.sampled_from(["", "default-scheduler", "other"]),
+                      "runtimeClassName": st.sampled_from(["ascend", "nvidia"]),
                       "nodeName": st.sampled_from(["n1", ""])},
         ),
     },
@@ -345,7 +349,7 @@ def test_a_field_of_another_type_is_a_clean_answer(servers: Servers, routed: tup
 TYPED_FIELDS = {"Pod", "NodeNames", "Nodes", "items", "PodName", "PodNamespace", "Node", "request", "uid",
                 "object", "metadata", "spec", "name", "namespace", "annotations", "labels", "containers",
                 "initContainers", "resources", "limits", "requests", "env", "securityContext", "privileged",
-                "nodeName", "schedulerName", "status", "phase"}
+                "nodeName", "schedulerName", "status", "phase", "restartPolicy", "runtimeClassName"}
 
 
 def _json_type(value: Any) -> str:
