@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_request_bytes < 1:
         raise HamiError("--max-request-bytes must be at least 1")
     options = WebhookOptions(args.scheduler_name, not args.no_overwrite_default_scheduler)
-    app = build_app(None, None, options, ready=lambda: True, nvidia=config.nvidia,
+    app = build_app(None, None, options, ready=lambda: True, vendors=config,
                     limits=RequestLimits(max_body_bytes=args.max_request_bytes), webhook_clients=clients)
     serve(app, args.host, args.port, args.tls_cert, args.tls_key, threading.Event(),
           client_cas=[clients.ca_file] if clients else [])

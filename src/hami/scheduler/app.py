@@ -19,10 +19,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from hami.clientauth import ClientCertRule
-from hami.config import NvidiaConfig
+from hami.config import HamiConfig
 from hami.errors import HamiError
 from hami.scheduler.extender import BadRequest, Extender
 from hami.serve import client_certificate
+from hami.vendors.registry import VendorSet, default_vendors, vendor_set
 from hami.webhook.mutate import WebhookOptions, review_response
 
 log = logging.getLogger(__name__)
@@ -145,11 +146,13 @@ def _api_status(reason: str, code: int) -> dict[str, Any]:
 
 
 def build_app(extender: Extender | None, registry: CollectorRegistry | None, webhook: WebhookOptions | None,
-              ready: Callable[[], bool], nvidia: NvidiaConfig | None = None, limits: RequestLimits = RequestLimits(),
+              ready: Callable[[], bool], vendors: HamiConfig | VendorSet | None = None,
+              limits: RequestLimits = RequestLimits(),
               extender_clients: ClientCertRule | None = None, webhook_clients: ClientCertRule | None = None,
               ) -> Starlette:
-    """The routes; `extender_clients` / `webhook_clients`: who may call the extender routes and
-    /webhook (None: anyone who reaches the port). Health, readiness and metrics stay open."""
+    """The routes; `vendors`: what the webhook mutates (default: the extender's, else every vendor
+    with HAMi's defaults). `extender_clients` / `webhook_clients`: who may call the extender routes
+    and /webhook (None: anyone who reaches the port). Health, readiness and metrics stay open."""
     routes: list[Route] = []
     latency = None
     if registry is not None and extender is not None:
@@ -173,7 +176,8 @@ def build_app(extender: Extender | None, registry: CollectorRegistry | None, web
             route("/bind", extender.bind, lambda e, _: {"Error": e}),
         ]
     if webhook is not None:
-        resources = nvidia or (extender.cache.config.nvidia if extender is not None else NvidiaConfig())
+        resources = vendor_set(vendors) if vendors is not None else (
+            extender.cache.vendors if extender is not None else default_vendors())
         routes.append(Route("/webhook", _handler(lambda review: review_response(review, resources, webhook),
                                                  _api_status, limits, webhook_clients),
                             methods=["POST"]))
