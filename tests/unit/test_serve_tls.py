@@ -234,3 +234,23 @@ def test_listening_socket_is_tcp_so_that_answers_are_not_delayed() -> None:
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("command", ["scheduler", "webhook"])
+def test_client_certificate_flags_fail_early_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          command: str) -> None:
+    from hami.cli import main
+
+    tls = serving_cert(tmp_path)
+    https = ["--tls-cert", str(tls.cert_file), "--tls-key", str(tls.key_file), "--port", str(free_port())]
+    ca = tmp_path / "server-ca.crt"
+    cases = [
+        (["--webhook-client-ca", str(tmp_path / "missing.crt"), *https], "missing.crt: No such file"),
+        (["--webhook-allowed-names", "kube-apiserver", *https], "--webhook-allowed-names needs --webhook-client-ca"),
+        (["--webhook-client-ca", str(ca), "--port", str(free_port())], "client certificates need HTTPS"),
+        (["--max-request-bytes", "0", *https], "--max-request-bytes must be at least 1"),
+    ]
+    for args, message in cases:
+        assert main([command, *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and "Traceback" not in err, err

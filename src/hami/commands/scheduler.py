@@ -17,6 +17,7 @@ from hami.errors import HamiError
 
 if TYPE_CHECKING:
     from hami.clientauth import ClientCertRule
+    from hami.scheduler.app import RequestLimits
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,12 +77,27 @@ def client_rule(ca_file: str | None, allowed_names: str, flag: str) -> ClientCer
     return ClientCertRule(ca_file, frozenset(n.strip() for n in allowed_names.split(",") if n.strip()), flag)
 
 
+def edge_settings(args: argparse.Namespace) -> tuple[ClientCertRule | None, ClientCertRule | None, RequestLimits]:
+    """Who may call the extender routes and the webhook, and the request limits; checked before
+    anything starts, so that a wrong flag is a one-line error."""
+    from hami.scheduler.app import RequestLimits
+
+    extender = client_rule(getattr(args, "extender_client_ca", None), getattr(args, "extender_allowed_names", ""),
+                           "--extender-client-ca")
+    webhook = client_rule(args.webhook_client_ca, args.webhook_allowed_names, "--webhook-client-ca")
+    if (extender or webhook) and not args.tls_cert:
+        raise HamiError("client certificates need HTTPS: give --tls-cert and --tls-key too")
+    if args.max_request_bytes < 1:
+        raise HamiError("--max-request-bytes must be at least 1")
+    return extender, webhook, RequestLimits(max_body_bytes=args.max_request_bytes)
+
+
 def run(args: argparse.Namespace) -> int:
     from lightkube.resources.core_v1 import Node, Pod
     from prometheus_client import CollectorRegistry
 
     from hami.config import load_config
-    from hami.scheduler.app import RequestLimits, build_app
+    from hami.scheduler.app import build_app
     from hami.scheduler.cache import ClusterCache, pod_key
     from hami.scheduler.engine import PolicyDefaults
     from hami.scheduler.extender import Extender, ExtenderOptions
@@ -103,12 +119,8 @@ def run(args: argparse.Namespace) -> int:
     # difference beyond run-to-run noise on 2 shared cores, where waiting for a core dominates.
     sys.setswitchinterval(0.001)
     config = load_config(args.config)
-    extender_clients = client_rule(args.extender_client_ca, args.extender_allowed_names, "--extender-client-ca")
-    webhook_clients = client_rule(args.webhook_client_ca, args.webhook_allowed_names, "--webhook-client-ca")
+    extender_clients, webhook_clients, limits = edge_settings(args)
     client_cas = [r.ca_file for r in (extender_clients, webhook_clients) if r is not None]
-    if args.max_request_bytes < 1:
-        raise HamiError("--max-request-bytes must be at least 1")
-    limits = RequestLimits(max_body_bytes=args.max_request_bytes)
     sock = listen(args.host, args.port)  # a taken port fails now, before the informers start
     metrics_sock = listen(args.host, args.metrics_port) if args.metrics_port else None
     client = make_client(args.kubeconfig)

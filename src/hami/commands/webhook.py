@@ -7,8 +7,7 @@ import logging
 import sys
 import threading
 
-from hami.commands.scheduler import add_client_auth_arguments, client_rule
-from hami.errors import HamiError
+from hami.commands.scheduler import add_client_auth_arguments, edge_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,19 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hami.config import load_config
-    from hami.scheduler.app import RequestLimits, build_app
+    from hami.scheduler.app import build_app
     from hami.serve import serve
     from hami.webhook.mutate import WebhookOptions
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config)
-    clients = client_rule(args.webhook_client_ca, args.webhook_allowed_names, "--webhook-client-ca")
-    if args.max_request_bytes < 1:
-        raise HamiError("--max-request-bytes must be at least 1")
+    _, clients, limits = edge_settings(args)
     options = WebhookOptions(args.scheduler_name, not args.no_overwrite_default_scheduler)
     app = build_app(None, None, options, ready=lambda: True, vendors=config,
-                    limits=RequestLimits(max_body_bytes=args.max_request_bytes), webhook_clients=clients)
+                    limits=limits, webhook_clients=clients)
     serve(app, args.host, args.port, args.tls_cert, args.tls_key, threading.Event(),
           client_cas=[clients.ca_file] if clients else [])
     return 0
