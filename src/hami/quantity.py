@@ -24,6 +24,12 @@ _SUFFIX = {
 _PATTERN = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:[eE]([+-]?\d+))?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 
 
+# Longer texts and larger exponents are refused before any arithmetic: `1e999999999` would
+# otherwise take minutes and gigabytes to compute. (The vendors refuse values over HAMi's limit.)
+_MAX_TEXT = 64
+_MAX_EXPONENT = 40
+
+
 class QuantityError(ValueError):
     pass
 
@@ -38,12 +44,16 @@ def parse_quantity(value: object) -> Fraction:
         return Fraction(value)
     if not isinstance(value, str):
         raise QuantityError(f"{value!r} is not a quantity")
+    if len(value) > _MAX_TEXT:
+        raise QuantityError(f"{value[:16]!r}... is longer than {_MAX_TEXT} characters, not a quantity")
     match = _PATTERN.match(value.strip())
     if not match:
         raise QuantityError(f"{value!r} is not a number or Kubernetes quantity")
     number, exponent, suffix = match.groups()
     result = Fraction(number) * _SUFFIX[suffix or ""]
     if exponent:
+        if abs(int(exponent)) > _MAX_EXPONENT:
+            raise QuantityError(f"{value!r}: the exponent is out of range")
         result *= Fraction(10) ** int(exponent)
     return result
 

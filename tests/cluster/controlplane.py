@@ -56,6 +56,9 @@ SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 NODE_LEASE_NAMESPACE = "kube-node-lease"
 NODE_LEASE_SECONDS = 40
+# kube-apiserver presents this client certificate to every webhook that asks for one
+# (AdmissionConfiguration; its CA is ControlPlane.webhook_client_ca_file).
+WEBHOOK_CLIENT_NAME = "kube-apiserver-webhook-client"
 
 
 class ClusterError(RuntimeError):
@@ -339,6 +342,7 @@ class ControlPlane:
         self.ca_file = self.pki_dir / "ca.crt"
         self.admin_cert_file = self.pki_dir / "admin.crt"
         self.admin_key_file = self.pki_dir / "admin.key"
+        self.webhook_client_ca_file = self.pki_dir / "webhook-client-ca.crt"
         self._ssl: ssl.SSLContext | None = None
         self._nodes: dict[str, dict[str, Any]] = {}
         self._nodes_lock = threading.Lock()
@@ -428,6 +432,29 @@ class ControlPlane:
         sa_key = pki.new_key()
         (self.pki_dir / "sa.key").write_bytes(pki.key_pem(sa_key))
         (self.pki_dir / "sa.pub").write_bytes(pki.public_key_pem(sa_key))
+        self._write_webhook_client_config()
+
+    def _write_webhook_client_config(self) -> None:
+        """An AdmissionConfiguration whose kubeconfig gives kube-apiserver a client certificate
+        for webhooks (user "*": any webhook that asks for one; those that do not never see it)."""
+        ca = pki.CertificateAuthority.create("hami-test-webhook-client-ca")
+        self.webhook_client_ca_file.write_bytes(ca.cert_pem)
+        key, cert = ca.issue(WEBHOOK_CLIENT_NAME, client=True)
+        cert_file, key_file = pki.write_pair(self.pki_dir, "webhook-client", key, cert)
+        kubeconfig = self.pki_dir / "webhook-client.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "users": [{"name": "*", "user": {"client-certificate": str(cert_file), "client-key": str(key_file)}}],
+        }))
+        plugin = {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "WebhookAdmissionConfiguration",
+                  "kubeConfigFile": str(kubeconfig)}
+        (self.pki_dir / "admission.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "AdmissionConfiguration",
+            "plugins": [{"name": name, "configuration": plugin}
+                        for name in ("MutatingAdmissionWebhook", "ValidatingAdmissionWebhook")],
+        }))
 
     def _start_etcd(self, port: int, peer_port: int) -> None:
         data_dir = self.workdir / "etcd"
@@ -483,6 +510,7 @@ class ControlPlane:
                 # The ServiceAccount admission plugin needs the controller-manager's
                 # token controllers; there is none here.
                 "--disable-admission-plugins=ServiceAccount",
+                f"--admission-control-config-file={p / 'admission.yaml'}",
                 # The "kubernetes" Service endpoints would be a loopback address, which
                 # Endpoints validation rejects.
                 "--endpoint-reconciler-type=none",

@@ -5,6 +5,7 @@ Binding needs the Kubernetes API and is covered by the integration tests.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
@@ -206,7 +207,7 @@ def test_webhook_route(server: tuple[str, ClusterCache]) -> None:
     status, result = post(url + "/webhook", review)
     assert status == 200 and result["response"]["uid"] == "u1" and result["response"]["allowed"] is True
     status, result = post(url + "/webhook", {"request": {}})
-    assert status == 400 and "request.uid" in result["error"]
+    assert status == 400 and "request.uid" in result["message"] and result["kind"] == "Status"
 
 
 def test_unbound_decisions_expire_and_bound_ones_do_not() -> None:
@@ -250,3 +251,17 @@ def test_an_older_copy_from_the_watch_does_not_free_an_assumed_decision() -> Non
     cache.upsert_pod(stale)
     assert cache.holding("t/first") is None
     assert int(cache.state().usedmem[0]) == 0
+
+
+def test_webhook_route_mutates_every_vendor(server: tuple[str, ClusterCache]) -> None:
+    """The webhook mutates with the scheduler's vendors, not only NVIDIA (Iluvatar: cores 100 per device)."""
+    url, _ = server
+    chip = "BI-V150"
+    limits = {f"iluvatar.ai/{chip}-vgpu": 2, f"iluvatar.ai/{chip}.vMem": 8}
+    obj = {"metadata": {"name": "i", "namespace": "t"},
+           "spec": {"containers": [{"name": "c", "resources": {"limits": limits}}]}}
+    status, result = post(url + "/webhook", {"request": {"uid": "u2", "object": obj}})
+    assert status == 200 and result["response"]["allowed"] is True
+    patch = json.loads(base64.b64decode(result["response"]["patch"]))
+    containers = next(op["value"] for op in patch if op["path"] == "/spec/containers")
+    assert containers[0]["resources"]["limits"][f"iluvatar.ai/{chip}.vCore"] == 200

@@ -10,8 +10,14 @@ import socket
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from hami.annotations.selectors import Policy
+from hami.errors import HamiError
+
+if TYPE_CHECKING:
+    from hami.clientauth import ClientCertRule
+    from hami.scheduler.app import RequestLimits
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8443, help="extender and webhook port (default 8443)")
     parser.add_argument("--tls-cert", help="certificate file: serve HTTPS (reloaded when it changes)")
     parser.add_argument("--tls-key", help="key file for --tls-cert")
+    add_client_auth_arguments(parser, extender=True)
     parser.add_argument("--metrics-port", type=int, default=0,
                         help="also serve /metrics on this port (HAMi uses 9395); 0 = only on --port")
     parser.add_argument("--scheduler-name", default="hami-scheduler", help="schedulerName the webhook sets")
@@ -44,9 +51,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
+def add_client_auth_arguments(parser: argparse.ArgumentParser, extender: bool) -> None:
+    """Client certificates (mTLS) and request limits; `hami webhook` shares the webhook's half."""
+    names = "comma-separated subject common names; only these may call (default: any the CA issued)"
+    if extender:
+        parser.add_argument("--extender-client-ca", metavar="FILE",
+                            help="/filter, /prioritize and /bind need a client certificate issued by a CA "
+                                 "in this PEM file (kube-scheduler's extender tlsConfig certFile); re-read on change")
+        parser.add_argument("--extender-allowed-names", metavar="NAMES", default="", help=names)
+    parser.add_argument("--webhook-client-ca", metavar="FILE",
+                        help="/webhook needs a client certificate issued by a CA in this PEM file (the one "
+                             "kube-apiserver presents per its AdmissionConfiguration); re-read on change")
+    parser.add_argument("--webhook-allowed-names", metavar="NAMES", default="", help=names)
+    parser.add_argument("--max-request-bytes", type=int, default=64 * 1024 * 1024,
+                        help="larger request bodies get 413 (default 64 MiB)")
+
+
+def client_rule(ca_file: str | None, allowed_names: str, flag: str) -> ClientCertRule | None:
+    from hami.clientauth import ClientCertRule
+
+    if not ca_file:
+        if allowed_names:
+            raise HamiError(f"{flag.replace('client-ca', 'allowed-names')} needs {flag}")
+        return None
+    return ClientCertRule(ca_file, frozenset(n.strip() for n in allowed_names.split(",") if n.strip()), flag)
+
+
+def edge_settings(args: argparse.Namespace) -> tuple[ClientCertRule | None, ClientCertRule | None, RequestLimits]:
+    """Who may call the extender routes and the webhook, and the request limits; checked before
+    anything starts, so that a wrong flag is a one-line error."""
+    from hami.scheduler.app import RequestLimits
+
+    extender = client_rule(getattr(args, "extender_client_ca", None), getattr(args, "extender_allowed_names", ""),
+                           "--extender-client-ca")
+    webhook = client_rule(args.webhook_client_ca, args.webhook_allowed_names, "--webhook-client-ca")
+    if (extender or webhook) and not args.tls_cert:
+        raise HamiError("client certificates need HTTPS: give --tls-cert and --tls-key too")
+    if args.max_request_bytes < 1:
+        raise HamiError("--max-request-bytes must be at least 1")
+    return extender, webhook, RequestLimits(max_body_bytes=args.max_request_bytes)
+
+
 def run(args: argparse.Namespace) -> int:
     from lightkube.resources.core_v1 import Node, Pod
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
     from hami.config import load_config
     from hami.scheduler.app import build_app
@@ -60,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from hami.scheduler.metrics import SchedulerCollector
     from hami.scheduler.nodelock import NodeLocker
     from hami.scheduler.resize import Resizer
-    from hami.serve import serve
+    from hami.serve import listen, serve
     from hami.webhook.mutate import WebhookOptions
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -71,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
     # difference beyond run-to-run noise on 2 shared cores, where waiting for a core dominates.
     sys.setswitchinterval(0.001)
     config = load_config(args.config)
+    extender_clients, webhook_clients, limits = edge_settings(args)
+    client_cas = [r.ca_file for r in (extender_clients, webhook_clients) if r is not None]
+    sock = listen(args.host, args.port)  # a taken port fails now, before the informers start
+    metrics_sock = listen(args.host, args.metrics_port) if args.metrics_port else None
     client = make_client(args.kubeconfig)
     api = KubeApi(client)
     cache = ClusterCache(config)
@@ -107,14 +159,22 @@ def run(args: argparse.Namespace) -> int:
 
     start(expire, "expire-unbound")
     start(lambda: HandshakeKeeper(api, cache, extender.is_leader).run(stop), "handshake")
-    if args.metrics_port:
-        start_http_server(args.metrics_port, registry=registry)
+
+    def ready() -> bool:
+        return cache.ready and extender.is_leader.is_set()
+
+    if metrics_sock is not None:  # plain HTTP for Prometheus, as HAMi's :9395
+        metrics_app = build_app(None, registry, None, ready=ready, limits=limits)
+        start(lambda: serve(metrics_app, args.host, args.metrics_port, None, None, stop, sock=metrics_sock),
+              "metrics-http")
 
     webhook = None if args.no_webhook else WebhookOptions(
         scheduler_name=args.scheduler_name, overwrite_default_scheduler=not args.no_overwrite_default_scheduler)
-    app = build_app(extender, registry, webhook, ready=lambda: cache.ready and extender.is_leader.is_set())
+    app = build_app(extender, registry, webhook, ready=ready, limits=limits,
+                    extender_clients=extender_clients, webhook_clients=webhook_clients)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    logging.getLogger("hami").info("serving on %s:%d (%s)", args.host, args.port, "https" if args.tls_cert else "http")
-    serve(app, args.host, args.port, args.tls_cert, args.tls_key, stop)
+    logging.getLogger("hami").info("serving on %s:%d (%s%s)", args.host, args.port,
+                                   "https" if args.tls_cert else "http", ", client certificates" if client_cas else "")
+    serve(app, args.host, args.port, args.tls_cert, args.tls_key, stop, client_cas=client_cas, sock=sock)
     stop.set()
     return 0

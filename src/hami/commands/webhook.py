@@ -7,6 +7,8 @@ import logging
 import sys
 import threading
 
+from hami.commands.scheduler import add_client_auth_arguments, edge_settings
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="HAMi device config (device-config.yaml shape)")
@@ -14,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=9443)
     parser.add_argument("--tls-cert", help="certificate file (reloaded when it changes); without it, plain HTTP")
     parser.add_argument("--tls-key", help="key file for --tls-cert")
+    add_client_auth_arguments(parser, extender=False)
     parser.add_argument("--scheduler-name", default="hami-scheduler")
     parser.add_argument("--no-overwrite-default-scheduler", action="store_true")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -28,7 +31,10 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(args.config)
+    _, clients, limits = edge_settings(args)
     options = WebhookOptions(args.scheduler_name, not args.no_overwrite_default_scheduler)
-    app = build_app(None, None, options, ready=lambda: True, nvidia=config.nvidia)
-    serve(app, args.host, args.port, args.tls_cert, args.tls_key, threading.Event())
+    app = build_app(None, None, options, ready=lambda: True, vendors=config,
+                    limits=limits, webhook_clients=clients)
+    serve(app, args.host, args.port, args.tls_cert, args.tls_key, threading.Event(),
+          client_cas=[clients.ca_file] if clients else [])
     return 0

@@ -33,13 +33,18 @@ from hami.scheduler.cache import ClusterCache, pod_key, sidecars_of
 from hami.scheduler.engine import PolicyDefaults
 from hami.scheduler.kube import KubeApi
 from hami.scheduler.nodelock import NodeLocker, NodeLockError
+from hami.wire import ShapeError, check_pod, node_names
 
 log = logging.getLogger(__name__)
 MAX_EXTENDER_PRIORITY = 10
 
 
 class BadRequest(Exception):
-    """A request body that is not the wire type it should be."""
+    """A request that is not what its route takes; answered with `status` (400 unless told)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
 
 
 def field(body: dict[str, Any], name: str) -> Any:
@@ -60,14 +65,24 @@ def candidate_names(args: dict[str, Any]) -> list[str]:
             raise BadRequest("NodeNames must be a list of strings")
         return list(names)
     nodes = field(args, "Nodes")
-    if isinstance(nodes, dict) and isinstance(nodes.get("items"), list):
-        return [str((n.get("metadata") or {}).get("name")) for n in nodes["items"]]
+    if nodes is not None:
+        try:
+            return node_names(nodes)
+        except ShapeError as exc:
+            raise BadRequest(str(exc)) from None
     raise BadRequest("ExtenderArgs has neither NodeNames nor Nodes")
 
 
 def pod_of(args: dict[str, Any]) -> dict[str, Any]:
+    """The Pod of ExtenderArgs, its fields checked against the API's types (see hami.wire)."""
     pod = field(args, "Pod")
-    if not isinstance(pod, dict) or not isinstance((pod.get("metadata") or {}).get("name"), str):
+    if not isinstance(pod, dict):
+        raise BadRequest("ExtenderArgs has no Pod with metadata.name")
+    try:
+        check_pod(pod, "Pod")
+    except ShapeError as exc:
+        raise BadRequest(str(exc)) from None
+    if not isinstance((pod.get("metadata") or {}).get("name"), str):
         raise BadRequest("ExtenderArgs has no Pod with metadata.name")
     return pod
 

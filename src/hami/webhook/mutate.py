@@ -21,6 +21,7 @@ from hami.annotations import keys
 from hami.config import HamiConfig, NvidiaConfig
 from hami.errors import HamiError
 from hami.vendors.registry import VendorSet, vendor_set
+from hami.wire import check_pod
 
 DEFAULT_SCHEDULER = "default-scheduler"
 
@@ -116,6 +117,7 @@ def review_response(review: dict[str, Any], config: HamiConfig | NvidiaConfig | 
     pod = request.get("object")
     if not isinstance(pod, dict):
         raise HamiError("AdmissionReview request has no object")
+    check_pod(pod, "request.object")  # a mistyped field is a bad review, not a crash in mutate
     verdict = mutate(pod, config, options)
     response: dict[str, Any] = {"uid": request["uid"], "allowed": verdict.allowed}
     if not verdict.allowed:
