@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from hami.annotations import keys
 from hami.annotations.errors import AnnotationError
@@ -40,6 +40,8 @@ LOCK_DIR = "/tmp/vgpulock"
 DISABLE_CONTROL_ENV = "CUDA_DISABLE_CONTROL"
 # Why a bind failed, for `kubectl get pod -o yaml` readers (not part of HAMi's contract).
 BIND_FAILURE_REASON = keys.BIND_FAILURE_REASON
+# Every vendor's decision for its plugin: hami.io/<vendor>-devices-to-allocate.
+TO_ALLOCATE_SUFFIX = "-devices-to-allocate"
 
 
 class AllocateError(Exception):
@@ -59,6 +61,23 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class DeviceSpec:
+    """A device node kubelet puts into the container (`permissions`: r, w, m)."""
+
+    container_path: str
+    host_path: str
+    permissions: str
+
+
+@dataclass(frozen=True)
+class HostFile:
+    """A file the plugin writes on the host before the container starts (a vendor's config)."""
+
+    path: str
+    content: str
+
+
+@dataclass(frozen=True)
 class ContainerGrant:
     """What one container gets: the answer to one ContainerAllocateRequest."""
 
@@ -67,6 +86,10 @@ class ContainerGrant:
     envs: dict[str, str]
     mounts: tuple[Mount, ...]
     cache_dir: str = ""
+    device_specs: tuple[DeviceSpec, ...] = ()
+    # Host directories to create (mode 0777) and files to write before answering kubelet.
+    host_dirs: tuple[str, ...] = ()
+    host_files: tuple[HostFile, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,33 +118,47 @@ def _annotations(pod: Pod) -> dict[str, str]:
     return dict((pod.get("metadata") or {}).get("annotations") or {})
 
 
-def pending_parts(pod: Pod) -> list[tuple[ContainerDevice, ...]]:
-    """The to-allocate annotation, one entry per container (missing trailing parts are empty)."""
-    text = _annotations(pod).get(keys.DEVICES_TO_ALLOCATE, "")
+def pending_parts(pod: Pod, key: str = keys.DEVICES_TO_ALLOCATE) -> list[tuple[ContainerDevice, ...]]:
+    """The to-allocate annotation `key`, one entry per container (missing trailing parts are empty)."""
+    text = _annotations(pod).get(key, "")
     try:
         parts = list(decode_pod_devices(text))
     except AnnotationError as exc:
-        raise AllocateError("FAILED_PRECONDITION", f"pod {pod_name(pod)}: {keys.DEVICES_TO_ALLOCATE}: {exc}") from None
+        raise AllocateError("FAILED_PRECONDITION", f"pod {pod_name(pod)}: {key}: {exc}") from None
     containers = containers_in_order(pod)
     if len(parts) > len(containers):
         raise AllocateError(
             "FAILED_PRECONDITION",
-            f"pod {pod_name(pod)}: {keys.DEVICES_TO_ALLOCATE} lists {len(parts)} containers "
+            f"pod {pod_name(pod)}: {key} lists {len(parts)} containers "
             f"but the pod has {len(containers)} (init and app)",
         )
     return parts + [()] * (len(containers) - len(parts))
 
 
-def _waiting(pod: Pod, node: str) -> bool:
+def _waiting(pod: Pod, node: str, key: str = keys.DEVICES_TO_ALLOCATE) -> bool:
     ann = _annotations(pod)
     if ann.get(keys.BIND_PHASE) != BindPhase.ALLOCATING.value:
         return False
     if ann.get(keys.VGPU_NODE, node) != node:
         return False
     try:
-        return any(pending_parts(pod))
+        return any(pending_parts(pod, key))
     except AllocateError:
         return True  # let the caller report the broken annotation for this pod
+
+
+def others_pending(pod: Pod, key: str) -> bool:
+    """Whether another vendor's to-allocate annotation of the pod still holds devices (a pod of
+    several vendors is done once every vendor's plugin has served it)."""
+    for other, value in _annotations(pod).items():
+        if other == key or not other.endswith(TO_ALLOCATE_SUFFIX):
+            continue
+        try:
+            if any(decode_pod_devices(value)):
+                return True
+        except AnnotationError:
+            continue  # that vendor's plugin reports its own broken annotation
+    return False
 
 
 def parse_node_lock(value: str) -> tuple[str, str] | None:
@@ -132,23 +169,24 @@ def parse_node_lock(value: str) -> tuple[str, str] | None:
     return None
 
 
-def find_pod(source: PodSource, node: str) -> Pod:
-    """The pod kubelet is starting on this node; AllocateError NOT_FOUND when there is none."""
+def find_pod(source: PodSource, node: str, key: str = keys.DEVICES_TO_ALLOCATE) -> Pod:
+    """The pod kubelet is starting on this node (with containers left in `key`); AllocateError
+    NOT_FOUND when there is none."""
     try:
         lock = source.node_annotations(node).get(keys.NODE_LOCK, "")
         owner = parse_node_lock(lock) if lock else None
         if owner is not None:
             pod = source.get_pod(*owner)
-            if pod is not None and _waiting(pod, node):
+            if pod is not None and _waiting(pod, node, key):
                 return pod
-        candidates = [p for p in source.pods_on_node(node) if _waiting(p, node)]
+        candidates = [p for p in source.pods_on_node(node) if _waiting(p, node, key)]
     except PodSourceError as exc:
         raise AllocateError("UNAVAILABLE", f"cannot look up the pod being started: {exc}") from None
     if not candidates:
         raise AllocateError(
             "NOT_FOUND",
             f"no pod on node {node} is waiting for devices ({keys.BIND_PHASE}=allocating "
-            f"with containers left in {keys.DEVICES_TO_ALLOCATE})",
+            f"with containers left in {key})",
         )
 
     def bind_time(pod: Pod) -> int:
@@ -170,7 +208,8 @@ def _resource_count(container: dict[str, Any], resource: str) -> int | None:
 
 
 def choose_container(
-    pod: Pod, parts: Sequence[tuple[ContainerDevice, ...]], count: int, resource: str
+    pod: Pod, parts: Sequence[tuple[ContainerDevice, ...]], count: int, resource: str,
+    key: str = keys.DEVICES_TO_ALLOCATE,
 ) -> int:
     """Index of the container a request for `count` devices is for; AllocateError naming the mismatch."""
     containers = containers_in_order(pod)
@@ -179,7 +218,7 @@ def choose_container(
         raise AllocateError(
             "FAILED_PRECONDITION",
             f"pod {pod_name(pod)}: kubelet asks for {count} device(s) but no container is left "
-            f"in {keys.DEVICES_TO_ALLOCATE}",
+            f"in {key}",
         )
     # First choice: the container that asks kubelet for exactly this many (its limit), with a
     # decision of that size; then any waiting container with a decision of that size.
@@ -267,41 +306,87 @@ def mark_failed(source: PodSource, node: str, pod: Pod, reason: str, now: dateti
         log.error("pod %s: could not record the failed bind: %s", pod_name(pod), exc)
 
 
+class Session(Protocol):
+    """One Allocate call of one pod, for one vendor: a grant per container, then the pod
+    annotations to record with the allocation."""
+
+    def grant(self, container: dict[str, Any], devices: tuple[ContainerDevice, ...]) -> ContainerGrant:
+        """What the container gets; raises AllocateError."""
+
+    def annotations(self) -> dict[str, str]:
+        """Pod annotations to write with the allocation (none for most vendors)."""
+
+
+@dataclass(frozen=True)
+class Flow:
+    """What the Allocate flow asks of a vendor: the pod annotation with the scheduler's decision,
+    the resource kubelet counts, and a session of grants for the pod being started."""
+
+    key: str
+    resource: str
+    session: Callable[[Pod], Session]
+
+
+@dataclass
+class NvidiaSession:
+    pod: Pod
+    settings: AllocateSettings
+
+    def grant(self, container: dict[str, Any], devices: tuple[ContainerDevice, ...]) -> ContainerGrant:
+        return grant(self.pod, container, devices, self.settings)
+
+    def annotations(self) -> dict[str, str]:
+        return {}
+
+
+def nvidia_flow(settings: AllocateSettings) -> Flow:
+    return Flow(keys.DEVICES_TO_ALLOCATE, settings.nvidia.resourceCountName,
+                lambda pod: NvidiaSession(pod, settings))
+
+
 def allocate(
     source: PodSource,
     settings: AllocateSettings,
     requests: Sequence[int],
     prepare: Callable[[ContainerGrant], None] | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    flow: Flow | None = None,
 ) -> list[ContainerGrant]:
     """Serve one Allocate call: `requests` holds the device count of each ContainerAllocateRequest.
 
-    On success the served containers' parts of to-allocate are blanked; once none is left the pod
-    is marked bind-phase success and the node lock released. On a mismatch the pod is marked
-    failed (with the reason) and the lock released, and AllocateError is raised.
+    `flow` says whose devices these are (NVIDIA's when None). On success the served containers'
+    parts of to-allocate are blanked; once none is left (of any vendor) the pod is marked
+    bind-phase success and the node lock released. On a mismatch the pod is marked failed (with
+    the reason) and the lock released, and AllocateError is raised.
     """
-    pod = find_pod(source, settings.node)
+    flow = flow or nvidia_flow(settings)
+    pod = find_pod(source, settings.node, flow.key)
     meta = pod.get("metadata") or {}
     namespace, name = str(meta.get("namespace", "default")), str(meta.get("name"))
     containers = containers_in_order(pod)
     try:
-        parts = pending_parts(pod)
+        parts = pending_parts(pod, flow.key)
+        try:
+            session = flow.session(pod)
+        except PodSourceError as exc:
+            raise AllocateError("UNAVAILABLE", f"pod {namespace}/{name}: {exc}") from None
         grants = []
         for count in requests:
-            index = choose_container(pod, parts, count, settings.nvidia.resourceCountName)
-            result = grant(pod, containers[index], parts[index], settings)
+            index = choose_container(pod, parts, count, flow.resource, flow.key)
+            result = session.grant(containers[index], parts[index])
             if prepare is not None:
                 prepare(result)
             grants.append(result)
             parts[index] = ()
+        extra = session.annotations()
     except AllocateError as exc:
         log.warning("Allocate failed: %s", exc.message)
         if exc.code != "UNAVAILABLE":
             mark_failed(source, settings.node, pod, exc.message, now())
         raise
     try:
-        patch: dict[str, str | None] = {keys.DEVICES_TO_ALLOCATE: _encode_parts(parts)}
-        done = not any(parts)
+        patch: dict[str, str | None] = {flow.key: _encode_parts(parts), **extra}
+        done = not any(parts) and not others_pending(pod, flow.key)
         if done:
             patch.update(bind_annotations(BindPhase.SUCCESS, now()))
         source.patch_pod_annotations(namespace, name, patch)
@@ -310,5 +395,5 @@ def allocate(
     except PodSourceError as exc:
         raise AllocateError("UNAVAILABLE", f"pod {namespace}/{name}: cannot record the allocation: {exc}") from None
     for g in grants:
-        log.info("pod %s container %r: %s", pod_name(pod), g.container, g.envs["NVIDIA_VISIBLE_DEVICES"])
+        log.info("pod %s container %r: %s", pod_name(pod), g.container, ",".join(d.uuid for d in g.devices))
     return grants

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +20,18 @@ from hami.deviceplugin.allocate import (
     AllocateError,
     AllocateSettings,
     ContainerGrant,
+    Flow,
     allocate,
     choose_container,
     find_pod,
+    nvidia_flow,
     pending_parts,
 )
 from hami.deviceplugin.api import api_pb2
 from hami.deviceplugin.api import api_pb2_grpc as _stubs
-from hami.deviceplugin.backend import Backend, BackendError, GpuInfo
+from hami.deviceplugin.backend import Backend, BackendError
 from hami.deviceplugin.pods import PodSource, PodSourceError
+from hami.deviceplugin.vendors.base import ChipLike, NodeVendor
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +58,19 @@ class PluginOptions:
     create_cache_dirs: bool = True
 
 
-class DeviceState:
-    """The GPUs this plugin serves and their health; readers wait for changes."""
+# Builds a vendor's node side from the devices its backend found (Ascend's depends on the chip).
+VendorFactory = Callable[[list[Any]], NodeVendor[Any]]
 
-    def __init__(self, gpus: list[GpuInfo], split_count: int) -> None:
-        self.gpus = gpus
-        self.split_count = split_count
-        self.health = {g.uuid: g.healthy for g in gpus}
+
+class DeviceState:
+    """The devices this plugin serves, the share IDs kubelet sees for each, and their health;
+    readers wait for changes."""
+
+    def __init__(self, chips: Sequence[ChipLike], share_ids: Callable[[Any], list[str]]) -> None:
+        self.chips = list(chips)
+        self.shares = {c.uuid: share_ids(c) for c in self.chips}
+        self._device_of = {share: uuid for uuid, shares in self.shares.items() for share in shares}
+        self.health = {c.uuid: c.healthy for c in self.chips}
         self.version = 0
         self.changed = threading.Condition()
 
@@ -80,15 +89,21 @@ class DeviceState:
         return [
             api_pb2.Device(
                 ID=share,
-                health=dev.HEALTHY if health[g.uuid] else dev.UNHEALTHY,
-                topology=api_pb2.TopologyInfo(nodes=[api_pb2.NUMANode(ID=g.numa)]),
+                health=dev.HEALTHY if health[c.uuid] else dev.UNHEALTHY,
+                topology=api_pb2.TopologyInfo(nodes=[api_pb2.NUMANode(ID=c.numa)]),
             )
-            for g in self.gpus
-            for share in dev.share_ids(g.uuid, self.split_count)
+            for c in self.chips
+            for share in self.shares[c.uuid]
         ]
 
     def gpu_of_share(self, share_id: str) -> str | None:
-        return dev.gpu_of_share(share_id, self.health, self.split_count)
+        """The device a share ID belongs to; None when it is not one this plugin advertised."""
+        return self._device_of.get(share_id)
+
+    def share_form(self) -> str:
+        """How the share IDs look, for error messages."""
+        first = next(iter(self._device_of), None)
+        return f"IDs such as {first}" if first else "no IDs (no devices)"
 
 
 def _abort(context: grpc.ServicerContext, error: AllocateError) -> None:
@@ -98,13 +113,15 @@ def _abort(context: grpc.ServicerContext, error: AllocateError) -> None:
 
 class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):  # type: ignore[misc]
     def __init__(self, state: DeviceState, source: PodSource, settings: AllocateSettings,
-                 resource_name: str, create_cache_dirs: bool, stopping: threading.Event) -> None:
+                 resource_name: str, create_cache_dirs: bool, stopping: threading.Event,
+                 flow: Flow | None = None) -> None:
         self.state = state
         self.source = source
         self.settings = settings
         self.resource_name = resource_name
         self.create_cache_dirs = create_cache_dirs
         self.stopping = stopping
+        self.flow = flow or nvidia_flow(settings)
         self._allocating = threading.Lock()
 
     def GetDevicePluginOptions(self, request: api_pb2.Empty, context: grpc.ServicerContext) -> Any:  # noqa: N802
@@ -124,8 +141,8 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):  # type: ignore[m
         """The shares of the GPUs the scheduler chose, so kubelet's accounting matches the decision."""
         responses = []
         try:
-            pod: dict[str, Any] | None = find_pod(self.source, self.settings.node)
-            parts = pending_parts(pod) if pod is not None else []
+            pod: dict[str, Any] | None = find_pod(self.source, self.settings.node, self.flow.key)
+            parts = pending_parts(pod, self.flow.key) if pod is not None else []
         except AllocateError:
             pod, parts = None, []
         for creq in request.container_requests:
@@ -134,7 +151,7 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):  # type: ignore[m
             wanted: list[str] = []
             if pod is not None:
                 try:
-                    index = choose_container(pod, parts, size, self.resource_name)
+                    index = choose_container(pod, parts, size, self.resource_name, self.flow.key)
                     wanted = [d.uuid for d in parts[index]]
                     parts[index] = ()
                 except AllocateError:
@@ -155,21 +172,30 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):  # type: ignore[m
         return api_pb2.PreferredAllocationResponse(container_responses=responses)
 
     def _prepare(self, result: ContainerGrant) -> None:
+        """Check the grant against the devices served, then make its host directories and files."""
         for device in result.devices:
             if device.uuid not in self.state.health:
                 raise AllocateError(
                     "FAILED_PRECONDITION",
                     f"container {result.container!r}: device {device.uuid} of the scheduler's decision "
-                    f"is not a GPU this plugin serves on node {self.settings.node}",
+                    f"is not a device this plugin serves on node {self.settings.node}",
                 )
-        if self.create_cache_dirs:
-            try:
-                os.makedirs(result.cache_dir, exist_ok=True)
-                os.chmod(result.cache_dir, 0o777)
-            except OSError as exc:
-                raise AllocateError(
-                    "INTERNAL", f"container {result.container!r}: cannot create {result.cache_dir}: {exc.strerror}"
-                ) from None
+        if not self.create_cache_dirs:
+            return
+        where = ""
+        try:
+            for where in [d for d in (result.cache_dir, *result.host_dirs) if d]:
+                os.makedirs(where, exist_ok=True)
+                os.chmod(where, 0o777)
+            for file in result.host_files:
+                where = file.path
+                os.makedirs(os.path.dirname(file.path), exist_ok=True)
+                with open(file.path, "w") as handle:
+                    handle.write(file.content)
+        except OSError as exc:
+            raise AllocateError(
+                "INTERNAL", f"container {result.container!r}: cannot create {where}: {exc.strerror}"
+            ) from None
 
     def Allocate(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         counts = []
@@ -180,14 +206,14 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):  # type: ignore[m
                 _abort(context, AllocateError(
                     "INVALID_ARGUMENT",
                     f"container request {position}: unknown device ID(s) {', '.join(unknown)} "
-                    f"(this plugin serves {self.resource_name} as <GPU UUID>-<0..{self.state.split_count - 1}>)",
+                    f"(this plugin serves {self.resource_name} as {self.state.share_form()})",
                 ))
             if not ids:
                 _abort(context, AllocateError("INVALID_ARGUMENT", f"container request {position}: no device IDs"))
             counts.append(len(ids))
         with self._allocating:
             try:
-                grants = allocate(self.source, self.settings, counts, prepare=self._prepare)
+                grants = allocate(self.source, self.settings, counts, prepare=self._prepare, flow=self.flow)
             except AllocateError as exc:
                 _abort(context, exc)
         return api_pb2.AllocateResponse(container_responses=[
@@ -195,6 +221,8 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):  # type: ignore[m
                 envs=g.envs,
                 mounts=[api_pb2.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
                         for m in g.mounts],
+                devices=[api_pb2.DeviceSpec(container_path=d.container_path, host_path=d.host_path,
+                                            permissions=d.permissions) for d in g.device_specs],
             )
             for g in grants
         ])
@@ -212,15 +240,23 @@ def _socket_key(path: Path) -> tuple[int, int] | None:
 
 
 class DevicePlugin:
-    """Discovers GPUs, serves kubelet, re-registers after kubelet restarts, keeps the node annotated."""
+    """Discovers devices, serves kubelet, re-registers after kubelet restarts, keeps the node annotated.
 
-    def __init__(self, backend: Backend, source: PodSource, config: HamiConfig, options: PluginOptions) -> None:
+    `vendor` builds the vendor's node side from the devices found (NVIDIA's when None).
+    """
+
+    def __init__(self, backend: Backend, source: PodSource, config: HamiConfig, options: PluginOptions,
+                 vendor: VendorFactory | None = None) -> None:
+        from hami.deviceplugin.vendors import nvidia
+
         self.backend = backend
         self.source = source
         self.config = config
         self.options = options
-        self.resource_name = config.nvidia.resourceCountName
-        self.node_settings = dev.node_settings(config, options.node)
+        self._vendor_factory: VendorFactory = vendor or (
+            lambda found: nvidia.node_vendor(config, options.node, options.hook_path, options.cache_root))
+        self.vendor: NodeVendor[Any] | None = None
+        self.resource_name = config.nvidia.resourceCountName if vendor is None else ""
         self.agent = NodeAgent(source, options.node)
         self.stopping = threading.Event()
         self.resync = threading.Event()
@@ -240,23 +276,23 @@ class DevicePlugin:
         return Path(self.options.plugin_dir) / KUBELET_SOCKET
 
     def start(self) -> None:
-        """Open the backend, discover GPUs, start serving and watching; raises BackendError."""
+        """Open the backend, discover devices, start serving and watching; raises BackendError
+        (and HamiError when the devices found do not fit the configuration)."""
         self.backend.init()
-        gpus = dev.usable_gpus(self.backend.devices(), self.node_settings)
-        for gpu in gpus:
-            log.info("GPU %d %s %s: %d MiB, %d SMs, NUMA %d, NVLink peers %s%s", gpu.index, gpu.uuid, gpu.name,
-                     gpu.memory_mib, gpu.sm_count, gpu.numa, list(gpu.nvlink_peers) or "none",
-                     "" if gpu.healthy else ", UNHEALTHY")
-        self.state = DeviceState(gpus, self.node_settings.split_count)
-        settings = AllocateSettings(
-            node=self.options.node,
-            nvidia=self.config.nvidia,
-            memory_scaling=self.node_settings.memory_scaling,
-            hook_path=self.options.hook_path,
-            cache_root=self.options.cache_root,
-        )
-        self.servicer = DevicePluginServicer(self.state, self.source, settings, self.resource_name,
-                                             self.options.create_cache_dirs, self.stopping)
+        found = self.backend.devices()
+        vendor = self.vendor = self._vendor_factory(found)
+        chips = vendor.usable(found)
+        for chip in chips:
+            log.info("%s", vendor.describe(chip))
+        self.resource_name = vendor.resource_name
+        self.state = DeviceState(chips, vendor.share_ids)
+        by_uuid = {c.uuid: c for c in chips}
+        node = self.options.node
+        flow = Flow(vendor.to_allocate_key, vendor.resource_name,
+                    lambda pod: vendor.session(pod, by_uuid, lambda: self.source.pods_on_node(node)))
+        self.servicer = DevicePluginServicer(self.state, self.source, AllocateSettings(node=node),
+                                             self.resource_name, self.options.create_cache_dirs, self.stopping,
+                                             flow)
         self._serve()
         self._try_register()
         for target, name in ((self._watch_health, "health"), (self._watch_kubelet, "kubelet-watch"),
@@ -265,11 +301,12 @@ class DevicePlugin:
             thread.start()
             self._threads.append(thread)
 
-    def registration(self) -> list[Any]:
-        assert self.state is not None
+    def registration(self) -> dict[str, str]:
+        """The node annotations that register the devices now (the handshake aside)."""
+        assert self.state is not None and self.vendor is not None
         with self.state.changed:
             health = dict(self.state.health)
-        return dev.registration(self.state.gpus, health, self.node_settings)
+        return self.vendor.registration(self.state.chips, health)
 
     def _serve(self) -> None:
         if self._server is not None:
@@ -328,15 +365,21 @@ class DevicePlugin:
                 self.stopping.wait(1.0)
                 continue
             if event is not None and self.state.set_health(event.uuid, event.healthy):
-                log.warning("GPU %s is now %s (%s)", event.uuid, "healthy" if event.healthy else "unhealthy",
+                log.warning("device %s is now %s (%s)", event.uuid, "healthy" if event.healthy else "unhealthy",
                             event.reason)
                 self.resync.set()
 
     def _keep_registered(self) -> None:
+        assert self.state is not None and self.vendor is not None
+        vendor = self.vendor
         while not self.stopping.is_set():
             self.resync.clear()
             try:
-                self.agent.sync(self.registration())
+                if self.agent.sync_annotations(self.registration(), vendor.handshake_key, vendor.handshake):
+                    with self.state.changed:
+                        healthy = sum(self.state.health.values())
+                    log.info("node %s: registered %d %s(s) (%d healthy)", self.options.node,
+                             len(self.state.chips), vendor.noun, healthy)
             except PodSourceError as exc:
                 log.warning("node %s: cannot update annotations: %s", self.options.node, exc)
             self.resync.wait(self.options.register_interval_s)

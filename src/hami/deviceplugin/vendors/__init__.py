@@ -1,0 +1,1 @@
+"""Each vendor's node side: discovery backends, registration, what a container gets."""
