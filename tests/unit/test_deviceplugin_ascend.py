@@ -273,3 +273,22 @@ def test_dcmi_backend_without_the_library_says_so() -> None:
     with pytest.raises(BackendError) as raised:
         DcmiBackend("/nonexistent/libdcmi.so").init()
     assert raised.value.code == "LIBRARY_NOT_FOUND" and "Ascend NPU driver" in raised.value.message
+
+
+@pytest.mark.parametrize(("fake", "message"), [
+    ({**npus(1), "initError": "DCMI_ERR_CODE_NOT_REDAY"},
+     "device discovery failed: DCMI_ERR_CODE_NOT_REDAY: dcmi_init (fake devices) failed: not ready"),
+    (npus(1, chip="910X"), "no vnpus config has chipName '910X'"),
+])
+def test_command_reports_what_stops_it(tmp_path: Path, capsys: pytest.CaptureFixture[str], fake: dict[str, Any],
+                                       message: str) -> None:
+    from hami.cli import main
+
+    devices = tmp_path / "npus.yaml"
+    devices.write_text(json.dumps(fake))
+    pods = tmp_path / "pods.yaml"
+    pods.write_text("items: []\n")
+    code = main(["device-plugin", "--vendor", "ascend", "--node-name", "n", "--fake-devices", str(devices),
+                 "--pods", str(pods), "--device-plugin-path", str(tmp_path / "dp")])
+    assert code == 2
+    assert message in capsys.readouterr().err

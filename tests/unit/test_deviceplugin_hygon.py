@@ -203,3 +203,17 @@ def test_example_file_loads() -> None:
     backend.init()
     assert [d.uuid for d in backend.devices()] == ["DCU-A2C0713000123", "DCU-A2C0713000456"]
     assert json.dumps(backend.top)  # plain data
+
+
+def test_a_pod_of_two_vendors_is_done_when_both_plugins_served_it(tmp_path: Path) -> None:
+    lock = "2024-05-01T10:00:00Z,default,both"
+    pod = vendor_pod("both", [("main", {"hygon.com/dcunum": 1, "nvidia.com/gpu": 1})], {
+        TO_ALLOCATE: "DCU-A100,DCU,32752,100:;", "hami.io/vgpu-devices-to-allocate": "GPU-x,NVIDIA,1000,0:;"})
+    with running_vendor_plugin(hygon.fake_backend(data=DCUS), factory(tmp_path), pods=[pod],
+                               node_annotations={"hami.io/mutex.lock": lock}) as h, \
+            h.kubelet.client(h.endpoint) as stub:
+        allocate(stub, ["DCU-A100-fake-0"])
+        after = h.annotations("both")
+        # The DCU part is served; NVIDIA's plugin has not served its part yet: not done, lock kept.
+        assert after[TO_ALLOCATE] == ";" and after["hami.io/bind-phase"] == "allocating"
+        assert h.source.nodes[NODE]["hami.io/mutex.lock"] == lock

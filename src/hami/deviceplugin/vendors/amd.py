@@ -27,6 +27,7 @@ from hami.deviceplugin.vendors.base import (
     container_name,
     go_device_json,
     pod_annotations,
+    terminated,
     with_health,
 )
 from hami.deviceplugin.vendors.fake import FakeChips, LibraryErrors, text, whole
@@ -131,17 +132,13 @@ def parse_cu_list(value: str, total: int) -> set[int]:
     return found
 
 
-def _terminated(pod: Pod) -> bool:
-    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-
-
 def occupied_cus(pods: Sequence[Pod], gpus: Mapping[str, AmdGpu]) -> dict[str, set[int]]:
     """The CUs of each GPU that the node's running pods hold; AllocateError when two pods claim
     the same CU or a record cannot be read (as HAMi, the plugin then refuses to guess)."""
     taken: dict[str, dict[int, str]] = {}
     for pod in pods:
         raw = pod_annotations(pod).get(CU_ALLOCATED, "").strip()
-        if not raw or _terminated(pod):
+        if not raw or terminated(pod):
             continue
         who = pod_name(pod)
         try:

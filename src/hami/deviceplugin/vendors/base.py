@@ -139,5 +139,10 @@ def pod_annotations(pod: Pod) -> dict[str, str]:
     return {str(k): str(v) for k, v in ((pod.get("metadata") or {}).get("annotations") or {}).items()}
 
 
+def terminated(pod: Pod) -> bool:
+    """Whether the pod's containers are done for good (its devices are free again)."""
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
 def with_health(chips: Sequence[C], health: Mapping[str, bool]) -> list[tuple[C, bool]]:
     return [(c, health.get(c.uuid, c.healthy)) for c in chips]

@@ -32,6 +32,7 @@ from hami.deviceplugin.vendors.base import (
     NodeVendor,
     container_name,
     pod_uid,
+    terminated,
     with_health,
 )
 from hami.deviceplugin.vendors.fake import FakeChips, LibraryErrors, text, whole
@@ -200,10 +201,6 @@ class HygonSession:
         return {}
 
 
-def _terminated(pod: Pod) -> bool:
-    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-
-
 @dataclass
 class HygonNode(NodeVendor[Dcu]):
     register_key: str = ""
@@ -244,7 +241,7 @@ class HygonNode(NodeVendor[Dcu]):
         vdevs = [v for _, v in found if v is not None]
         if not vdevs:
             return []
-        live = {pod_uid(p) for p in node_pods() if not _terminated(p)}
+        live = {pod_uid(p) for p in node_pods() if not terminated(p)}
         kept = []
         for vdev in vdevs:
             if vdev.uid in live:
