@@ -2,8 +2,9 @@
 
 Kubelet's Allocate carries device IDs only, no pod and no container. The pod is the one named
 by the node lock (else the pod on this node in bind-phase `allocating`); the container is the
-first one, init containers first in spec order, still waiting for devices in
-`hami.io/vgpu-devices-to-allocate` whose device count matches the request. Containers are
+first one, init containers first in spec order, still waiting for devices in the vendor's
+to-allocate annotation (NVIDIA's `hami.io/vgpu-devices-to-allocate`; a `Flow` names another
+vendor's) whose device count matches the request. Containers are
 known by name: a sidecar without devices, or one put in another position, does not shift the
 match, and every error names the container it is about.
 """

@@ -54,7 +54,7 @@ class PluginOptions:
     register_interval_s: float = 30.0
     # How often the kubelet socket is checked for a kubelet restart.
     watch_interval_s: float = 1.0
-    # Create the per-container cache directories on the host (off only where the plugin cannot).
+    # Create the grants' host directories and files (off only where the plugin cannot).
     create_cache_dirs: bool = True
 
 
