@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("hami.sim.command", "replay GPU-cluster traces through the engine and compare policies"),
     "scheduler": ("hami.commands.scheduler", "run the kube-scheduler extender and the admission webhook"),
     "webhook": ("hami.commands.webhook", "run the mutating admission webhook alone"),
-    "device-plugin": ("hami.deviceplugin.command", "run the NVIDIA device plugin and node agent on a node"),
+    "device-plugin": ("hami.deviceplugin.command", "run a node's device plugin (NVIDIA, Ascend, Hygon or AMD)"),
     "monitor": ("hami.commands.monitor", "run the node monitor: GPU metrics, task priority, resizes, cleanup"),
     "ui": ("hami.commands.ui", "serve the web UI: devices, pods, why pending, what if, simulator reports"),
 }
