@@ -31,6 +31,7 @@ from hami.deviceplugin.api import api_pb2
 from hami.deviceplugin.api import api_pb2_grpc as _stubs
 from hami.deviceplugin.backend import Backend, BackendError
 from hami.deviceplugin.pods import PodSource, PodSourceError
+from hami.deviceplugin.vendors import nvidia
 from hami.deviceplugin.vendors.base import ChipLike, NodeVendor
 
 log = logging.getLogger(__name__)
@@ -247,8 +248,6 @@ class DevicePlugin:
 
     def __init__(self, backend: Backend, source: PodSource, config: HamiConfig, options: PluginOptions,
                  vendor: VendorFactory | None = None) -> None:
-        from hami.deviceplugin.vendors import nvidia
-
         self.backend = backend
         self.source = source
         self.config = config
