@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from hami.config import HamiConfig
+from hami.deviceplugin.api import api_pb2
 from hami.deviceplugin.backend import BackendError
 from hami.deviceplugin.vendors import amd
 from hami.deviceplugin.vendors.amd import CU_ALLOCATED, cu_list, parse_cu_list
@@ -204,3 +205,22 @@ def test_amd_smi_backend_without_the_library_says_so(monkeypatch: pytest.MonkeyP
     with pytest.raises(BackendError) as raised:
         AmdSmiBackend().init()
     assert raised.value.code == "LIBRARY_NOT_FOUND" and "libamd_smi.so" in raised.value.message
+
+
+def test_preferred_allocation_and_health_use_hamis_device_ids() -> None:
+    pod = gpu_pod("p", f"{G2},{MI300X},1000,8:;", [1], **{CU_ALLOCATED: json.dumps({"GONE-GPU": "0-3"})})
+    with running_vendor_plugin(amd.fake_backend(data=GPUS), factory(), pods=[pod]) as h, \
+            h.kubelet.client(h.endpoint) as stub:
+        ids = [f"0000:05:00.0#{i}" for i in range(10)] + [f"0000:26:00.0#{i}" for i in range(10)]
+        request = api_pb2.PreferredAllocationRequest(container_requests=[
+            api_pb2.ContainerPreferredAllocationRequest(available_deviceIDs=ids, allocation_size=1)])
+        preferred = stub.GetPreferredAllocation(request, timeout=5).container_responses[0]
+        assert list(preferred.deviceIDs) == ["0000:26:00.0#0"]  # a share of the GPU the scheduler chose
+        stream = stub.ListAndWatch(api_pb2.Empty(), timeout=10)
+        assert {d.health for d in next(stream).devices} == {"Healthy"}
+        h.backend.set_health(G1, False)
+        health = {d.ID: d.health for d in next(stream).devices}
+        assert health["0000:05:00.0#3"] == "Unhealthy" and health["0000:26:00.0#3"] == "Healthy"
+        stream.cancel()
+        # A record of a GPU this node does not serve does not block the node.
+        assert allocate(stub, ["0000:26:00.0#0"]).container_responses[0].envs["HSA_CU_MASK"] == "0:0-7"

@@ -11,6 +11,7 @@ pod records its CUs in `hami.io/amd-cu-allocated`, so the next pod sees them tak
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -33,6 +34,8 @@ from hami.deviceplugin.vendors.base import (
 from hami.deviceplugin.vendors.fake import FakeChips, LibraryErrors, text, whole
 from hami.model.allocation import ContainerDevice
 from hami.model.devices import DeviceInfo
+
+log = logging.getLogger(__name__)
 
 VENDOR = "amd"
 SPLIT_COUNT = 10  # HAMi's plugin: 10 tasks per GPU
@@ -147,8 +150,9 @@ def occupied_cus(pods: Sequence[Pod], gpus: Mapping[str, AmdGpu]) -> dict[str, s
                 raise ValueError("not a JSON object")
             for uuid, listing in record.items():
                 gpu = gpus.get(uuid)
-                if gpu is None:
-                    raise ValueError(f"GPU {uuid} is not on this node")
+                if gpu is None:  # a GPU this plugin does not serve (gone, or filtered out): no conflict here
+                    log.warning("pod %s: %s names GPU %s, not one of this node's; ignored", who, CU_ALLOCATED, uuid)
+                    continue
                 for cu in parse_cu_list(str(listing), gpu.compute_units):
                     owner = taken.setdefault(uuid, {}).setdefault(cu, who)
                     if owner != who:
@@ -207,7 +211,9 @@ class AmdSession:
         if raw:
             earlier = json.loads(raw)  # read without error by occupied_cus
             for uuid, listing in earlier.items():
-                merged.setdefault(uuid, set()).update(parse_cu_list(str(listing), self.gpus[uuid].compute_units))
+                gpu = self.gpus.get(uuid)
+                if gpu is not None:
+                    merged.setdefault(uuid, set()).update(parse_cu_list(str(listing), gpu.compute_units))
         return {CU_ALLOCATED: json.dumps({u: cu_list(sorted(c)) for u, c in merged.items()}, sort_keys=True,
                                          separators=(",", ":"))}
 
