@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hami.annotations.handshake import decode_handshake
+from hami.annotations.handshake import decode_handshake, encode_reported
 from hami.config import HamiConfig
 from hami.deviceplugin.allocate import AllocateError
 from hami.deviceplugin.backend import BackendError
@@ -217,3 +217,19 @@ def test_a_pod_of_two_vendors_is_done_when_both_plugins_served_it(tmp_path: Path
         # The DCU part is served; NVIDIA's plugin has not served its part yet: not done, lock kept.
         assert after[TO_ALLOCATE] == ";" and after["hami.io/bind-phase"] == "allocating"
         assert h.source.nodes[NODE]["hami.io/mutex.lock"] == lock
+
+
+def test_agent_writes_a_vendors_annotations_only_on_change() -> None:
+    from hami.deviceplugin.agent import NodeAgent
+    from hami.deviceplugin.pods import InMemoryPodSource
+
+    source = InMemoryPodSource(nodes={"n": {"old": "x"}})
+    agent = NodeAgent(source, "n", now=lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    wanted = {REGISTER: "DCU-A,4,1,100,DCU-Z100,0,true,0,hami:", "old": None}  # None: remove
+    assert agent.sync_annotations(wanted, "hami.io/node-handshake-dcu", encode_reported)
+    assert source.nodes["n"] == {REGISTER: wanted[REGISTER],
+                                 "hami.io/node-handshake-dcu": "Reported 2026-01-02 03:04:05.000000 +0000 UTC"}
+    assert not agent.sync_annotations(wanted, "hami.io/node-handshake-dcu", encode_reported)
+    source.patch_node_annotations("n", {"hami.io/node-handshake-dcu": "Requesting_2026-01-02 03:05:00"})
+    assert agent.sync_annotations(wanted, "hami.io/node-handshake-dcu", encode_reported)  # the scheduler asked
+    assert source.nodes["n"]["hami.io/node-handshake-dcu"].startswith("Reported ")

@@ -37,15 +37,16 @@ class NodeAgent:
                      sum(d.health for d in devices))
         return patched
 
-    def sync_annotations(self, wanted: Mapping[str, str], handshake_key: str | None = None,
+    def sync_annotations(self, wanted: Mapping[str, str | None], handshake_key: str | None = None,
                          handshake: Callable[[datetime], str] | None = None) -> bool:
-        """Patch the node's annotations to `wanted`, and write the handshake (`handshake(now)`
-        under `handshake_key`) with any change or when the scheduler asks; True when it patched.
+        """Patch the node's annotations to `wanted` (None: the key is removed), and write the
+        handshake (`handshake(now)` under `handshake_key`) with any change or when the scheduler
+        asks; True when it patched.
 
         Raises PodSourceError when the API server cannot be reached (the caller retries).
         """
         current = self.source.node_annotations(self.node)
-        patch: dict[str, str | None] = {k: v for k, v in wanted.items() if current.get(k) != v}
+        patch = {k: v for k, v in wanted.items() if current.get(k) != v}
         if handshake_key is not None and handshake is not None and (
             patch or not current.get(handshake_key, "").startswith("Reported")
         ):
