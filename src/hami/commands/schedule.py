@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     for running in snapshot.running:
         snapshot.warnings.extend(
             state.add_pod(running.request.key, running.node, running.allocation, running.request.init_count,
-                          sidecars=running.request.sidecars)
+                          sidecars=running.request.sidecars, annotations=running.request.annotations)
         )
     for warning in snapshot.warnings:
         print(f"hami schedule: warning: {warning}", file=sys.stderr)

@@ -60,6 +60,8 @@ class Holding:
     # Our own decision, not yet seen on the pod through the watch. Until it is, an older copy
     # of the pod (without it, or with an earlier decision) must not free or move its devices.
     assumed: bool = False
+    # The pod annotations its vendors mark devices with (MetaX sGPU: app class, QoS).
+    annotations: tuple[tuple[str, str], ...] = ()
 
     def same_place(self, other: Holding) -> bool:
         return self.node == other.node and self.allocation == other.allocation
@@ -141,7 +143,8 @@ class ClusterCache:
                     decided_at = 0
                 holding = Holding(decision[0], decision[1], len(spec.get("initContainers") or []),
                                   str(metadata.get("uid") or ""), sidecars=sidecars_of(pod),
-                                  bound=bool(spec.get("nodeName")), decided_at=decided_at)
+                                  bound=bool(spec.get("nodeName")), decided_at=decided_at,
+                                  annotations=self.vendors.usage_annotations(metadata.get("annotations")))
         with self._lock:
             current = self._holdings.get(key)
             behind = current is not None and current.assumed and (holding is None or not holding.same_place(current))
@@ -170,14 +173,15 @@ class ClusterCache:
             self.pods_synced = True
 
     def assume(self, key: str, decision: Decision, init_count: int, uid: str = "", now: int = 0,
-               sidecars: frozenset[int] = frozenset()) -> None:
+               sidecars: frozenset[int] = frozenset(), annotations: dict[str, Any] | None = None) -> None:
         """Count a decision at once, before the watch brings the annotated pod back. It stays
         counted until the watch shows it, the pod ends or goes, it is forgotten, or it expires."""
         if decision.node is None:
             return
         with self._lock:
             self._set_holding(key, Holding(decision.node, decision.allocation, init_count, uid, sidecars=sidecars,
-                                           decided_at=now, assumed=True))
+                                           decided_at=now, assumed=True,
+                                           annotations=self.vendors.usage_annotations(annotations)))
 
     def expire_unbound(self, now: int, ttl: int) -> list[str]:
         """Stop counting decisions older than `ttl` seconds on pods that were never bound."""
@@ -206,7 +210,7 @@ class ClusterCache:
 
     def _add(self, state: ClusterState, key: str, holding: Holding) -> None:
         for problem in state.add_pod(key, holding.node, holding.allocation, holding.init_count,
-                                     sidecars=holding.sidecars):
+                                     sidecars=holding.sidecars, annotations=dict(holding.annotations)):
             log.warning("%s", problem)
 
     # ---- reads -------------------------------------------------------------------------

@@ -153,8 +153,8 @@ def static_codes(state: ClusterState, selectors: DeviceSelectors, ctx: PodContex
             chosen = ctx.selectors_for(name)
         else:
             chosen = _NO_SELECTORS
-        part = _static_codes_for(state, chosen, rows)
         vendor = state.vendors.get(name)
+        part = _static_codes_for(state, chosen, rows, vendor.health_reason if vendor else R.CARD_NOT_HEALTH)
         if ctx is not None and vendor is not None:
             extra = vendor.static_codes(state, rows, ctx.pod.annotations)
             if extra is not None:
@@ -163,7 +163,8 @@ def static_codes(state: ClusterState, selectors: DeviceSelectors, ctx: PodContex
     return codes
 
 
-def _static_codes_for(state: ClusterState, selectors: DeviceSelectors, rows: slice | IntArray) -> IntArray:
+def _static_codes_for(state: ClusterState, selectors: DeviceSelectors, rows: slice | IntArray,
+                      health_reason: str = R.CARD_NOT_HEALTH) -> IntArray:
     type_ok_by_id = np.asarray([selectors.type_allowed(t) for t in state.type_names], dtype=bool)
     mode_ok_by_id = np.asarray([selectors.mode_allowed(m) for m in state.mode_names], dtype=bool)
     type_ok = (type_ok_by_id[state.type_id] & mode_ok_by_id[state.mode_id] if len(state.uuids)
@@ -177,7 +178,7 @@ def _static_codes_for(state: ClusterState, selectors: DeviceSelectors, rows: sli
         uuid_ok[state.uuid_rows.get(uuid, [])] = False
     return np.select(
         [~state.health[rows], state.cordoned[rows], ~type_ok, ~uuid_ok[rows]],
-        [R.CODE_OF[R.CARD_NOT_HEALTH], R.CODE_OF[R.CARD_CORDONED], R.CODE_OF[R.CARD_TYPE_MISMATCH],
+        [R.CODE_OF[health_reason], R.CODE_OF[R.CARD_CORDONED], R.CODE_OF[R.CARD_TYPE_MISMATCH],
          R.CODE_OF[R.CARD_UUID_MISMATCH]],
         0,
     ).astype(np.int64)
@@ -226,7 +227,8 @@ class ContainerFit:
     reason: str = ""
 
 
-_EARLY = (R.CODE_OF[R.CARD_NOT_HEALTH], R.CODE_OF[R.CARD_CORDONED], R.CODE_OF[R.CARD_TYPE_MISMATCH])
+_EARLY = (R.CODE_OF[R.CARD_NOT_HEALTH], R.CODE_OF[R.CARD_UNHEALTHY], R.CODE_OF[R.CARD_CORDONED],
+          R.CODE_OF[R.CARD_TYPE_MISMATCH])
 
 
 def fit_container(
@@ -594,5 +596,6 @@ def commit(state: ClusterState, pod: PodRequest, decision: Decision) -> None:
     """Count a placed pod in the state, so that the next decision sees it."""
     if decision.node is not None:
         state.add_pod(
-            pod.key, decision.node, decision.allocation, pod.init_count, pod.cpu_milli, pod.memory_mib, pod.sidecars
+            pod.key, decision.node, decision.allocation, pod.init_count, pod.cpu_milli, pod.memory_mib, pod.sidecars,
+            pod.annotations,
         )

@@ -189,7 +189,7 @@ class Extender:
             now = datetime.now(UTC)
             self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
                               str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()),
-                              sidecars_of(pod))
+                              sidecars_of(pod), (pod.get("metadata") or {}).get("annotations"))
             if self.writer is not None and decision.node is not None:
                 self.writer.submit(key, dict(self.cache.decision_annotations(pod, decision, now)))
         fitting = [decision.node] if self.options.only_best_node else [n for n in names if n not in failed]
@@ -344,7 +344,7 @@ class Extender:
             now = datetime.now(UTC)
             self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
                               str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()),
-                              sidecars_of(pod))
+                              sidecars_of(pod), (pod.get("metadata") or {}).get("annotations"))
         return "", dict(self.cache.decision_annotations(pod, decision, now)), write.version
 
     def _bind_running(self, namespace: str, name: str) -> bool:

@@ -10,7 +10,8 @@ range. Only nodes with at least one registered device are held. Mutation is expl
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,8 @@ class Footprint:
     cores: IntArray
     cpu_milli: int
     memory_mib: int
+    # Per device row, the vendor's marks this pod leaves there (Vendor.marks).
+    marks: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
 
 Usage = tuple[int, int, int]  # task slots, MiB, cores
@@ -131,6 +134,8 @@ class ClusterState:
         for r, uuid in enumerate(self.uuids):
             self.uuid_rows.setdefault(uuid, []).append(r)
         self._index_vendors(devices)
+        # Whether any vendor here marks devices with what its pods are (most clusters: none).
+        self._marking = any(getattr(vendors.get(name), "usage_keys", ()) for name in self.vendor_names)
 
         n_dev = len(devices)
         self.used: IntArray = np.zeros(n_dev, dtype=np.int64)
@@ -148,6 +153,8 @@ class ClusterState:
         self.node_usedmem: IntArray = np.zeros(len(self.nodes), dtype=np.int64)
         self.node_usedcores: IntArray = np.zeros(len(self.nodes), dtype=np.int64)
         self.pods: dict[str, Footprint] = {}
+        # Per device row, how many pods holding it left each mark (MetaX sGPU: app class, QoS).
+        self.marks: dict[int, Counter[str]] = {}
         # Per-device checks that depend only on the fixed parts above (health, types, UUIDs), per
         # selector set: most pods share one, so it is computed once per state, not per pod.
         self.static_cache: dict[object, IntArray] = {}
@@ -225,8 +232,12 @@ class ClusterState:
         cpu_milli: int = 0,
         memory_mib: int = 0,
         sidecars: frozenset[int] = frozenset(),
+        annotations: Mapping[str, str] | None = None,
     ) -> list[str]:
-        """Count a pod's devices as used. Returns problems (unknown node or device UUIDs)."""
+        """Count a pod's devices as used. Returns problems (unknown node or device UUIDs).
+
+        `annotations` are the pod's: the vendors that mark devices (Vendor.marks) read them.
+        """
         if key in self.pods:
             self.remove_pod(key)
         node = self.node_pos.get(node_name)
@@ -258,10 +269,25 @@ class ClusterState:
             cores=np.asarray(cores, dtype=np.int64),
             cpu_milli=cpu_milli,
             memory_mib=memory_mib,
+            marks=self._marks_of(node, allocation, annotations) if annotations and self._marking else (),
         )
         self._apply(footprint, +1)
         self.pods[key] = footprint
         return problems
+
+    def _marks_of(self, node: int, allocation: PodAllocation,
+                  annotations: Mapping[str, str]) -> tuple[tuple[int, tuple[str, ...]], ...]:
+        found: dict[int, set[str]] = {}
+        for container in allocation:
+            for placed in container:
+                row = self.row_of.get((node, placed.uuid))
+                if row is None:
+                    continue
+                vendor = self.vendors.get(self.devices[row].vendor)
+                if vendor is None or not vendor.usage_keys:
+                    continue
+                found.setdefault(row, set()).update(vendor.marks(annotations, placed))
+        return tuple((row, tuple(sorted(marks))) for row, marks in found.items() if marks)
 
     def remove_pod(self, key: str) -> bool:
         """Free what a pod held; False when the pod was not counted."""
@@ -280,6 +306,11 @@ class ClusterState:
         self.node_usedcores[f.node] += sign * int(f.cores.sum())
         self.node_cpu_used[f.node] += sign * f.cpu_milli
         self.node_memory_used[f.node] += sign * f.memory_mib
+        for row, marks in f.marks:
+            tally = self.marks.setdefault(row, Counter())
+            tally.update({mark: sign for mark in marks})
+            if not +tally:
+                del self.marks[row]
 
     def nodes_named(self, names: Sequence[str]) -> IntArray:
         """Positions of the named nodes we know, in the order given (unknown names are left out)."""

@@ -151,6 +151,10 @@ class Vendor:
     type_word: str = ""
     # Pod annotations that `static_codes` reads (so cached checks are keyed by them).
     static_keys: tuple[str, ...] = ()
+    # The reason an unhealthy device counts under (MetaX sGPU says CardUnhealthy).
+    health_reason: str = R.CARD_NOT_HEALTH
+    # Pod annotations that `marks` reads: what a placed pod leaves on its devices for later pods.
+    usage_keys: tuple[str, ...] = ()
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -351,6 +355,11 @@ class Vendor:
         """HAMi's AddResourceUsage: task slots, MiB and cores a placed device takes."""
         return 1, placed.usedmem, placed.usedcores
 
+    def marks(self, annotations: Mapping[str, str], placed: ContainerDevice) -> tuple[str, ...]:
+        """Labels a pod leaves on a device it holds (MetaX sGPU: its app class and QoS), counted per
+        device in the state (`ClusterState.marks`) so that checks can see who runs on a device."""
+        return ()
+
     def wire_type(self, device: DeviceInfo) -> str:
         """The type written for a device in the pod's allocation annotation."""
         return self.name
@@ -442,6 +451,76 @@ def per_row(state: ClusterState, vendor: str, what: str, compute: Callable[[IntA
         cached.flags.writeable = False
         state.static_cache[key] = cached
     return cached
+
+
+def writable_annotations(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The annotations of a pod that the webhook is changing (a dict), created when absent."""
+    if not isinstance(pod, dict):
+        raise TypeError("the webhook changes a pod held in a dict")
+    metadata: dict[str, Any] = pod.setdefault("metadata", {})
+    annotations = metadata.get("annotations")
+    if isinstance(annotations, dict):
+        return annotations
+    fresh: dict[str, Any] = {}
+    metadata["annotations"] = fresh
+    return fresh
+
+
+def row_ids(state: ClusterState, rows: Rows) -> IntArray:
+    """The absolute row numbers that `rows` (a slice or an index array) selects."""
+    if isinstance(rows, slice):
+        return np.arange(len(state.uuids), dtype=np.int64)[rows]
+    return rows
+
+
+def device_table(state: ClusterState, key: str, value_of: Callable[[DeviceInfo], Any]) -> tuple[IntArray, list[Any]]:
+    """A per-row fact of the registered devices as (codes, values): row r has `values[codes[r]]`, or
+    code -1 where `value_of` gives None. Computed once per state (devices do not change in a state)."""
+    cache_key = ("device_table", key)
+    cached = state.static_cache.get(cache_key)
+    if cached is not None:
+        return cached  # type: ignore[return-value]
+    values: list[Any] = []
+    index: dict[Any, int] = {}
+    codes = np.full(len(state.devices), -1, dtype=np.int64)
+    for row, device in enumerate(state.devices):
+        value = value_of(device)
+        if value is None:
+            continue
+        code = index.get(value)
+        if code is None:
+            code = index[value] = len(values)
+            values.append(value)
+        codes[row] = code
+    codes.flags.writeable = False
+    state.static_cache[cache_key] = (codes, values)  # type: ignore[assignment]
+    return codes, values
+
+
+def config_section(raw: Any, what: str) -> dict[str, Any]:
+    """A vendor's device-config section ({} when absent: HAMi's chart defaults apply)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise HamiError(f"config: '{what}' must be a mapping")
+    return raw
+
+
+def config_name(section: Mapping[str, Any], key: str, default: str, what: str) -> str:
+    value = section.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise HamiError(f"config: {what}.{key} must be a non-empty string")
+    return value
+
+
+def config_bool(section: Mapping[str, Any], key: str, default: bool, what: str) -> bool:
+    """A yes/no setting; the chart may render it as a string ("false")."""
+    value = section.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise HamiError(f"config: {what}.{key} must be true or false, got {value!r}")
 
 
 def custom_int(device: DeviceInfo, key: str, default: int = 0) -> int:

@@ -188,6 +188,17 @@ class VendorSet:
             )))
         return result
 
+    def usage_annotations(self, annotations: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+        """The pod annotations that change how its devices count for later pods (Vendor.usage_keys)."""
+        if not annotations:
+            return ()
+        wanted = self._usage_keys()
+        return tuple((k, str(annotations[k])) for k in wanted if k in annotations)
+
+    @functools.cache  # noqa: B019 - a VendorSet lives as long as its config
+    def _usage_keys(self) -> tuple[str, ...]:
+        return tuple(sorted({k for vendor in self for k in vendor.usage_keys}))
+
     @functools.cache  # noqa: B019 - a VendorSet lives as long as its config
     def decision_keys(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}
