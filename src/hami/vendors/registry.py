@@ -31,10 +31,15 @@ Factory = Callable[[Any], list[Vendor]]
 
 def _factories() -> list[tuple[str, Factory]]:
     # Imported here: vendor modules import hami.vendors.base, which must load first.
-    from hami.vendors import ascend, awsneuron, kunlun, table
+    from hami.vendors import ascend, awsneuron, cambricon, kunlun, table
 
-    return [*table.FACTORIES, ("vnpus", ascend.vendors), ("kunlun", kunlun.vendors),
-            ("awsneuron", awsneuron.vendors)]
+    return [
+        *table.FACTORIES,
+        ("vnpus", ascend.vendors),
+        ("kunlun", kunlun.vendors),
+        ("awsneuron", awsneuron.vendors),
+        ("cambricon", cambricon.cambricon),
+    ]
 
 
 class VendorSet:
