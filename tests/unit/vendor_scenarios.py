@@ -3,6 +3,7 @@ registered from them through the vendors, and the devices-with-usage tables HAMi
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from hami.config import HamiConfig
@@ -105,9 +106,12 @@ def with_usage(state: ClusterState, usage: dict[str, tuple[int, int, int]]) -> C
 
 def fit(vendors: VendorSet, devices: list[DeviceInfo], ask: ContainerRequest,
         usage: dict[str, tuple[int, int, int]] | None = None, annotations: dict[str, str] | None = None,
-        **defaults: Any) -> Decision:
-    """One container's ask on one node holding `devices` (node "n"): HAMi's Fit(devices, request)."""
+        marks: dict[str, dict[str, int]] | None = None, **defaults: Any) -> Decision:
+    """One container's ask on one node holding `devices` (node "n"): HAMi's Fit(devices, request).
+    `marks` are what the pods on a device left there (HAMi's DeviceUsage.PodInfos)."""
     state = with_usage(ClusterState([NodeDevices("n", tuple(devices))], vendors), usage or {})
+    for uuid, tally in (marks or {}).items():
+        state.marks[state.uuid_rows[uuid][0]] = Counter(tally)
     pod = PodRequest(key="t/p", containers=(ask,), names=("c",), annotations=dict(annotations or {}))
     return schedule(state, pod, PolicyDefaults(**defaults))
 

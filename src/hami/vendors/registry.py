@@ -31,7 +31,7 @@ Factory = Callable[[Any], list[Vendor]]
 
 def _factories() -> list[tuple[str, Factory]]:
     # Imported here: vendor modules import hami.vendors.base, which must load first.
-    from hami.vendors import ascend, awsneuron, cambricon, kunlun, mthreads, table
+    from hami.vendors import ascend, awsneuron, cambricon, kunlun, metax, mthreads, table
 
     return [
         *table.FACTORIES,
@@ -40,6 +40,7 @@ def _factories() -> list[tuple[str, Factory]]:
         ("awsneuron", awsneuron.vendors),
         ("cambricon", cambricon.cambricon),
         ("mthreads", mthreads.mthreads),
+        ("metax", metax.metax),
     ]
 
 
