@@ -31,7 +31,7 @@ Factory = Callable[[Any], list[Vendor]]
 
 def _factories() -> list[tuple[str, Factory]]:
     # Imported here: vendor modules import hami.vendors.base, which must load first.
-    from hami.vendors import ascend, awsneuron, cambricon, kunlun, metax, mthreads, table
+    from hami.vendors import ascend, awsneuron, cambricon, enflame, kunlun, metax, mthreads, table
 
     return [
         *table.FACTORIES,
@@ -41,6 +41,7 @@ def _factories() -> list[tuple[str, Factory]]:
         ("cambricon", cambricon.cambricon),
         ("mthreads", mthreads.mthreads),
         ("metax", metax.metax),
+        ("enflame", enflame.enflame_drs),
     ]
 
 
