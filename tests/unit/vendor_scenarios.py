@@ -3,8 +3,13 @@ registered from them through the vendors, and the devices-with-usage tables HAMi
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections import Counter
 from typing import Any
+
+import yaml
 
 from hami.config import HamiConfig
 from hami.model import ContainerRequest, DeviceInfo, NodeDevices, PodRequest
@@ -141,18 +146,16 @@ def usage_of(state: ClusterState) -> dict[str, tuple[int, int, int]]:
             for r, uuid in enumerate(state.uuids)}
 
 
-def hami_schedule(tmp_path: Any, objects: list[dict[str, Any]], *args: str) -> dict[str, Any]:
-    """`hami schedule --snapshot` on these objects, through the real entry point; its JSON answer
-    keyed by pod."""
-    import json
-    import subprocess
-    import sys
-
-    import yaml
-
+def run_hami_schedule(tmp_path: Any, objects: list[dict[str, Any]], *args: str) -> subprocess.CompletedProcess[str]:
+    """`hami schedule --snapshot` on these objects, through the real entry point."""
     path = tmp_path / "snapshot.yaml"
     path.write_text(yaml.safe_dump_all(objects))
-    result = subprocess.run([sys.executable, "-m", "hami", "schedule", "--snapshot", str(path), "-o", "json", *args],
-                            capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "hami", "schedule", "--snapshot", str(path), "-o", "json", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def hami_schedule(tmp_path: Any, objects: list[dict[str, Any]], *args: str) -> dict[str, Any]:
+    """`hami schedule`'s JSON answer for these objects, keyed by pod."""
+    result = run_hami_schedule(tmp_path, objects, *args)
     assert result.returncode == 0, result.stderr
     return {d["pod"]: d for d in json.loads(result.stdout)["decisions"]}

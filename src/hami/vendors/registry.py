@@ -31,7 +31,7 @@ Factory = Callable[[Any], list[Vendor]]
 
 def _factories() -> list[tuple[str, Factory]]:
     # Imported here: vendor modules import hami.vendors.base, which must load first.
-    from hami.vendors import ascend, awsneuron, cambricon, enflame, kunlun, metax, mthreads, table
+    from hami.vendors import amd, ascend, awsneuron, cambricon, enflame, kunlun, metax, mthreads, table
 
     return [
         *table.FACTORIES,
@@ -42,6 +42,7 @@ def _factories() -> list[tuple[str, Factory]]:
         ("mthreads", mthreads.mthreads),
         ("metax", metax.metax),
         ("enflame", enflame.enflame_drs),
+        ("amd", amd.amd),
     ]
 
 
