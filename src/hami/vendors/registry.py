@@ -31,7 +31,7 @@ Factory = Callable[[Any], list[Vendor]]
 
 def _factories() -> list[tuple[str, Factory]]:
     # Imported here: vendor modules import hami.vendors.base, which must load first.
-    from hami.vendors import amd, ascend, awsneuron, cambricon, enflame, kunlun, metax, mthreads, table
+    from hami.vendors import amd, ascend, awsneuron, cambricon, enflame, kunlun, metax, mthreads, table, vastai
 
     return [
         *table.FACTORIES,
@@ -43,6 +43,7 @@ def _factories() -> list[tuple[str, Factory]]:
         ("metax", metax.metax),
         ("enflame", enflame.enflame_drs),
         ("amd", amd.amd),
+        ("vastai", vastai.vastai),
     ]
 
 
