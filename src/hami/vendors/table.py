@@ -156,6 +156,9 @@ class TableVendor(Vendor):
         if checks is Checks.EXCLUSIVE:
             busy = R.CODE_OF[R.EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT]
             return np.where(used > 0, busy, 0).astype(np.int64), need
+        # HAMi gives these vendors' devices no memory or cores (`uuid,Biren,0,0`), whatever the ask says.
+        zeros = np.zeros(len(used), dtype=np.int64)
+        need = Need(slots=need.slots, mem=zeros, cores=zeros)
         count = state.count[rows]
         codes = np.select(
             [used >= count, ctx.mutex & (used > 0)],
