@@ -221,6 +221,20 @@ def test_no_room_on_the_pods_gpu_fails_with_the_custom_filter_reason() -> None:
     assert decision.reasons == {"a": "1/2 CardInsufficientMemory, 1/2 CardNotFoundCustomFilterRule"}
 
 
+def test_init_and_app_containers_are_held_to_their_own_phase_as_hami() -> None:
+    # HAMi fits init containers and app containers apart: an app container does not have to use
+    # the GPU an init container had, but a second init container does.
+    state = cluster(VENDORS, mt_node("a", 3))
+    pod = pod_obj("p", ctr("main", limits={COUNT: "2"}), init=(ctr("prep", limits={COUNT: "1", MEM: "8"}),))
+    decision = place(state, VENDORS, pod)
+    assert decision.node == "a" and len(uuids(decision)[1]) == 2
+    pod = pod_obj("q", ctr("main"), init=(ctr("one", limits={COUNT: "1", MEM: "8"}),
+                                          ctr("two", limits={COUNT: "1", MEM: "8"})))
+    decision = place(cluster(VENDORS, mt_node("a", 3)), VENDORS, pod)  # spread GPUs: only the rule keeps it
+    first, second, _ = uuids(decision)
+    assert first == second
+
+
 # ---- annotations: HAMi's Test_PatchAnnotations ----------------------------------------------
 
 

@@ -245,7 +245,8 @@ def fit_container(
     """HAMi's per-node device walk for one vendor ask of one container, on the given usage of the
     node's devices (`static`, `used`, `usedmem`, `usedcores` are the node's, all vendors).
 
-    `earlier` holds the node-relative rows this pod's earlier containers took of the vendor.
+    `earlier` holds the node-relative rows the pod's earlier containers of the same phase (init
+    containers, or app containers: HAMi fits the two apart) took of the vendor.
     """
     node_rows = state.rows_of_node(node)
     if state.single_vendor and state.vendor_names == [request.vendor]:
@@ -324,7 +325,7 @@ def fit_pod_on_node(
     node_static = static[sl]
     running = [state.used[sl].copy(), state.usedmem[sl].copy(), state.usedcores[sl].copy()]
     plain = state.single_vendor and state.vendor_names == ["NVIDIA"]
-    earlier: dict[str, list[int]] = {}
+    earlier: dict[tuple[bool, str], list[int]] = {}
     allocation: list[tuple[ContainerDevice, ...]] = []
     for position, request in enumerate(pod.containers):
         if not request.wants_devices:
@@ -333,11 +334,12 @@ def fit_pod_on_node(
         stays = pod.runs_beside_apps(position)
         placed: list[ContainerDevice] = []
         for ask in request.asks:
-            taken = tuple(earlier.get(ask.vendor, ()))
+            phase = (position < pod.init_count, ask.vendor)
+            taken = tuple(earlier.get(phase, ()))
             fit = fit_container(state, node, ask, ctx, node_static, running[0], running[1], running[2], taken)
             if not fit.chosen:
                 return None, fit.reason
-            earlier.setdefault(ask.vendor, []).extend(fit.chosen)
+            earlier.setdefault(phase, []).extend(fit.chosen)
             if stays:
                 for j, device in zip(fit.chosen, fit.devices, strict=True):
                     slots, mem, cores = (1, device.usedmem, device.usedcores) if plain else state.usage_of(
@@ -364,6 +366,11 @@ def _independent(pod: PodRequest) -> bool:
     beside others (app containers and sidecars) asks for any."""
     holding = sum(1 for i, c in enumerate(pod.containers) if c.wants_devices and pod.runs_beside_apps(i))
     return holding <= 1 and not pod.sidecars
+
+
+def _asked_twice(pod: PodRequest, vendor: str) -> bool:
+    """Whether more than one container of the pod asks the vendor."""
+    return sum(1 for c in pod.containers if any(a.vendor == vendor for a in c.asks)) > 1
 
 
 @dataclass
@@ -403,7 +410,7 @@ def feasible_nodes(
                 fits &= ~failing
                 continue
             vendor_numa = ctx.selectors_for(ask.vendor).numa_bind
-            walk = walk or vendor_numa
+            walk = walk or vendor_numa or (vendor.sees_earlier and _asked_twice(pod, ask.vendor))
             rows = state.vendor_rows(ask.vendor)
             usage, _ = vendor.usage_codes(ask, ctx, state, rows, state.used[rows], state.usedmem[rows],
                                           state.usedcores[rows])

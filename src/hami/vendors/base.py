@@ -144,6 +144,9 @@ class Vendor:
     limits_only: bool = False
     # Feasibility is more than "enough devices pass": the engine walks every candidate node.
     exact: bool = False
+    # A container's checks read the devices the pod's earlier containers took (`earlier`), so a pod
+    # whose containers ask this vendor more than once is walked node by node (Moore Threads, MetaX).
+    sees_earlier: bool = False
     # HAMi's marker for a node score that the node policy may invert (MetaX sGPU).
     policy_neutral_score: bool = False
     # The registered type must contain this (case-insensitive) for the device to be the vendor's

@@ -116,6 +116,8 @@ class MetaxGpu(Vendor):
             for i in range(count)
         ]
 
+    sees_earlier: bool = True
+
     def usage_codes(self, ask: ContainerRequest, ctx: PodContext, state: ClusterState, rows: Rows, used: IntArray,
                     usedmem: IntArray, usedcores: IntArray, earlier: Sequence[int] = ()) -> tuple[IntArray, Need]:
         need = self.need(ask, state, rows, used, usedmem, usedcores)
@@ -222,6 +224,7 @@ class MetaxSgpu(Vendor):
 
     health_reason: str = R.CARD_UNHEALTHY
     usage_keys: tuple[str, ...] = (APP_CLASS, QOS_POLICY)
+    sees_earlier: bool = True  # the pod's own devices count as holding its class and QoS
 
     def marks(self, annotations: Mapping[str, str], placed: ContainerDevice) -> tuple[str, ...]:
         app_class = annotations.get(APP_CLASS)

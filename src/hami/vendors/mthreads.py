@@ -121,6 +121,8 @@ class Mthreads(Vendor):
             for i in range(gpus)
         ]
 
+    sees_earlier: bool = True
+
     def usage_codes(self, ask: ContainerRequest, ctx: PodContext, state: ClusterState, rows: Rows, used: IntArray,
                     usedmem: IntArray, usedcores: IntArray, earlier: Sequence[int] = ()) -> tuple[IntArray, Need]:
         need = self.need(ask, state, rows, used, usedmem, usedcores)
