@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -25,11 +24,13 @@ from .vendor_scenarios import (
     decision_annotations,
     fit,
     hami_schedule,
+    marks_of,
     node_obj,
     place,
     pod_obj,
     registered,
     restarted,
+    set_marks,
     usage_of,
     uuids,
     vendor_set,
@@ -484,8 +485,7 @@ def test_sgpu_exclusive_score_needs_a_whole_device() -> None:
 ])
 def test_sgpu_online_score_as_hamis_score_online_devices(classes: dict[str, int], want: int) -> None:
     state = ClusterState([NodeDevices("n", (sgpu("GPU-123"),))], VENDORS)
-    if classes:
-        state.marks[0] = Counter(classes)
+    set_marks(state, "GPU-123", classes)
     allocation = [[ContainerDevice("GPU-123", "Metax-SGPU", 1024, 0)]]
     assert SGPU.score_node(sgpu_context({APP: "online"}), state, 0, allocation) == want
 
@@ -558,7 +558,7 @@ def test_marks_are_counted_per_device_and_freed_with_the_pod() -> None:
     state = cluster(VENDORS, sgpu_node("a", sgpu("GPU-1")))
     place(state, VENDORS, pod_obj("x", ctr(limits={COUNT: "1", CORES: "10", MEM: "1"}), annotations={APP: "offline"}))
     place(state, VENDORS, pod_obj("y", ctr(limits={COUNT: "1", CORES: "10", MEM: "1"}), annotations={APP: "offline"}))
-    assert dict(state.marks[0]) == {"offline": 2, "qos=best-effort": 2}
+    assert marks_of(state, "GPU-1") == {"offline": 2, "qos=best-effort": 2}
     state.remove_pod("t/x")
     state.remove_pod("t/y")
-    assert state.marks == {} and int(np.sum(state.used)) == 0
+    assert marks_of(state, "GPU-1") == {} and int(np.sum(state.used)) == 0

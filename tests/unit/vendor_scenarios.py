@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections import Counter
 from typing import Any
 
+import numpy as np
 import yaml
 
 from hami.config import HamiConfig
@@ -109,6 +109,18 @@ def with_usage(state: ClusterState, usage: dict[str, tuple[int, int, int]]) -> C
     return state
 
 
+def set_marks(state: ClusterState, uuid: str, tally: dict[str, int]) -> None:
+    """What the pods on a device left there (HAMi's DeviceUsage.PodInfos), set directly."""
+    for mark, count in tally.items():
+        counts = state.marks.setdefault(mark, np.zeros(len(state.devices), dtype=np.int64))
+        counts[state.uuid_rows[uuid][0]] = count
+
+
+def marks_of(state: ClusterState, uuid: str) -> dict[str, int]:
+    row = state.uuid_rows[uuid][0]
+    return {mark: int(counts[row]) for mark, counts in state.marks.items() if counts[row]}
+
+
 def fit(vendors: VendorSet, devices: list[DeviceInfo], ask: ContainerRequest,
         usage: dict[str, tuple[int, int, int]] | None = None, annotations: dict[str, str] | None = None,
         marks: dict[str, dict[str, int]] | None = None, **defaults: Any) -> Decision:
@@ -116,7 +128,7 @@ def fit(vendors: VendorSet, devices: list[DeviceInfo], ask: ContainerRequest,
     `marks` are what the pods on a device left there (HAMi's DeviceUsage.PodInfos)."""
     state = with_usage(ClusterState([NodeDevices("n", tuple(devices))], vendors), usage or {})
     for uuid, tally in (marks or {}).items():
-        state.marks[state.uuid_rows[uuid][0]] = Counter(tally)
+        set_marks(state, uuid, tally)
     pod = PodRequest(key="t/p", containers=(ask,), names=("c",), annotations=dict(annotations or {}))
     return schedule(state, pod, PolicyDefaults(**defaults))
 

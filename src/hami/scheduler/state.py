@@ -10,7 +10,6 @@ range. Only nodes with at least one registered device are held. Mutation is expl
 from __future__ import annotations
 
 import operator
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -153,8 +152,8 @@ class ClusterState:
         self.node_usedmem: IntArray = np.zeros(len(self.nodes), dtype=np.int64)
         self.node_usedcores: IntArray = np.zeros(len(self.nodes), dtype=np.int64)
         self.pods: dict[str, Footprint] = {}
-        # Per device row, how many pods holding it left each mark (MetaX sGPU: app class, QoS).
-        self.marks: dict[int, Counter[str]] = {}
+        # Per mark, how many of the pods holding each device row left it (MetaX sGPU: app class, QoS).
+        self.marks: dict[str, IntArray] = {}
         # Per-device checks that depend only on the fixed parts above (health, types, UUIDs), per
         # selector set: most pods share one, so it is computed once per state, not per pod.
         self.static_cache: dict[object, IntArray] = {}
@@ -307,10 +306,11 @@ class ClusterState:
         self.node_cpu_used[f.node] += sign * f.cpu_milli
         self.node_memory_used[f.node] += sign * f.memory_mib
         for row, marks in f.marks:
-            tally = self.marks.setdefault(row, Counter())
-            tally.update({mark: sign for mark in marks})
-            if not +tally:
-                del self.marks[row]
+            for mark in marks:
+                counts = self.marks.get(mark)
+                if counts is None:
+                    counts = self.marks[mark] = np.zeros(len(self.devices), dtype=np.int64)
+                counts[row] += sign
 
     def nodes_named(self, names: Sequence[str]) -> IntArray:
         """Positions of the named nodes we know, in the order given (unknown names are left out)."""

@@ -472,6 +472,8 @@ def writable_annotations(pod: Mapping[str, Any]) -> dict[str, Any]:
 def row_ids(state: ClusterState, rows: Rows) -> IntArray:
     """The absolute row numbers that `rows` (a slice or an index array) selects."""
     if isinstance(rows, slice):
+        if rows.step is None and rows.start is not None and rows.stop is not None:
+            return np.arange(rows.start, rows.stop, dtype=np.int64)  # one node's rows
         return np.arange(len(state.uuids), dtype=np.int64)[rows]
     return rows
 

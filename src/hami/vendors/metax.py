@@ -38,6 +38,7 @@ from hami.scheduler import reasons as R
 from hami.vendors.base import (
     INT32_MAX,
     AnnotationKeys,
+    BoolArray,
     IntArray,
     LockKind,
     Need,
@@ -351,29 +352,20 @@ class MetaxSgpu(Vendor):
         return (*super().decision_keys(), ALLOCATED_DEVICES, PREDICATE_TIME)
 
 
-def _pod_marks(state: ClusterState, ids: IntArray) -> tuple[IntArray, IntArray, np.ndarray, np.ndarray]:
+def _pod_marks(state: ClusterState, ids: IntArray) -> tuple[IntArray, IntArray, np.ndarray, BoolArray]:
     """Per row of `ids`: its online pods, its offline pods, the QoS its pods expect, and whether
     they say one (False: no pod says, or they disagree)."""
-    on = np.zeros(len(ids), dtype=np.int64)
-    off = np.zeros(len(ids), dtype=np.int64)
+    none = np.zeros(len(ids), dtype=np.int64)
+    on = state.marks[ONLINE][ids] if ONLINE in state.marks else none
+    off = state.marks[OFFLINE][ids] if OFFLINE in state.marks else none
     qos = np.full(len(ids), "", dtype=object)
-    known = np.zeros(len(ids), dtype=bool)
-    if not state.marks or not len(ids):
-        return on, off, qos, known
-    order = np.argsort(ids, kind="stable")
-    ordered = ids[order]
-    for row, tally in state.marks.items():
-        k = int(np.searchsorted(ordered, row))
-        if k == len(ordered) or ordered[k] != row:
-            continue
-        position = int(order[k])
-        on[position] = tally.get(ONLINE, 0)
-        off[position] = tally.get(OFFLINE, 0)
-        expected = {mark[len(QOS_MARK):] for mark, n in tally.items() if n > 0 and mark.startswith(QOS_MARK)}
-        if len(expected) == 1:
-            qos[position] = expected.pop()
-            known[position] = True
-    return on, off, qos, known
+    said = np.zeros(len(ids), dtype=np.int64)  # how many different QoS the row's pods expect
+    for mark, counts in state.marks.items():
+        if mark.startswith(QOS_MARK):
+            held = counts[ids] > 0
+            qos[held] = mark[len(QOS_MARK):]
+            said += held
+    return on, off, qos, said == 1
 
 
 def _registered_qos(state: ClusterState, ids: IntArray) -> np.ndarray:
