@@ -104,6 +104,7 @@ def test_shared_lock_and_chart_resources() -> None:
     ({}, {"amd.com/gpu": 1}, False),  # requests only
     ({"amd.com/gpu": 1, "amd.com/gpu-mem": 1024}, None, True),
     ({}, None, False),
+    ({"amd.com/gpu": 0, "amd.com/gpu-mem": 1024}, None, False),  # a count of 0 asks for nothing
 ])
 def test_webhook_as_hami(limits: dict[str, Any], requests: dict[str, Any] | None, found: bool) -> None:
     assert TEST_AMD.admit(ctr(limits=limits, requests=requests), {}) is found

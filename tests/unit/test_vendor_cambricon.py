@@ -70,6 +70,7 @@ def test_no_cards_without_whole_vcore_capacity(capacity: dict) -> None:
 
 def test_webhook_routes_on_the_count_in_limits_only() -> None:
     assert MLU.admit(ctr(limits={COUNT: "1"}), {}) is True
+    assert MLU.admit(ctr(limits={COUNT: "0"}), {}) is False  # a count of 0 asks for nothing
     assert MLU.admit(ctr(requests={COUNT: "1"}), {}) is False
     assert MLU.admit(ctr(limits={MEM: "4"}), {}) is False
 

@@ -108,8 +108,13 @@ def test_webhook_memory_and_core_api_as_hami() -> None:
     assert DRS.admit(ctr(limits={"cpu": "1"}), {}) is False
 
 
+def test_a_slice_count_of_0_asks_for_nothing() -> None:
+    # HAMi's webhook denies it; a count of 0 leaves the pod alone here, for every vendor.
+    container = ctr(limits={COUNT: "0", MEM: "8"})
+    assert DRS.admit(container, {}) is False and DRS.ask(container) is None
+
+
 @pytest.mark.parametrize(("limits", "message"), [
-    ({COUNT: "0"}, "enflame.com/drs-gcu must be greater than 0"),
     ({MEM: "0", CORE: "50"}, "enflame.com/gcu-memory must be greater than 0"),
     ({MEM: "8", CORE: "0"}, r"enflame.com/gcu-core must be in range \(0,100\]"),
     ({CORE: "101"}, r"enflame.com/gcu-core must be in range \(0,100\]"),

@@ -62,6 +62,7 @@ def test_gpu_registration_from_capacity_as_hami_test() -> None:
 def test_gpu_webhook_and_request() -> None:
     assert GPU.admit(ctr(limits={GPU_COUNT: "1"}), {}) is True
     assert GPU.admit(ctr(requests={GPU_COUNT: "1"}), {}) is False
+    assert GPU.admit(ctr(limits={GPU_COUNT: "0"}), {}) is False
     assert GPU.ask(ctr(requests={GPU_COUNT: "2"})) == ContainerRequest(nums=2, memreq=0, mem_percentage=100,
                                                                      coresreq=100, vendor="Metax-GPU")
     assert GPU.ask(ctr(limits={})) is None
@@ -224,6 +225,7 @@ def test_sgpu_empty_list_offers_nothing() -> None:
      "metax-tech.com/sgpu-qos-policy must be set one of [best-effort, fixed-share, burst-share]", None),
     ({COUNT: "1"}, {APP: "online", QOS: "best-effortx"}, True, "", {APP: "online", QOS: "best-effortx"}),
     ({COUNT: "1"}, {APP: "offline"}, True, "", {APP: "offline", QOS: "best-effort"}),
+    ({COUNT: "0"}, {APP: "online"}, False, "", {APP: "online"}),  # a count of 0 asks for nothing
 ])
 def test_sgpu_webhook_as_hami(limits: dict[str, str], annotations: dict[str, str] | None, found: bool, error: str,
                               after: dict[str, str] | None) -> None:

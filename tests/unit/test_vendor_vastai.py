@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from hami.annotations.node_register import encode_node_devices
+from hami.annotations.selectors import Policy
 from hami.model import ContainerDevice, ContainerRequest, DeviceInfo, PodRequest
 from hami.scheduler.engine import PodContext, PolicyDefaults
 from hami.vendors.base import LockKind
@@ -73,6 +74,7 @@ def test_registration_without_devices_or_malformed() -> None:
 def test_webhook_request_and_keys() -> None:
     assert VA.admit(ctr(limits={COUNT: "1"}), {}) is True
     assert VA.admit(ctr(requests={COUNT: "1"}), {}) is False
+    assert VA.admit(ctr(limits={COUNT: "0"}), {}) is False
     assert VA.ask(ctr(requests={COUNT: "2"})) == ContainerRequest(nums=2, memreq=0, mem_percentage=100, coresreq=0,
                                                                   vendor="Vastai")
     assert VA.ask(ctr(limits={"cpu": "1"})) is None
@@ -200,8 +202,18 @@ def test_binpack_prefers_the_node_where_dies_share_a_card() -> None:
     split = va_node("a-split", die("s0", 0, "x"), die("s1", 1, "y"))
     paired = va_node("b-paired", die("p0", 0, "x"), die("p1", 1, "x"))
     decision = place(cluster(VENDORS, split, paired), VENDORS, pod_obj("p", ctr(limits={COUNT: "2"})))
-    assert decision.node == "b-paired"  # score 1 against 0.5 (raw, as HAMi adds it)
+    assert decision.node == "b-paired"  # score 1 against 0.5, added to the node score
     assert decision.score == pytest.approx(1.0)
+
+
+def test_spread_also_prefers_dies_on_one_card() -> None:
+    # HAMi adds the score raw, so under spread (lowest total wins) it would pick the split node;
+    # the score's sign is turned under spread here.
+    split = va_node("a-split", die("s0", 0, "x"), die("s1", 1, "y"))
+    paired = va_node("b-paired", die("p0", 0, "x"), die("p1", 1, "x"))
+    decision = place(cluster(VENDORS, split, paired), VENDORS, pod_obj("p", ctr(limits={COUNT: "2"})),
+                     node_policy=Policy.SPREAD)
+    assert decision.node == "b-paired" and decision.score == pytest.approx(-1.0)
 
 
 # ---- annotations, restart, hami schedule ---------------------------------------------------------

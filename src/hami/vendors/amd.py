@@ -62,6 +62,8 @@ class Amd(Vendor):
     def admit(self, container: dict[str, Any], pod: Mapping[str, Any]) -> bool:
         r = self.resources
         limits, _ = resources_of(container)
+        if r.count in limits and not self.quantity(container, r.count, limits_only=True):
+            return False  # a count of 0 asks for nothing (compatibility.md)
         if r.count in limits and r.cores and r.cores in limits:
             try:
                 percent = parse_quantity(limits[r.cores])

@@ -185,6 +185,8 @@ class EnflameDrs(Vendor):
     def ask(self, container: Mapping[str, Any]) -> ContainerRequest | None:
         r = self.resources
         slices = self.quantity(container, r.count)
+        if slices == 0:  # a count of 0 asks for nothing (HAMi's webhook denies it)
+            return None
         if slices:
             return ContainerRequest(nums=1, memreq=slices, mem_percentage=0, coresreq=0, vendor=self.name,
                                     variant=DIRECT)
@@ -201,8 +203,8 @@ class EnflameDrs(Vendor):
         limits, requests = resources_of(container)
         if r.count in limits or r.count in requests:
             raw = limits.get(r.count, requests.get(r.count))
-            if self.quantity(container, r.count) == 0:
-                raise HamiError(f"{r.count} must be greater than 0")
+            if self.quantity(container, r.count) == 0:  # asks for nothing (HAMi denies it: compatibility.md)
+                return False
             _copy_to_both(container, r.count, raw)
             return True
         memory = self.quantity(container, r.memory)

@@ -198,8 +198,8 @@ class MetaxSgpu(Vendor):
 
     def admit(self, container: dict[str, Any], pod: Mapping[str, Any]) -> bool:
         limits, _ = resources_of(container)
-        if self.resources.count not in limits:
-            return False
+        if not self.quantity(container, self.resources.count, limits_only=True):
+            return False  # not asked, or a count of 0: nothing asked (compatibility.md)
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
         app_class = annotations.get(APP_CLASS)
         if app_class is not None:

@@ -80,8 +80,10 @@ class Mthreads(Vendor):
         if raw is None:
             return False
         count = rounded_up(container, r.count, raw)
-        if count <= 0:
+        if count < 0:
             raise HamiError(f"{r.count} must be greater than 0")
+        if count == 0:  # a count of 0 asks for nothing (HAMi denies it: compatibility.md)
+            return False
         limits = container.setdefault("resources", {}).setdefault("limits", {})
         assert r.memory is not None and r.cores is not None
         if count > 1:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hami.annotations.selectors import Policy
 from hami.model.allocation import ContainerDevice
 from hami.model.devices import DeviceInfo
 from hami.model.requests import ContainerRequest
@@ -115,7 +116,9 @@ class Vastai(Vendor):
             total = sum(per_card.values())
             if total:
                 score += np.float32(max(per_card.values())) / np.float32(total)
-        return float(score)
+        # HAMi adds it raw under either node policy, so spread (lowest total wins) would prefer
+        # dies split over cards; turned under spread, keeping a container on one card helps both.
+        return float(-score if ctx.node_policy is Policy.SPREAD else score)
 
 
 def fewest_cards(cards: Sequence[str | None], wanted: int) -> list[int]:
