@@ -142,8 +142,8 @@ class TableVendor(Vendor):
 
     def usage(self, device: DeviceInfo, placed: ContainerDevice) -> tuple[int, int, int]:
         if self.spec.checks is Checks.SLOTS:
-            # HAMi writes the whole memory into the annotation but never limits it: count the task only,
-            # so that two tasks sharing a device do not read as twice its memory.
+            # HAMi's allocation gives these devices no memory or cores (`uuid,Biren,0,0`); an annotation
+            # that names memory anyway (an older hami wrote the whole memory) counts the task only.
             return 1, 0, 0
         return super().usage(device, placed)
 
