@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from hami.annotations.selectors import Policy
+from hami.config import HamiConfig
 from hami.errors import HamiError
 from hami.model import ContainerDevice, ContainerRequest, DeviceInfo, NodeDevices, PodRequest
+from hami.scheduler.cache import ClusterCache
 from hami.scheduler.engine import Decision, PodContext, PolicyDefaults, commit
 from hami.scheduler.state import ClusterState
 from hami.vendors.base import PodDecisionInput
@@ -564,3 +566,21 @@ def test_marks_are_counted_per_device_and_freed_with_the_pod() -> None:
     state.remove_pod("t/x")
     state.remove_pod("t/y")
     assert marks_of(state, "GPU-1") == {} and int(np.sum(state.used)) == 0
+
+
+def test_the_extenders_cache_keeps_pods_marks_from_the_watch_and_its_own_decisions() -> None:
+    cache = ClusterCache(HamiConfig())
+    cache.upsert_node(sgpu_node("a", sgpu("GPU-1"), sgpu("GPU-2", 1)))
+    watched = pod_obj("watched", ctr(limits={COUNT: "1", CORES: "10", MEM: "1"}), annotations={APP: "offline"})
+    watched["metadata"]["annotations"].update({
+        "hami.io/vgpu-node": "a", "hami.io/metax-sgpu-devices-allocated": "GPU-1,Metax-SGPU,1024,10:;"})
+    watched["spec"]["nodeName"] = "a"
+    cache.upsert_pod(watched)
+    assert marks_of(cache.state(), "GPU-1") == {"offline": 1, "qos=": 1}  # it named no QoS: it expects none
+    mine = pod_obj("mine", ctr(limits={COUNT: "1", CORES: "10", MEM: "1"}), annotations={QOS: "fixed-share"})
+    decision = cache.decide(mine, ["a"], PolicyDefaults())
+    assert uuids(decision) == [["GPU-2"]]  # a normal pod never joins the offline pod's device
+    cache.assume("t/mine", decision, 0, annotations=mine["metadata"]["annotations"])
+    assert marks_of(cache.state(), "GPU-2") == {"qos=fixed-share": 1}
+    cache.delete_pod("t/watched")
+    assert marks_of(cache.state(), "GPU-1") == {}
