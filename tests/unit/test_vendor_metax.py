@@ -17,6 +17,7 @@ from hami.scheduler.engine import Decision, PodContext, PolicyDefaults, commit
 from hami.scheduler.state import ClusterState
 from hami.vendors.base import PodDecisionInput
 from hami.vendors.metax import encode_sgpu_devices, prefer_metalink
+from hami.webhook.mutate import mutate
 
 from .vendor_scenarios import (
     VENDORS,
@@ -584,3 +585,12 @@ def test_the_extenders_cache_keeps_pods_marks_from_the_watch_and_its_own_decisio
     assert marks_of(cache.state(), "GPU-2") == {"qos=fixed-share": 1}
     cache.delete_pod("t/watched")
     assert marks_of(cache.state(), "GPU-1") == {}
+
+
+def test_admission_review_patch_writes_the_default_qos() -> None:
+    verdict = mutate(pod_obj("p", ctr(limits={COUNT: "1"})), VENDORS)
+    ops = {op["path"]: op for op in verdict.patch}
+    assert verdict.allowed and ops["/metadata/annotations"]["value"] == {QOS: "best-effort"}
+    assert "/spec/containers" not in ops  # sGPU's webhook changes no container
+    denied = mutate(pod_obj("p", ctr(limits={COUNT: "2"}), annotations={APP: "online"}), VENDORS)
+    assert not denied.allowed and denied.message == "app-class pod must request single device"

@@ -9,6 +9,7 @@ import pytest
 from hami.errors import HamiError
 from hami.model import ContainerDevice, ContainerRequest, DeviceInfo
 from hami.vendors.base import LockKind, PodDecisionInput
+from hami.webhook.mutate import mutate
 
 from .vendor_scenarios import (
     VENDORS,
@@ -312,3 +313,14 @@ def test_admitted_pod_asks_what_the_webhook_wrote() -> None:
     assert admitted(VENDORS, pod)["metadata"]["annotations"] == {"mthreads.com/request-gpu-num": "3"}
     [ask_] = request(VENDORS, pod).containers
     assert (ask_.nums, ask_.memreq, ask_.coresreq) == (3, 96 * 512, 16)
+
+
+def test_admission_review_patch() -> None:
+    verdict = mutate(pod_obj("p", ctr(limits={COUNT: "2"})), VENDORS)
+    assert verdict.allowed
+    ops = {op["path"]: op for op in verdict.patch}
+    assert ops["/spec/containers"]["value"][0]["resources"]["limits"] == {COUNT: "2", MEM: "192", CORES: "32"}
+    assert ops["/metadata/annotations"]["value"] == {"mthreads.com/request-gpu-num": "2"}
+    assert ops["/spec/schedulerName"]["value"] == "hami-scheduler"
+    denied = mutate(pod_obj("p", ctr(limits={COUNT: "1", MEM: "3"})), VENDORS)
+    assert not denied.allowed and "valid values are [2, 4, 8, 16, 32, 64, 96]" in denied.message
