@@ -13,7 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hami.model import ContainerRequest, DeviceInfo, NodeDevices, PodRequest
-from hami.scheduler.engine import PodContext, PolicyDefaults, commit, feasible_nodes, fit_pod_on_node, schedule
+from hami.scheduler.engine import (
+    PodContext,
+    PolicyDefaults,
+    _independent,
+    commit,
+    feasible_nodes,
+    fit_pod_on_node,
+    schedule,
+)
 from hami.scheduler.state import ClusterState
 
 from .vendor_scenarios import VENDORS
@@ -100,6 +108,8 @@ def pods(draw: st.DrawFn, key: str, vendors: list[str]) -> PodRequest:
         annotations["metax-tech.com/sgpu-qos-policy"] = draw(st.sampled_from(["best-effort", "fixed-share"]))
     if draw(st.integers(0, 3)) == 0:
         annotations["hami.io/gpu-scheduler-policy"] = draw(st.sampled_from(["binpack", "spread,mutex"]))
+    if draw(st.integers(0, 3)) == 0:
+        annotations["hami.io/node-scheduler-policy"] = "spread"
     if draw(st.integers(0, 4)) == 0:
         annotations["metax-tech.com/sgpu-topology-aware"] = "true"
     return PodRequest(key=key, containers=tuple(init + app), init_count=len(init), annotations=annotations,
@@ -128,6 +138,24 @@ def check_vendor_rules(state: ClusterState, request: PodRequest, node_name: str,
                     assert 1 <= d.usedcores <= state.totalcore[row]
 
 
+def check_node_scores(state: ClusterState, ctx: PodContext, fitting: np.ndarray) -> None:
+    """A vendor's node scores at once (`node_scores`, for pods whose containers do not compete)
+    equal its `score_node` of the pod placed on each node."""
+    if not _independent(ctx.pod) or not len(fitting):
+        return
+    static = ctx.static_codes(state)
+    for name in ctx.pod.vendors:
+        vendor = state.vendors[name]
+        values = vendor.node_scores(ctx, state, fitting) if vendor.scores_nodes else None
+        if values is None:
+            continue
+        for k, node in enumerate(fitting.tolist()):
+            allocation, _ = fit_pod_on_node(state, node, ctx, static)
+            assert allocation is not None
+            part = [[d for d in c if state.devices[state.row_of[(node, d.uuid)]].vendor == name] for c in allocation]
+            assert values[k] == np.float32(vendor.score_node(ctx, state, node, part)), (name, ctx.pod)
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_shared_vendor_clusters_never_overcommit_and_feasibility_is_exact(data: st.DataObject) -> None:
@@ -145,6 +173,7 @@ def test_shared_vendor_clusters_never_overcommit_and_feasibility_is_exact(data: 
             assert (exact is not None) == bool(feasibility.fits[position]), (request, state.nodes[node])
             if exact is None:
                 assert feasibility.reasons[node]
+        check_node_scores(state, ctx, everyone[feasibility.fits])
         decision = schedule(state, request)
         if decision.node is not None:
             check_vendor_rules(state, request, decision.node, decision.allocation)

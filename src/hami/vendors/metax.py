@@ -39,6 +39,7 @@ from hami.vendors.base import (
     INT32_MAX,
     AnnotationKeys,
     BoolArray,
+    FloatArray,
     IntArray,
     LockKind,
     Need,
@@ -126,6 +127,19 @@ class MetaxGpu(Vendor):
         return same_device_rule(codes, state, rows, earlier), need
 
     scores_nodes: bool = True
+
+    def node_scores(self, ctx: PodContext, state: ClusterState, nodes: IntArray) -> FloatArray | None:
+        """`score_node` of many nodes at once: it depends only on the node's table and how many GPUs
+        the pod takes, which is what it asks."""
+        taken = sum(a.nums for c in ctx.pod.containers for a in c.asks if a.vendor == self.name)
+        key = TOPOLOGY_LOSSES if ctx.node_policy is Policy.BINPACK else TOPOLOGY_SCORES
+        codes, tables = device_table(state, key, lambda d: d.custom.get(key) if d.vendor == self.name else None)
+        values = np.asarray([TOPOLOGY_BASE - topology_table(t).get(taken, 0) for t in tables] + [0], dtype=np.float32)
+        rows = row_ids(state, state.vendor_rows(self.name))
+        per_node = np.zeros(len(state.nodes), dtype=np.float32)
+        per_node[state.dev_node[rows]] = values[codes[rows]]  # a node's devices carry the same table
+        result: FloatArray = per_node[nodes]
+        return result
 
     def score_node(self, ctx: PodContext, state: ClusterState, node: int,
                    allocation: Sequence[Sequence[ContainerDevice]]) -> float:
@@ -307,6 +321,17 @@ class MetaxSgpu(Vendor):
 
     scores_nodes: bool = True
     policy_neutral_score: bool = True
+
+    def node_scores(self, ctx: PodContext, state: ClusterState, nodes: IntArray) -> FloatArray | None:
+        """0 for every node unless the pod is online or takes a whole device with topology awareness
+        (then the devices chosen decide, and the engine places the pod on each node)."""
+        annotations = ctx.pod.annotations
+        if annotations.get(APP_CLASS) == ONLINE:
+            return None
+        mine = [a for c in ctx.pod.containers for a in c.asks if a.vendor == self.name]
+        if any(a.coresreq == 100 for a in mine) and self._topology_aware(annotations):
+            return None
+        return np.zeros(len(nodes), dtype=np.float32)
 
     def score_node(self, ctx: PodContext, state: ClusterState, node: int,
                    allocation: Sequence[Sequence[ContainerDevice]]) -> float:

@@ -24,6 +24,7 @@ from hami.model.requests import ContainerRequest
 from hami.scheduler import reasons as R
 from hami.vendors.base import (
     AnnotationKeys,
+    FloatArray,
     IntArray,
     Need,
     NodeSource,
@@ -34,6 +35,7 @@ from hami.vendors.base import (
     config_name,
     config_section,
     device_table,
+    row_ids,
 )
 
 if TYPE_CHECKING:
@@ -98,6 +100,24 @@ class Vastai(Vendor):
 
     scores_nodes: bool = True
 
+    def node_scores(self, ctx: PodContext, state: ClusterState, nodes: IntArray) -> FloatArray | None:
+        """With one die per container, a container scores 1 on a node whose dies all name their card
+        and 0 on one whose dies name none; other pods and mixed nodes are placed node by node."""
+        asks = [a for c in ctx.pod.containers for a in c.asks if a.vendor == self.name]
+        if any(a.nums != 1 for a in asks):
+            return None
+        codes, kinds = device_table(state, "vastai-score", lambda d: _score_kind(d) if d.vendor == self.name else None)
+        kind = np.asarray(kinds + [""], dtype=object)[codes[row_ids(state, state.vendor_rows(self.name))]]
+        node_of = state.dev_node[row_ids(state, state.vendor_rows(self.name))]
+        counted = np.bincount(node_of[kind == "card"], minlength=len(state.nodes))[nodes]
+        zeroing = np.bincount(node_of[kind == "none"], minlength=len(state.nodes))[nodes]
+        sizes = state.vendor_sizes(self.name)[nodes]
+        if ((counted != sizes) & (zeroing != sizes)).any():
+            return None  # a node whose dies differ: which one is chosen matters
+        score = np.where(counted == sizes, np.float32(len(asks)), np.float32(0)).astype(np.float32)
+        result: FloatArray = -score if ctx.node_policy is Policy.SPREAD else score
+        return result
+
     def score_node(self, ctx: PodContext, state: ClusterState, node: int,
                    allocation: Sequence[Sequence[ContainerDevice]]) -> float:
         score = np.float32(0)
@@ -119,6 +139,15 @@ class Vastai(Vendor):
         # HAMi adds it raw under either node policy, so spread (lowest total wins) would prefer
         # dies split over cards; turned under spread, keeping a container on one card helps both.
         return float(-score if ctx.node_policy is Policy.SPREAD else score)
+
+
+def _score_kind(device: DeviceInfo) -> str:
+    """How a die counts in HAMi's ScoreNode: "card" (a die of a named card: its container scores),
+    "none" (the whole pod scores 0) or "other" (its container scores 0)."""
+    custom = device.custom
+    if not custom or custom.get("DeviceStrategy", DIE) != DIE or "AIC" not in custom:
+        return "none"
+    return "card" if isinstance(custom["AIC"], str) else "other"
 
 
 def fewest_cards(cards: Sequence[str | None], wanted: int) -> list[int]:
