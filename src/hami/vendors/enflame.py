@@ -30,6 +30,7 @@ from hami.scheduler import reasons as R
 from hami.vendors.base import (
     INT32_MAX,
     AnnotationKeys,
+    BoolArray,
     IntArray,
     LockKind,
     Need,
@@ -229,20 +230,23 @@ class EnflameDrs(Vendor):
 
     def need(self, ask: ContainerRequest, state: ClusterState, rows: Rows, used: IntArray, usedmem: IntArray,
              usedcores: IntArray) -> Need:
-        return _need_of(self._profiles(ask, state, rows))
+        return self._need(ask, state, rows)[0]
 
-    def _profiles(self, ask: ContainerRequest, state: ClusterState, rows: Rows) -> list[Profile | None]:
-        """The profile each row's GCU would give the ask (None: none fits)."""
+    def _need(self, ask: ContainerRequest, state: ClusterState, rows: Rows) -> tuple[Need, BoolArray]:
+        """What the profile each row's GCU would give the ask takes, and where no profile fits."""
         codes, tables = device_table(state, "enflame-profiles", lambda d: device_profiles(d) or None)
-        chosen = [select_profile(table, ask) for table in tables] + [None]
-        return [chosen[c] for c in codes[rows].tolist()]
+        chosen = [select_profile(table, ask) for table in tables] + [None]  # code -1: not a DRS GCU
+        which = codes[rows]
+        size = np.asarray([p.size if p else 1 for p in chosen], dtype=np.int64)[which]
+        mem = np.asarray([p.memory_mib if p else 0 for p in chosen], dtype=np.int64)[which]
+        cores = np.asarray([p.core_percent if p else 0 for p in chosen], dtype=np.int64)[which]
+        missing = np.asarray([p is None for p in chosen], dtype=bool)[which]
+        return Need(slots=size, mem=mem, cores=cores), missing
 
     def usage_codes(self, ask: ContainerRequest, ctx: PodContext, state: ClusterState, rows: Rows, used: IntArray,
                     usedmem: IntArray, usedcores: IntArray, earlier: Sequence[int] = ()) -> tuple[IntArray, Need]:
-        profiles = self._profiles(ask, state, rows)
-        need = _need_of(profiles)
+        need, no_profile = self._need(ask, state, rows)
         count, totalmem, totalcore = state.count[rows], state.totalmem[rows], state.totalcore[rows]
-        no_profile = np.asarray([p is None for p in profiles], dtype=bool)
         codes = np.select(
             [
                 no_profile,
@@ -295,15 +299,6 @@ class EnflameDrs(Vendor):
     def decision_keys(self) -> tuple[str, ...]:
         return (*super().decision_keys(), ASSIGNED, ASSIGNED_TIME, ASSIGNED_INDEX, ASSIGNED_ID, ASSIGNED_MINOR,
                 REQUEST_SIZE, ASSIGNED_CONTAINERS)
-
-
-def _need_of(profiles: Sequence[Profile | None]) -> Need:
-    """What each GCU's profile takes: its memory and compute share (and, for HAMi's usage, its slices)."""
-    return Need(
-        slots=np.asarray([p.size if p else 1 for p in profiles], dtype=np.int64),
-        mem=np.asarray([p.memory_mib if p else 0 for p in profiles], dtype=np.int64),
-        cores=np.asarray([p.core_percent if p else 0 for p in profiles], dtype=np.int64),
-    )
 
 
 def _copy_to_both(container: dict[str, Any], name: str, value: Any) -> None:
