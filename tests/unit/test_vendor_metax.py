@@ -13,7 +13,7 @@ from hami.config import HamiConfig
 from hami.errors import HamiError
 from hami.model import ContainerDevice, ContainerRequest, DeviceInfo, NodeDevices, PodRequest
 from hami.scheduler.cache import ClusterCache
-from hami.scheduler.engine import Decision, PodContext, PolicyDefaults, commit
+from hami.scheduler.engine import Decision, PodContext, PolicyDefaults, commit, fit_pod_on_node
 from hami.scheduler.state import ClusterState
 from hami.vendors.base import PodDecisionInput
 from hami.vendors.metax import encode_sgpu_devices, prefer_metalink
@@ -594,3 +594,28 @@ def test_admission_review_patch_writes_the_default_qos() -> None:
     assert "/spec/containers" not in ops  # sGPU's webhook changes no container
     denied = mutate(pod_obj("p", ctr(limits={COUNT: "2"}), annotations={APP: "online"}), VENDORS)
     assert not denied.allowed and denied.message == "app-class pod must request single device"
+
+
+def test_online_node_scores_at_once_equal_the_placed_scores() -> None:
+    # Each node's devices carry other pods' classes; the online pod's score on a node is the one
+    # of the device it would get there, computed for all nodes at once.
+    classes = {
+        "a": [{"online": 2}, {"online": 1, "offline": 3}],
+        "b": [{"offline": 2}, {"offline": 1}],  # only offline pods: the one with fewer
+        "c": [{}, {"online": 1}],  # an idle device
+        "d": [{"online": 1, "offline": 1}],
+    }
+    nodes = [sgpu_node(n, *(sgpu(f"{n}-{i}", i) for i in range(len(c)))) for n, c in classes.items()]
+    state = cluster(VENDORS, *nodes)
+    for name, tallies in classes.items():
+        for i, tally in enumerate(tallies):
+            set_marks(state, f"{name}-{i}", tally)
+            with_usage(state, {f"{name}-{i}": (sum(tally.values()), 0, 0)})
+    pod = PodRequest(key="t/p", containers=(sask(mem=1024, cores=10),), names=("c",), annotations={APP: "online"})
+    ctx = PodContext.of(pod, PolicyDefaults())
+    everyone = np.arange(len(state.nodes), dtype=np.int64)
+    at_once = SGPU.node_scores(ctx, state, everyone)
+    assert at_once is not None
+    static = ctx.static_codes(state)
+    placed = [SGPU.score_node(ctx, state, n, fit_pod_on_node(state, n, ctx, static)[0] or ()) for n in everyone]
+    assert at_once.tolist() == placed == [-20 - 2 * 3, -100, 0, -22]

@@ -323,15 +323,38 @@ class MetaxSgpu(Vendor):
     policy_neutral_score: bool = True
 
     def node_scores(self, ctx: PodContext, state: ClusterState, nodes: IntArray) -> FloatArray | None:
-        """0 for every node unless the pod is online or takes a whole device with topology awareness
-        (then the devices chosen decide, and the engine places the pod on each node)."""
+        """0 for every node unless the pod is online (then the device it would get on each node
+        decides) or takes a whole device with topology awareness (then the engine places the pod
+        on each node)."""
         annotations = ctx.pod.annotations
-        if annotations.get(APP_CLASS) == ONLINE:
-            return None
         mine = [a for c in ctx.pod.containers for a in c.asks if a.vendor == self.name]
+        if annotations.get(APP_CLASS) == ONLINE:
+            return self._online_scores(mine[0], ctx, state, nodes) if len(mine) == 1 and mine[0].nums == 1 else None
         if any(a.coresreq == 100 for a in mine) and self._topology_aware(annotations):
             return None
         return np.zeros(len(nodes), dtype=np.float32)
+
+    def _online_scores(self, ask: ContainerRequest, ctx: PodContext, state: ClusterState,
+                       nodes: IntArray) -> FloatArray:
+        """An online pod's one device on each node is the fitting device it prefers (fewest online
+        pods, devices with only offline pods last); its score is that device's."""
+        rows = state.vendor_rows(self.name)
+        ids = row_ids(state, rows)
+        usage, _ = self.usage_codes(ask, ctx, state, rows, state.used[rows], state.usedmem[rows],
+                                    state.usedcores[rows])
+        fits = (usage == 0) & (ctx.static_codes(state)[ids] == 0)
+        on, off, _, _ = _pod_marks(state, ids)
+        only_offline = (on == 0) & (off > 0)
+        first_key, second_key = np.where(only_offline, off, on), np.where(only_offline, 0, off)
+        score = np.where(only_offline, -100 * off, -20 * on - 2 * off)
+        node_of = state.dev_node[ids]
+        order = np.lexsort((second_key, first_key, only_offline, ~fits, node_of))  # the last key sorts first
+        ordered_nodes = node_of[order]
+        best = order[np.concatenate([[True], ordered_nodes[1:] != ordered_nodes[:-1]])] if len(order) else order
+        per_node = np.zeros(len(state.nodes), dtype=np.float32)
+        per_node[node_of[best]] = np.where(fits[best], score[best], 0)
+        result: FloatArray = per_node[nodes]
+        return result
 
     def score_node(self, ctx: PodContext, state: ClusterState, node: int,
                    allocation: Sequence[Sequence[ContainerDevice]]) -> float:
