@@ -29,11 +29,11 @@ from hami.vendors.base import (
     Resources,
     Rows,
     Vendor,
+    capacity_int,
     config_name,
     config_section,
     resources_of,
 )
-from hami.vendors.cambricon import capacity_int
 
 if TYPE_CHECKING:
     from hami.scheduler.engine import PodContext

@@ -36,7 +36,7 @@ from hami.errors import HamiError
 from hami.model.allocation import ContainerDevice, PodAllocation
 from hami.model.devices import DeviceInfo
 from hami.model.requests import NO_PERCENTAGE, ContainerRequest
-from hami.quantity import QuantityError, parse_whole
+from hami.quantity import QuantityError, parse_quantity, parse_whole
 from hami.scheduler import reasons as R
 
 if TYPE_CHECKING:
@@ -500,6 +500,39 @@ def device_table(state: ClusterState, key: str, value_of: Callable[[DeviceInfo],
     codes.flags.writeable = False
     state.static_cache[cache_key] = (codes, values)  # type: ignore[assignment]
     return codes, values
+
+
+def capacity_int(capacity: Mapping[str, Any], name: str | None) -> int:
+    """A whole node-capacity value; 0 when absent or not a whole number (HAMi: no devices)."""
+    if not name or name not in capacity:
+        return 0
+    try:
+        return parse_whole(capacity[name])
+    except QuantityError:
+        return 0
+
+
+def rounded_up(container: Mapping[str, Any], name: str, raw: Any) -> int:
+    """A count as Go's Quantity.Value() reads it: rounded up to a whole number."""
+    try:
+        value = parse_quantity(raw)
+    except QuantityError as exc:
+        raise HamiError(f"container {container.get('name')!r}: {name}: {exc}") from None
+    whole = int(value)
+    return whole + 1 if value > whole else whole
+
+
+def same_device_rule(codes: IntArray, state: ClusterState, rows: Rows, earlier: Sequence[int]) -> IntArray:
+    """HAMi's customFilterRule (Moore Threads, MetaX GPU): once a pod holds a device of the vendor,
+    its later containers may only use that same device."""
+    if not earlier:
+        return codes
+    ids = row_ids(state, rows)
+    same = np.ones(len(ids), dtype=bool)
+    for row in set(earlier):
+        same &= ids == row
+    rule = R.CODE_OF[R.CARD_NOT_FOUND_CUSTOM_FILTER_RULE]
+    return np.where((codes == 0) & ~same, rule, codes).astype(np.int64)
 
 
 def config_section(raw: Any, what: str) -> dict[str, Any]:

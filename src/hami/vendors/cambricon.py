@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hami.model.devices import DeviceInfo
-from hami.quantity import QuantityError, parse_whole
 from hami.vendors.base import (
     AnnotationKeys,
     LockKind,
@@ -25,6 +24,7 @@ from hami.vendors.base import (
     PodDecisionInput,
     Resources,
     Vendor,
+    capacity_int,
     config_name,
     config_section,
 )
@@ -73,16 +73,6 @@ class Cambricon(Vendor):
 
     def decision_keys(self) -> tuple[str, ...]:
         return (*super().decision_keys(), ASSIGNED, PROFILE)
-
-
-def capacity_int(capacity: Mapping[str, Any], name: str | None) -> int:
-    """A whole node-capacity value; 0 when absent or not a whole number (HAMi: no devices)."""
-    if not name or name not in capacity:
-        return 0
-    try:
-        return parse_whole(capacity[name])
-    except QuantityError:
-        return 0
 
 
 def cambricon(raw: Any) -> list[Vendor]:

@@ -49,6 +49,7 @@ from hami.vendors.base import (
     Rows,
     Vendor,
     Walk,
+    capacity_int,
     config_bool,
     config_name,
     config_section,
@@ -57,11 +58,11 @@ from hami.vendors.base import (
     generic_usage_codes,
     json_annotation,
     resources_of,
+    rounded_up,
     row_ids,
+    same_device_rule,
     writable_annotations,
 )
-from hami.vendors.cambricon import capacity_int
-from hami.vendors.mthreads import rounded_up, same_device_rule
 
 if TYPE_CHECKING:
     from hami.scheduler.engine import PodContext

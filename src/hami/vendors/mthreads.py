@@ -15,13 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from hami.errors import HamiError
 from hami.model.devices import DeviceInfo
 from hami.model.requests import ContainerRequest
 from hami.quantity import QuantityError, parse_quantity
-from hami.scheduler import reasons as R
 from hami.vendors.base import (
     AnnotationKeys,
     IntArray,
@@ -32,14 +29,15 @@ from hami.vendors.base import (
     Resources,
     Rows,
     Vendor,
+    capacity_int,
     config_name,
     config_section,
     generic_usage_codes,
     resources_of,
-    row_ids,
+    rounded_up,
+    same_device_rule,
     writable_annotations,
 )
-from hami.vendors.cambricon import capacity_int
 
 if TYPE_CHECKING:
     from hami.scheduler.engine import PodContext
@@ -141,29 +139,6 @@ class Mthreads(Vendor):
 
     def decision_keys(self) -> tuple[str, ...]:
         return (*super().decision_keys(), GPU_INDEX, PREDICATE_TIME, PREDICATE_NODE)
-
-
-def same_device_rule(codes: IntArray, state: ClusterState, rows: Rows, earlier: Sequence[int]) -> IntArray:
-    """HAMi's customFilterRule (Moore Threads, MetaX GPU): once a pod holds a device of the vendor,
-    its later containers may only use that same device."""
-    if not earlier:
-        return codes
-    ids = row_ids(state, rows)
-    same = np.ones(len(ids), dtype=bool)
-    for row in set(earlier):
-        same &= ids == row
-    rule = R.CODE_OF[R.CARD_NOT_FOUND_CUSTOM_FILTER_RULE]
-    return np.where((codes == 0) & ~same, rule, codes).astype(np.int64)
-
-
-def rounded_up(container: Mapping[str, Any], name: str, raw: Any) -> int:
-    """A count as Go's Quantity.Value() reads it: rounded up to a whole number."""
-    try:
-        value = parse_quantity(raw)
-    except QuantityError as exc:
-        raise HamiError(f"container {container.get('name')!r}: {name}: {exc}") from None
-    whole = int(value)
-    return whole + 1 if value > whole else whole
 
 
 def mthreads(raw: Any) -> list[Vendor]:
