@@ -10,7 +10,7 @@ import pytest
 from hami.errors import HamiError
 from hami.model import ContainerDevice, ContainerRequest, DeviceInfo
 from hami.vendors.base import LockKind, PodDecisionInput
-from hami.vendors.enflame import DIRECT, SPEC, parse_profile
+from hami.vendors.enflame import DIRECT, SPEC, encode_drs_capacity, parse_profile
 
 from .vendor_scenarios import (
     VENDORS,
@@ -62,6 +62,13 @@ def test_registration_index_minor_and_capacity_forms() -> None:
     assert (a.id, a.index, a.custom["minor"], a.count) == ("n-enflame-drs-3", 3, "3", 6)  # no minor: the index
     assert (b.id, b.index, b.custom["minor"], b.count) == ("n-enflame-drs-1", 1, "7", 4)  # bad index: position
     assert a.devmem == 16 * 1024 and a.custom["maxSlice"] == 2
+
+
+def test_registration_round_trip() -> None:
+    [node] = registered(VENDORS, drs_node("n", 6, "4", 2))
+    again = node_obj("n", annotations={CAPACITY: encode_drs_capacity(node.devices)})
+    assert registered(VENDORS, again)[0].devices == node.devices
+    assert [d.count for d in node.devices] == [6, 4, 2]
 
 
 @pytest.mark.parametrize(("spec", "message"), [

@@ -356,6 +356,14 @@ def decode_drs_capacity(node: str, spec: Any) -> list[DeviceInfo]:
     return result
 
 
+def encode_drs_capacity(devices: Sequence[DeviceInfo]) -> str:
+    """`enflame.com/gcu-drs-capacity` for these GCUs, as Enflame's plugin writes it (tests, tools)."""
+    profiles = devices[0].custom.get("profiles", {}) if devices else {}
+    gcus = [{"index": str(d.custom.get("index", d.index)), "minor": str(d.custom.get("minor", "")),
+             "capacity": d.count} for d in devices]
+    return json.dumps({"devices": gcus, "profiles": profiles}, separators=(",", ":"))
+
+
 def enflame_drs(raw: Any) -> list[Vendor]:
     section = config_section(raw, "enflame")
     legacy = section.get("resourceNameVGCU") or "enflame.com/drs-gcu"
