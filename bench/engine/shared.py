@@ -15,6 +15,7 @@ of each vendor, in wall time and CPU time (CPU time is steadier on a shared mach
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 from collections.abc import Callable
@@ -155,7 +156,7 @@ def pod(key: str, vendors: VendorSet, rng: Rng) -> tuple[str, PodRequest]:
     return MIX[kind][0], vendors.pod_request(obj)
 
 
-def measure(nodes: int, pods: int, seed: int) -> dict[str, tuple[list[float], list[float]]]:
+def measure(nodes: int, pods: int, seed: int, freeze: bool = False) -> dict[str, tuple[list[float], list[float]]]:
     rng = np.random.default_rng(seed)
     vendors = VendorSet.from_config(HamiConfig())
     state = build(nodes, vendors, rng)
@@ -165,6 +166,9 @@ def measure(nodes: int, pods: int, seed: int) -> dict[str, tuple[list[float], li
         _, request = pod(f"fill/p{k}", vendors, rng)
         commit(state, request, schedule(state, request, defaults, explain=False))
         k += 1
+    if freeze:  # keep the cluster's objects out of the garbage collector's full passes
+        gc.collect()
+        gc.freeze()
     times: dict[str, tuple[list[float], list[float]]] = {}
     for i in range(pods):
         vendor, request = pod(f"bench/p{i}", vendors, rng)
@@ -184,10 +188,12 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, action="append", help="cluster size (repeatable)")
     parser.add_argument("--pods", type=int, default=400, help="measured pods per size")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() once the cluster is filled (shows the garbage collector's share of p99)")
     args = parser.parse_args()
     print(f"{'nodes':>6} {'pods of':>11} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'p50 cpu':>8} {'p99 cpu':>8}")
     for nodes in args.nodes or [1000, 5000]:
-        times = measure(nodes, args.pods, args.seed)
+        times = measure(nodes, args.pods, args.seed, args.gc_freeze)
         for key in ["all"] + [m[0] for m in MIX]:
             if key not in times:
                 continue
