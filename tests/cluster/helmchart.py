@@ -7,7 +7,8 @@
 - ``can_i`` asks the API server a SubjectAccessReview for a ServiceAccount;
 - ``allowed_rules`` lists what a ServiceAccount may do in a namespace (SelfSubjectRulesReview,
   asked with its own token);
-- ``start_kube_scheduler`` runs the pinned kube-scheduler with a given config and kubeconfig.
+- ``start_kube_scheduler`` runs the pinned kube-scheduler with a given config and kubeconfig;
+- ``volume_file`` says which key of which Secret or ConfigMap a container sees at a path.
 """
 
 from __future__ import annotations
@@ -165,3 +166,24 @@ def start_kube_scheduler(cp: ControlPlane, config: Mapping[str, Any], kubeconfig
 
     process.wait_until(ready, "ready (/readyz)", timeout=timeout)
     return process
+
+
+def volume_file(pod_spec: Mapping[str, Any], container: Mapping[str, Any], path: str) -> tuple[str, str, str]:
+    """(kind, name, key) of the Secret or ConfigMap item that `container` sees at `path`, as kubelet
+    mounts it; ClusterError when no volume of the container holds that file."""
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(prefix):
+            continue
+        volume = volumes[mount["name"]]
+        relative = path[len(prefix):]
+        for kind, field, name_field in (("Secret", "secret", "secretName"), ("ConfigMap", "configMap", "name")):
+            if field in volume:
+                items = volume[field].get("items")
+                if items is None:  # every key, each as a file of its name
+                    return kind, volume[field][name_field], relative
+                for item in items:
+                    if item["path"] == relative:
+                        return kind, volume[field][name_field], item["key"]
+    raise ClusterError(f"no volume of container {container['name']} holds {path}")

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hami.cli import build_parser
 from hami.config import parse_config
 from hami.vendors.registry import VendorSet
-from tests.cluster.helmchart import CHART_DIR, by_kind_name, helm_binary, objects, render
+from tests.cluster.helmchart import CHART_DIR, by_kind_name, helm_binary, objects, render, volume_file
 
 HAMI_VALUES = Path(__file__).resolve().parents[1] / "data" / "hami-v2.10-values.yaml"
 
@@ -55,14 +56,22 @@ def test_helm_lint_is_clean(values: tuple[Path, ...]) -> None:
     assert "warning" not in result.stderr.lower(), result.stderr
 
 
-@pytest.mark.parametrize("values", [(), (HAMI_VALUES,)], ids=["defaults", "hami-v2.10-values"])
-def test_every_hami_command_line_parses(values: tuple[Path, ...]) -> None:
+UI_EVERYTHING = {"ui.enabled": "true", "ui.prometheus.url": "http://prometheus.monitoring:9090",
+                 "ui.authProxy.enabled": "true", "ui.authProxy.caBundle": "PEM",
+                 "scheduler.admissionWebhook.mtls.enabled": "true",
+                 "scheduler.admissionWebhook.mtls.caConfigMap": "kube-root-ca.crt",
+                 "scheduler.admissionWebhook.mtls.allowedNames": "{kube-apiserver-webhook-client}"}
+
+
+@pytest.mark.parametrize(("values", "sets"), [((), {}), ((HAMI_VALUES,), {}), ((), UI_EVERYTHING)],
+                         ids=["defaults", "hami-v2.10-values", "ui-and-client-certificates"])
+def test_every_hami_command_line_parses(values: tuple[Path, ...], sets: dict[str, str]) -> None:
     """The rendered `hami …` command lines are accepted by hami's own argument parser, and the
     device config is one hami reads."""
-    items = rendered(values=values)
+    items = rendered(values=values, **sets)
     commands = {key: c["command"] for key, c in containers(items).items() if c.get("command", [""])[0] == "hami"}
-    assert set(commands) == {"hami-scheduler/hami-scheduler", "hami-device-plugin/device-plugin",
-                             "hami-device-plugin/monitor"}
+    expected = {"hami-scheduler/hami-scheduler", "hami-device-plugin/device-plugin", "hami-device-plugin/monitor"}
+    assert set(commands) == expected | ({"hami-ui/ui"} if sets else set())
     parser = build_parser()
     for key, command in commands.items():
         args = parser.parse_args([a.replace("$(POD_NAME)", "pod-0") for a in command[1:]])
@@ -93,6 +102,10 @@ def test_hami_values_file_is_honoured_where_it_applies() -> None:
     assert monitor["command"][:4] == ["hami", "monitor", "--metrics-bind-address", ":9394"]
     env = {e["name"]: e.get("value") for e in monitor["env"]}
     assert env["HOOK_PATH"] == "/usr/local/vgpu" and "NODE_NAME" in env
+    # kube-scheduler runs in the pod, so the extender's client certificates are wired as by default.
+    assert "certFile" in yaml.safe_load(items[("ConfigMap", "hami-scheduler")]["data"]["config.yaml"])[
+        "extenders"][0]["tlsConfig"]
+    assert "--extender-allowed-names=kube-scheduler" in found["hami-scheduler/hami-scheduler"]["command"]
 
 
 def test_one_daemonset_per_vendor_entry() -> None:
@@ -135,12 +148,22 @@ def test_chart_made_certificate_serves_the_service_and_the_custom_url() -> None:
 
 
 def test_cert_manager_option() -> None:
-    items = rendered(**{"scheduler.certManager.enabled": "true"})
-    assert ("Secret", "hami-scheduler-tls") not in items and ("Secret", "hami-scheduler-ca") not in items
+    items = rendered(**{"scheduler.certManager.enabled": "true", "ui.enabled": "true"})
+    assert not [k for k in items if k[0] == "Secret"]
     assert {k for k in items if k[0] in ("Issuer", "Certificate")} == {
         ("Issuer", "hami-scheduler-selfsigned"), ("Certificate", "hami-scheduler-ca"),
-        ("Issuer", "hami-scheduler-ca"), ("Certificate", "hami-scheduler-tls")}
+        ("Issuer", "hami-scheduler-ca"), ("Certificate", "hami-scheduler-tls"),
+        ("Certificate", "hami-kube-scheduler-client"), ("Certificate", "hami-ui-tls")}
     assert items[("Certificate", "hami-scheduler-tls")]["spec"]["secretName"] == "hami-scheduler-tls"
+    client = items[("Certificate", "hami-kube-scheduler-client")]["spec"]
+    assert (client["secretName"], client["commonName"]) == ("hami-kube-scheduler-client", "kube-scheduler")
+    assert "client auth" in client["usages"] and client["issuerRef"]["name"] == "hami-scheduler-ca"
+    ui = items[("Certificate", "hami-ui-tls")]["spec"]
+    assert "hami-ui.kube-system.svc" in ui["dnsNames"] and ui["issuerRef"]["name"] == "hami-scheduler-ca"
+    # Without cert-manager's own: the UI brings its certificate.
+    items = rendered(**{"scheduler.certManager.enabled": "true", "ui.enabled": "true",
+                        "ui.tls.existingSecret": "my-ui-cert"})
+    assert ("Certificate", "hami-ui-tls") not in items
     webhook = items[("MutatingWebhookConfiguration", "hami-webhook")]
     assert webhook["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": "kube-system/hami-scheduler-tls"}
     assert "caBundle" not in webhook["webhooks"][0]["clientConfig"]
@@ -193,7 +216,11 @@ def test_two_replicas_are_replaced_together() -> None:
 @pytest.mark.parametrize(("sets", "message"), [
     ({"scheduler.defaultSchedulerPolicy.gpuSchedulerPolicy": "topology-aware"},
      'gpuSchedulerPolicy: "topology-aware" is not supported by hami; use binpack or spread'),
-    ({"scheduler.extender.mtls.enabled": "true"}, "hami scheduler has no client-certificate flags"),
+    ({"scheduler.admissionWebhook.mtls.enabled": "true"},
+     "scheduler.admissionWebhook.mtls.enabled needs the CA of the API server's webhook client certificate"),
+    ({"ui.enabled": "true", "ui.authProxy.enabled": "true"}, "ui.authProxy.enabled needs ui.authProxy.caBundle"),
+    ({"ui.enabled": "true", "scheduler.defaultSchedulerPolicy.nodeSchedulerPolicy": "topology-aware"},
+     'nodeSchedulerPolicy: "topology-aware" is not supported by hami'),
     ({"devicePlugin.nodeConfiguration.config": "not json"}, "devicePlugin.nodeConfiguration.config is not valid JSON"),
     ({"device-config.content": "nvidia: [unclosed"}, "device-config.content is not valid YAML"),
     ({"devicePlugin.nodeConfiguration.externalConfigName": "mine"}, "externalConfigName is not supported"),
@@ -229,3 +256,155 @@ def test_values_reach_the_device_config_and_the_flags(tmp_path: Path) -> None:
             "--only-best-node"} <= set(command)
     assert "-v=5" not in command
     assert shlex.join(command)  # plain strings only
+
+
+def pem_of(items: dict[tuple[str, str], Any], kind: str, name: str, key: str) -> bytes:
+    data = items[(kind, name)]["data"][key]
+    return base64.b64decode(data) if kind == "Secret" else str(data).encode()
+
+
+def flag(command: list[str], name: str) -> str | None:
+    return next((a.split("=", 1)[1] for a in command if a.startswith(f"{name}=")), None)
+
+
+def secret_files(pod_spec: dict[str, Any], container: dict[str, Any]) -> set[tuple[str, str]]:
+    """(Secret, key) of every Secret item the container mounts."""
+    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    found = set()
+    for mount in container["volumeMounts"]:
+        secret = volumes[mount["name"]].get("secret")
+        if secret is not None:
+            found |= {(secret["secretName"], item["key"]) for item in secret["items"]}
+    return found
+
+
+def test_extender_client_certificates_are_wired_by_default() -> None:
+    """kube-scheduler presents a certificate of the chart's CA with its own name; hami scheduler takes
+    only that CA and that name on the extender routes. Every path resolves to the right Secret key."""
+    items = rendered()
+    pod = items[("Deployment", "hami-scheduler")]["spec"]["template"]["spec"]
+    kube = next(c for c in pod["containers"] if c["name"] == "kube-scheduler")
+    hami = next(c for c in pod["containers"] if c["name"] == "hami-scheduler")
+    tls_config = yaml.safe_load(items[("ConfigMap", "hami-scheduler")]["data"]["config.yaml"])["extenders"][0][
+        "tlsConfig"]
+    assert set(tls_config) == {"caFile", "certFile", "keyFile"}  # no `insecure`
+    sources = {field: volume_file(pod, kube, path) for field, path in tls_config.items()}
+    assert sources == {"caFile": ("Secret", "hami-scheduler-tls", "ca.crt"),
+                       "certFile": ("Secret", "hami-kube-scheduler-client", "tls.crt"),
+                       "keyFile": ("Secret", "hami-kube-scheduler-client", "tls.key")}
+    client_ca = flag(hami["command"], "--extender-client-ca")
+    assert client_ca is not None and volume_file(pod, hami, client_ca) == ("Secret", "hami-scheduler-tls", "ca.crt")
+    assert flag(hami["command"], "--extender-allowed-names") == "kube-scheduler"
+    assert flag(hami["command"], "--webhook-client-ca") is None  # needs the API server's configuration: opt-in
+
+    ca = x509.load_pem_x509_certificate(pem_of(items, "Secret", "hami-scheduler-tls", "ca.crt"))
+    client = x509.load_pem_x509_certificate(pem_of(items, "Secret", "hami-kube-scheduler-client", "tls.crt"))
+    client.verify_directly_issued_by(ca)
+    assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "kube-scheduler"
+    usages = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in usages
+    # The serving certificate comes from the same CA but with another name: it cannot call /bind.
+    serving = x509.load_pem_x509_certificate(pem_of(items, "Secret", "hami-scheduler-tls", "tls.crt"))
+    assert serving.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "hami-scheduler"
+    # Each process holds only its own key.
+    assert secret_files(pod, kube) == {("hami-scheduler-tls", "ca.crt"), ("hami-kube-scheduler-client", "tls.crt"),
+                                       ("hami-kube-scheduler-client", "tls.key")}
+    assert secret_files(pod, hami) == {("hami-scheduler-tls", "ca.crt"), ("hami-scheduler-tls", "tls.crt"),
+                                       ("hami-scheduler-tls", "tls.key")}
+
+    # Another name; or off: no client Secret, no flag, no certificate in kube-scheduler's config.
+    items = rendered(**{"scheduler.extender.mtls.clientName": "hami-kube-scheduler"})
+    client = x509.load_pem_x509_certificate(pem_of(items, "Secret", "hami-kube-scheduler-client", "tls.crt"))
+    assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "hami-kube-scheduler"
+    assert flag(containers(items)["hami-scheduler/hami-scheduler"]["command"],
+                "--extender-allowed-names") == "hami-kube-scheduler"
+    items = rendered(**{"scheduler.extender.mtls.enabled": "false"})
+    assert ("Secret", "hami-kube-scheduler-client") not in items
+    assert not [a for a in containers(items)["hami-scheduler/hami-scheduler"]["command"] if a.startswith("--extender")]
+    assert yaml.safe_load(items[("ConfigMap", "hami-scheduler")]["data"]["config.yaml"])["extenders"][0][
+        "tlsConfig"] == {"caFile": "/tls-ca/ca.crt"}
+    # Without kube-scheduler in the pod the certificate is still made, for the user's own kube-scheduler.
+    items = rendered(**{"scheduler.kubeScheduler.enabled": "false"})
+    assert ("Secret", "hami-kube-scheduler-client") in items
+
+
+def test_webhook_client_certificate_option() -> None:
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+    items = rendered(**{"scheduler.admissionWebhook.mtls.enabled": "true",
+                        "scheduler.admissionWebhook.mtls.caBundle": pem,
+                        "scheduler.admissionWebhook.mtls.allowedNames": "{kube-apiserver-webhook-client,other}"})
+    pod = items[("Deployment", "hami-scheduler")]["spec"]["template"]["spec"]
+    hami = next(c for c in pod["containers"] if c["name"] == "hami-scheduler")
+    path = flag(hami["command"], "--webhook-client-ca")
+    assert path is not None and volume_file(pod, hami, path) == ("ConfigMap", "hami-webhook-client-ca", "ca.crt")
+    assert pem_of(items, "ConfigMap", "hami-webhook-client-ca", "ca.crt").decode().strip() == pem
+    assert flag(hami["command"], "--webhook-allowed-names") == "kube-apiserver-webhook-client,other"
+    # A ConfigMap that is already there (kubeadm's cluster CA in every namespace).
+    items = rendered(**{"scheduler.admissionWebhook.mtls.enabled": "true",
+                        "scheduler.admissionWebhook.mtls.caConfigMap": "kube-root-ca.crt"})
+    pod = items[("Deployment", "hami-scheduler")]["spec"]["template"]["spec"]
+    hami = next(c for c in pod["containers"] if c["name"] == "hami-scheduler")
+    assert volume_file(pod, hami, "/webhook-client-ca/ca.crt") == ("ConfigMap", "kube-root-ca.crt", "ca.crt")
+    assert ("ConfigMap", "hami-webhook-client-ca") not in items
+    assert flag(hami["command"], "--webhook-allowed-names") is None
+    # No webhook, nothing to protect.
+    items = rendered(**{"scheduler.admissionWebhook.enabled": "false",
+                        "scheduler.admissionWebhook.mtls.enabled": "true"})
+    assert flag(containers(items)["hami-scheduler/hami-scheduler"]["command"], "--webhook-client-ca") is None
+    assert ("ConfigMap", "hami-webhook-client-ca") not in items
+
+
+def ui_objects(items: dict[tuple[str, str], Any]) -> set[tuple[str, str]]:
+    return {key for key, item in items.items()
+            if item["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "hami-ui"}
+
+
+def test_ui_is_its_own_deployment_with_list_and_watch_only() -> None:
+    assert ui_objects(rendered()) == set()  # off by default
+    items = rendered(namespace="gpu", **{"ui.enabled": "true", "ui.tls.dnsNames": "{hami.example.com}"})
+    assert ui_objects(items) == {("Deployment", "hami-ui"), ("Service", "hami-ui"), ("ServiceAccount", "hami-ui"),
+                                 ("ClusterRole", "hami-ui"), ("ClusterRoleBinding", "hami-ui"),
+                                 ("Secret", "hami-ui-tls")}
+    assert items[("ClusterRole", "hami-ui")]["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["list", "watch"]}]
+    binding = items[("ClusterRoleBinding", "hami-ui")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hami-ui", "namespace": "gpu"}]
+    pod = items[("Deployment", "hami-ui")]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "hami-ui"
+    (ui,) = pod["containers"]
+    command = ui["command"]
+    assert command[:2] == ["hami", "ui"] and flag(command, "--prometheus") is None
+    assert volume_file(pod, ui, str(flag(command, "--tls-cert"))) == ("Secret", "hami-ui-tls", "tls.crt")
+    assert volume_file(pod, ui, str(flag(command, "--config"))) == ("ConfigMap", "hami-scheduler-device",
+                                                                    "device-config.yaml")
+    assert ui["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
+    # HTTPS with a certificate of the chart's CA for the Service's names.
+    leaf = x509.load_pem_x509_certificate(pem_of(items, "Secret", "hami-ui-tls", "tls.crt"))
+    leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(pem_of(items, "Secret", "hami-scheduler-tls",
+                                                                         "ca.crt")))
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert names == ["hami-ui", "hami-ui.gpu", "hami-ui.gpu.svc", "hami-ui.gpu.svc.cluster.local", "hami.example.com"]
+    service = items[("Service", "hami-ui")]["spec"]
+    assert service["ports"] == [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}]
+    assert service["sessionAffinity"] == "ClientIP"
+    # The scheduler's pod is unchanged by the UI.
+    assert [c["name"] for c in items[("Deployment", "hami-scheduler")]["spec"]["template"]["spec"]["containers"]] == [
+        "kube-scheduler", "hami-scheduler"]
+
+
+def test_ui_options_prometheus_proxy_and_own_certificate() -> None:
+    items = rendered(**UI_EVERYTHING, **{"ui.tls.existingSecret": "my-ui-cert"})
+    pod = items[("Deployment", "hami-ui")]["spec"]["template"]["spec"]
+    (ui,) = pod["containers"]
+    assert flag(ui["command"], "--prometheus") == "http://prometheus.monitoring:9090"
+    assert volume_file(pod, ui, str(flag(ui["command"], "--proxy-client-ca"))) == ("ConfigMap", "hami-ui-proxy-ca",
+                                                                                   "ca.crt")
+    assert pem_of(items, "ConfigMap", "hami-ui-proxy-ca", "ca.crt") == b"PEM\n"
+    assert flag(ui["command"], "--user-header") == "X-Remote-User"
+    # Only the proxy's certificate connects: the probes check TCP.
+    assert ui["readinessProbe"]["tcpSocket"] == {"port": "https"} and "httpGet" not in ui["livenessProbe"]
+    # Behind the proxy the UI asks the API server about the proxy's user itself.
+    assert items[("ClusterRole", "hami-ui")]["rules"][1] == {
+        "apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}
+    assert ("Secret", "hami-ui-tls") not in items
+    assert volume_file(pod, ui, "/tls/tls.key") == ("Secret", "my-ui-cert", "tls.key")

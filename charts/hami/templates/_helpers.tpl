@@ -42,6 +42,31 @@
 {{- printf "%s-scheduler-ca" (include "hami.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* Secret with kube-scheduler's client certificate for the extender (tls.crt, tls.key, ca.crt). */}}
+{{- define "hami.clientSecret" -}}
+{{- printf "%s-kube-scheduler-client" (include "hami.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* ConfigMap with the CA of kube-apiserver's webhook client certificate, when given inline. */}}
+{{- define "hami.webhookClientCA" -}}
+{{- printf "%s-webhook-client-ca" (include "hami.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The web UI (`hami ui`): Deployment, Service, ServiceAccount; its serving certificate's Secret. */}}
+{{- define "hami.ui" -}}
+{{- printf "%s-ui" (include "hami.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "hami.uiTlsSecret" -}}
+{{- .Values.ui.tls.existingSecret | default (printf "%s-ui-tls" (include "hami.fullname" .) | trunc 63 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* DNS names of a Service: name, name.ns, name.ns.svc, name.ns.svc.<clusterDomain>. */}}
+{{- define "hami.serviceDNSNames" -}}
+{{- $ns := include "hami.namespace" .root -}}
+{{- toJson (list .name (printf "%s.%s" .name $ns) (printf "%s.%s.svc" .name $ns) (printf "%s.%s.svc.%s" .name $ns .root.Values.scheduler.tls.clusterDomain)) -}}
+{{- end -}}
+
 {{/* Lease of kube-scheduler (HAMi's: the schedulerName) and of hami scheduler. */}}
 {{- define "hami.kubeSchedulerLease" -}}
 {{- .Values.schedulerName -}}
@@ -138,6 +163,11 @@ hami does not have: a HAMi values file passes them by default.
 {{- else -}}
 {{- fail (printf "a duration must look like 90s, 5m or 1h, got %q" $text) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The common name of kube-scheduler's client certificate; the only name the extender routes take. */}}
+{{- define "hami.mtlsClientName" -}}
+{{- .Values.scheduler.extender.mtls.clientName | default "kube-scheduler" -}}
 {{- end -}}
 
 {{- define "hami.port" -}}
@@ -239,7 +269,10 @@ needs them (memoised in .Values, which all templates of this chart share during 
 The CA is kept across upgrades (looked up from its Secret) so the webhook's caBundle and
 kube-scheduler's trust do not change; it is replaced when less than caRenewBeforeDays remain,
 and the old one stays in the bundle until it expires. The serving certificate is issued again
-on every install and upgrade. Returns JSON: caCert, caKey, caExpires, bundle, cert, key.
+on every install and upgrade, and so are kube-scheduler's client certificate (scheduler.extender.mtls)
+and the UI's serving certificate (ui.enabled); the processes read them again from their files.
+Returns JSON: caCert, caKey, caExpires, bundle, cert, key, and clientCert, clientKey, uiCert, uiKey
+when they are made.
 */}}
 {{- define "hami.tls" -}}
 {{- if not (hasKey .Values "__hamiTLS") -}}
@@ -274,12 +307,28 @@ on every install and upgrade. Returns JSON: caCert, caKey, caExpires, bundle, ce
 {{- $dns = append $dns (toString $custom.host) -}}
 {{- end -}}
 {{- end -}}
-{{- $leaf := genSignedCert $host $ips $dns ($tls.certValidityDays | int) $ca.obj -}}
+{{- $days := $tls.certValidityDays | int -}}
+{{- $leaf := genSignedCert $host $ips $dns $days $ca.obj -}}
 {{- $bundle := $ca.cert -}}
 {{- if $old -}}
 {{- $bundle = printf "%s\n%s" (trimSuffix "\n" $ca.cert) $old -}}
 {{- end -}}
-{{- $_ := set .Values "__hamiTLS" (dict "caCert" $ca.cert "caKey" $ca.key "caExpires" (toString $ca.expires) "bundle" $bundle "cert" $leaf.Cert "key" $leaf.Key) -}}
+{{- $made := dict "caCert" $ca.cert "caKey" $ca.key "caExpires" (toString $ca.expires) "bundle" $bundle "cert" $leaf.Cert "key" $leaf.Key -}}
+{{- if .Values.scheduler.extender.mtls.enabled -}}
+{{- /* kube-scheduler's client certificate: no names to serve, only its common name, which hami
+scheduler's --extender-allowed-names checks (so the serving certificate, from the same CA, cannot bind). */ -}}
+{{- $client := genSignedCert (include "hami.mtlsClientName" .) (list) (list) $days $ca.obj -}}
+{{- $_ := set $made "clientCert" $client.Cert -}}
+{{- $_ := set $made "clientKey" $client.Key -}}
+{{- end -}}
+{{- if and .Values.ui.enabled (not .Values.ui.tls.existingSecret) -}}
+{{- $uiHost := include "hami.ui" . -}}
+{{- $uiDNS := concat (include "hami.serviceDNSNames" (dict "root" . "name" $uiHost) | fromJsonArray) (.Values.ui.tls.dnsNames | default list) -}}
+{{- $ui := genSignedCert $uiHost (list) $uiDNS $days $ca.obj -}}
+{{- $_ := set $made "uiCert" $ui.Cert -}}
+{{- $_ := set $made "uiKey" $ui.Key -}}
+{{- end -}}
+{{- $_ := set .Values "__hamiTLS" $made -}}
 {{- end -}}
 {{- toJson (get .Values "__hamiTLS") -}}
 {{- end -}}
