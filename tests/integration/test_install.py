@@ -11,6 +11,8 @@ temporary directories for host paths, a kubeconfig for the in-cluster account, f
 from __future__ import annotations
 
 import base64
+import http.client
+import json
 import re
 import socket
 import ssl
@@ -33,7 +35,7 @@ from hami.annotations import keys
 from hami.deviceplugin.api import api_pb2 as pb
 from hami.deviceplugin.api import api_pb2_grpc as rpc
 from tests.cluster import ApiCallError, ControlPlane, free_port, wait_for
-from tests.cluster.controlplane import Process
+from tests.cluster.controlplane import WEBHOOK_CLIENT_NAME, Process
 from tests.cluster.helmchart import (
     CHART_DIR,
     allowed_rules,
@@ -42,7 +44,10 @@ from tests.cluster.helmchart import (
     service_account_kubeconfig,
     service_account_token,
     start_kube_scheduler,
+    volume_file,
 )
+from tests.integration.hami_stack import gpu_node_annotations
+from tests.integration.ui_stack import viewer_token
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_DEVICES = REPO / "examples" / "fake-devices.yaml"
@@ -74,6 +79,9 @@ class Release:
                     "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": self.namespace}},
                     # A broken webhook fails pod creation here instead of passing unnoticed.
                     "failurePolicy": "Fail",
+                    # The harness's API server presents a client certificate to webhooks: only it may call.
+                    "mtls": {"enabled": True, "caBundle": self.cp.webhook_client_ca_file.read_text(),
+                             "allowedNames": [WEBHOOK_CLIENT_NAME]},
                 },
             },
         }
@@ -106,6 +114,11 @@ class Release:
         path.write_bytes(base64.b64decode(data) if kind == "Secret" else data.encode())
         return path
 
+    def mounted(self, pod_spec: dict[str, Any], container: dict[str, Any], root: Path) -> Files:
+        """The files a container sees at the paths its command line and configs name, as kubelet
+        would mount them from the release's Secrets and ConfigMaps, written under `root`."""
+        return Files(self, pod_spec, container, root)
+
     def run(self, name: str, argv: list[str], env: dict[str, str]) -> Process:
         """Start a process with the environment its container would add (`env` runs it)."""
         process = Process(name, ["env", *(f"{k}={v}" for k, v in env.items()), *argv], self.workdir)
@@ -129,6 +142,31 @@ class Release:
     def forbidden_in_logs(self) -> list[str]:
         return [f"{p.name}: {line}" for p in self.processes
                 for line in p.log_path.read_text(errors="replace").splitlines() if "forbidden" in line.lower()]
+
+
+class Files:
+    """A container's Secret and ConfigMap files, written here; `path()` maps a path in the container."""
+
+    def __init__(self, release: Release, pod_spec: dict[str, Any], container: dict[str, Any], root: Path) -> None:
+        self.release = release
+        self.pod_spec = pod_spec
+        self.container = container
+        self.root = root
+
+    def path(self, inside: str) -> Path:
+        kind, name, key = volume_file(self.pod_spec, self.container, inside)
+        local = self.root / inside.lstrip("/")
+        if not local.exists():
+            self.release.file_from(kind, name, key, local)
+        return local
+
+    def argv(self, argv: list[str]) -> list[str]:
+        """`--flag=/a/path` arguments that name a mounted file, pointed at the file here."""
+        out = []
+        for arg in argv:
+            flag, _, value = arg.partition("=")
+            out.append(f"{flag}={self.path(value)}" if value.startswith("/") else arg)
+        return out
 
 
 def api_path(kind: str, name: str, namespace: str) -> str:
@@ -176,6 +214,44 @@ def https_status(url: str, ca: Path) -> int:
             return int(answer.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+
+
+def post(port: int, path: str, body: dict[str, Any], ca: Path,
+         cert: tuple[Path, Path] | None = None) -> tuple[int, str]:
+    """POST JSON to 127.0.0.1:port over HTTPS, with a client certificate or none: (status, body)."""
+    status, _, text = https_call(port, "POST", path, ca, body=json.dumps(body).encode(), cert=cert,
+                                 headers={"Content-Type": "application/json"})
+    return status, text
+
+
+def https_call(port: int, method: str, path: str, ca: Path, *, server_name: str = "127.0.0.1",
+               body: bytes | None = None, headers: dict[str, str] | None = None,
+               cert: tuple[Path, Path] | None = None) -> tuple[int, dict[str, str], str]:
+    """One HTTPS request to 127.0.0.1:port, checking the server's certificate against `ca` for
+    `server_name`, not following redirects: (status, headers, body)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    connection = LoopbackHTTPS(port, context, server_name)
+    try:
+        connection.request(method, path, body, headers or {})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read().decode()
+    finally:
+        connection.close()
+
+
+class LoopbackHTTPS(http.client.HTTPSConnection):
+    """HTTPS to a process on 127.0.0.1 that serves a certificate for a Service name."""
+
+    def __init__(self, port: int, context: ssl.SSLContext, server_name: str) -> None:
+        super().__init__("127.0.0.1", port, context=context, timeout=30)
+        self.context = context
+        self.server_name = server_name
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self.context.wrap_socket(raw, server_hostname=self.server_name)
 
 
 def leaf_certificate(release: Release, secret: str) -> x509.Certificate:
@@ -258,22 +334,21 @@ def test_install_schedules_mutates_upgrades_and_uninstalls(
     assert deployment["spec"]["replicas"] == 2
     pod_spec = deployment["spec"]["template"]["spec"]
     work = Path(tempfile.mkdtemp(prefix="hami-install-", dir=release.workdir))
-    tls_cert = release.file_from("Secret", f"{release.name}-scheduler-tls", "tls.crt", work / "tls" / "tls.crt")
-    tls_key = release.file_from("Secret", f"{release.name}-scheduler-tls", "tls.key", work / "tls" / "tls.key")
-    ca = release.file_from("Secret", f"{release.name}-scheduler-tls", "ca.crt", work / "tls-ca" / "ca.crt")
-    device_config = release.file_from("ConfigMap", f"{sched}-device", "device-config.yaml",
-                                      work / "device-config" / "device-config.yaml")
+    hami = container(pod_spec, "hami-scheduler")
+    kube = container(pod_spec, "kube-scheduler")
+    hami_files = release.mounted(pod_spec, hami, work / "hami-scheduler")
+    kube_files = release.mounted(pod_spec, kube, work / "kube-scheduler")
+    tls_cert, tls_key = hami_files.path("/tls/tls.crt"), hami_files.path("/tls/tls.key")
+    ca = kube_files.path("/tls-ca/ca.crt")
     sched_kubeconfig = service_account_kubeconfig(cp, namespace, sched, work / "scheduler.kubeconfig")
 
     # 2. Two hami scheduler replicas from the Deployment's command line, as the scheduler's account:
     #    one leads (ready), the other waits (not ready).
-    hami = container(pod_spec, "hami-scheduler")
     assert hami["command"][:2] == ["hami", "scheduler"]
     replicas = []
     for index, port in enumerate((release.webhook_port, free_port())):
-        argv = rewrite(hami["command"][1:], {
-            "--host": "127.0.0.1", "--port": str(port), "--tls-cert": str(tls_cert), "--tls-key": str(tls_key),
-            "--config": str(device_config), "--metrics-port": str(free_port()),
+        argv = rewrite(hami_files.argv(hami["command"][1:]), {
+            "--host": "127.0.0.1", "--port": str(port), "--metrics-port": str(free_port()),
             "--identity": f"{sched}-replica-{index}",
         })
         argv = [sys.executable, "-m", "hami", *argv, f"--kubeconfig={sched_kubeconfig}"]
@@ -288,15 +363,19 @@ def test_install_schedules_mutates_upgrades_and_uninstalls(
     lease = release.get("Lease", f"{release.scheduler_name}-extender")
     assert lease["spec"]["holderIdentity"] == f"{sched}-replica-0"
 
-    # 3. kube-scheduler with the rendered KubeSchedulerConfiguration, as the same account. The
-    #    Service address is swapped for the leader's; the certificate is still checked for it.
-    kube = container(pod_spec, "kube-scheduler")
+    # 3. kube-scheduler with the rendered KubeSchedulerConfiguration, as the same account, with the
+    #    client certificate its tlsConfig names. The Service address is swapped for the leader's;
+    #    the serving certificate is still checked for it.
     config = yaml.safe_load(release.get("ConfigMap", sched)["data"]["config.yaml"])
     (extender,) = config["extenders"]
     service_host = re.match(r"https://([^:/]+):\d+$", extender["urlPrefix"]).group(1)  # type: ignore[union-attr]
     assert service_host == f"{sched}.{namespace}.svc"
     extender["urlPrefix"] = f"https://127.0.0.1:{release.webhook_port}"
-    extender["tlsConfig"] = {"caFile": str(ca), "serverName": service_host}
+    assert set(extender["tlsConfig"]) == {"caFile", "certFile", "keyFile"}
+    client_cert = kube_files.path(extender["tlsConfig"]["certFile"])
+    client_key = kube_files.path(extender["tlsConfig"]["keyFile"])
+    extender["tlsConfig"] = {"caFile": str(ca), "certFile": str(client_cert), "keyFile": str(client_key),
+                             "serverName": service_host}
     assert kube["command"][:2] == ["kube-scheduler", "--config=/config/config.yaml"]
     release.processes.append(start_kube_scheduler(cp, config, sched_kubeconfig, work / "kube-scheduler",
                                                   f"kube-scheduler-{release.name}", extra_args=kube["command"][2:]))
@@ -348,7 +427,30 @@ def test_install_schedules_mutates_upgrades_and_uninstalls(
     assert bound["spec"]["nodeName"] == node
     assert bound["metadata"]["annotations"][keys.BIND_PHASE] == "allocating"
 
-    # 6. kubelet's Allocate on the plugin's socket: the pod's limits come back.
+    # 6. That pod went through kube-scheduler's client certificate and the API server's. Any other
+    #    caller (a pod of the cluster has neither certificate) is refused and changes nothing: none
+    #    (401), or the chart's serving certificate (its CA, another name: 403) on the extender routes;
+    #    none, or kube-scheduler's, on the webhook.
+    stray = cp.api("POST", f"/api/v1/namespaces/{namespace}/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stray"},
+        "spec": {"schedulerName": "nobody-serves-this", "containers": [
+            {"name": "main", "image": "example.invalid/cuda:12", "resources": {"limits": {"nvidia.com/gpu": 1}}}]},
+    })
+    extender_args = {"Pod": stray, "NodeNames": [node]}
+    bind_args = {"PodName": "stray", "PodNamespace": namespace, "PodUID": stray["metadata"]["uid"], "Node": node}
+    for path, body in (("/filter", extender_args), ("/prioritize", extender_args), ("/bind", bind_args)):
+        assert post(release.webhook_port, path, body, ca)[0] == 401, path
+        status, text = post(release.webhook_port, path, body, ca, cert=(tls_cert, tls_key))
+        assert status == 403 and "is not allowed" in text, (path, status, text)
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+              "request": {"uid": "u", "object": stray}}
+    assert post(release.webhook_port, "/webhook", review, ca)[0] == 401
+    assert post(release.webhook_port, "/webhook", review, ca, cert=(client_cert, client_key))[0] == 403
+    stored = cp.api("GET", f"/api/v1/namespaces/{namespace}/pods/stray")
+    assert not stored["spec"].get("nodeName")
+    assert not any(k.startswith("hami.io/") for k in stored["metadata"].get("annotations") or {})
+
+    # 7. kubelet's Allocate on the plugin's socket: the pod's limits come back.
     with grpc.insecure_channel(f"unix://{kubelet_dir}/hami-nvidia.sock") as channel:
         stub = rpc.DevicePluginStub(channel)
         shares = [d.ID for d in next(stub.ListAndWatch(pb.Empty())).devices]
@@ -361,10 +463,10 @@ def test_install_schedules_mutates_upgrades_and_uninstalls(
     release.wait(lambda: cp.api("GET", f"/api/v1/namespaces/{namespace}/pods/cuda")["metadata"]["annotations"]
                  .get(keys.BIND_PHASE) == "success", "bind-phase success", timeout=30)
 
-    # 7. Every process had the rights it needed: nothing was forbidden.
+    # 8. Every process had the rights it needed: nothing was forbidden.
     assert release.forbidden_in_logs() == []
 
-    # 8. And nothing more: exactly the rules the chart means, checked by the API server.
+    # 9. And nothing more: exactly the rules the chart means, checked by the API server.
     baseline_sa = "nobody"
     cp.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": baseline_sa}})
@@ -393,10 +495,12 @@ def test_install_schedules_mutates_upgrades_and_uninstalls(
     assert not can_i(cp, namespace, plugin, "create", "pods", subresource="binding", namespace=namespace)
     assert not can_i(cp, namespace, plugin, "list", "nodes")
 
-    # 9. helm upgrade with other values: changes applied, objects no longer rendered removed, the
-    #    CA kept (the webhook's caBundle does not change) and the serving certificate issued anew.
+    # 10. helm upgrade with other values: changes applied, objects no longer rendered removed, the
+    #     CA kept (the webhook's caBundle does not change), the serving and client certificates
+    #     issued anew.
     ca_before = release.get("Secret", f"{release.name}-scheduler-ca")["data"]["ca.crt"]
     leaf_before = leaf_certificate(release, f"{release.name}-scheduler-tls")
+    client_before = leaf_certificate(release, f"{release.name}-kube-scheduler-client")
     release.helm("upgrade", release.name, str(CHART_DIR), "--values", str(release.values(**{
         "scheduler.defaultSchedulerPolicy.gpuSchedulerPolicy": "binpack",
         "scheduler.replicas": 3,
@@ -407,6 +511,7 @@ def test_install_schedules_mutates_upgrades_and_uninstalls(
     upgraded = release.manifest()
     gone = kinds_and_names(installed) - kinds_and_names(upgraded)
     assert gone == {("MutatingWebhookConfiguration", f"{release.name}-webhook"),
+                    ("ConfigMap", f"{release.name}-webhook-client-ca"),
                     ("Service", f"{plugin}-monitor")}
     for kind, name in gone:
         with pytest.raises(ApiCallError) as missing:
@@ -416,6 +521,7 @@ def test_install_schedules_mutates_upgrades_and_uninstalls(
     assert deployment["spec"]["replicas"] == 3
     argv = container(deployment["spec"]["template"]["spec"], "hami-scheduler")["command"]
     assert "--gpu-policy=binpack" in argv and "--no-webhook" in argv
+    assert not [a for a in argv if a.startswith("--webhook-client-ca")]
     daemonset = release.get("DaemonSet", plugin)
     assert [c["name"] for c in daemonset["spec"]["template"]["spec"]["containers"]] == ["device-plugin"]
     assert "deviceSplitCount: 4" in release.get("ConfigMap", plugin)["data"]["device-config.yaml"]
@@ -424,13 +530,16 @@ def test_install_schedules_mutates_upgrades_and_uninstalls(
     assert leaf_after.serial_number != leaf_before.serial_number
     assert leaf_after.issuer == leaf_before.issuer
     leaf_after.verify_directly_issued_by(x509.load_pem_x509_certificate(base64.b64decode(ca_before)))
+    client_after = leaf_certificate(release, f"{release.name}-kube-scheduler-client")
+    assert client_after.serial_number != client_before.serial_number and client_after.subject == client_before.subject
+    client_after.verify_directly_issued_by(x509.load_pem_x509_certificate(base64.b64decode(ca_before)))
     # The running leader picks the new certificate up from its file.
     tls_cert.write_bytes(base64.b64decode(release.get("Secret", f"{release.name}-scheduler-tls")["data"]["tls.crt"]))
     tls_key.write_bytes(base64.b64decode(release.get("Secret", f"{release.name}-scheduler-tls")["data"]["tls.key"]))
     release.wait(lambda: served_serial(release.webhook_port, ca) == leaf_after.serial_number,
                  "the leader serving the new certificate", timeout=30)
 
-    # 10. helm uninstall (the pods would go with it; here their processes stop first): nothing of
+    # 11. helm uninstall (the pods would go with it; here their processes stop first): nothing of
     #     the release is left, cluster-scoped or namespaced, the Leases included.
     release.stop_all()
     release.helm("uninstall", release.name)
@@ -438,6 +547,79 @@ def test_install_schedules_mutates_upgrades_and_uninstalls(
     assert leftovers == []
     secrets = cp.api("GET", f"/api/v1/namespaces/{namespace}/secrets")["items"]
     assert [s["metadata"]["name"] for s in secrets] == []  # helm's release records too
+
+
+UI_RULES = {("", resource, verb, "*") for resource in ("nodes", "pods") for verb in ("list", "watch")}
+
+
+def test_install_serves_the_ui(control_plane: ControlPlane, namespace: str, release: Release, add_node: Any) -> None:
+    """`ui.enabled`: hami ui from its Deployment's command line, files and account, over HTTPS with
+    the chart's CA, showing a viewer what their token may see and nothing to others."""
+    cp = control_plane
+    ui = f"{release.name}-ui"
+    node = f"{namespace}-gpu"[:63]
+    add_node(node, annotations=gpu_node_annotations(node, gpus=2))
+    prometheus = f"http://127.0.0.1:{free_port()}"  # nothing listens: the pages say so and still answer
+    release.helm("install", release.name, str(CHART_DIR), "--values", str(release.values(**{
+        "ui.enabled": True, "ui.prometheus.url": prometheus})))
+    assert {("Deployment", ui), ("Service", ui), ("ServiceAccount", ui), ("ClusterRole", ui),
+            ("ClusterRoleBinding", ui), ("Secret", f"{ui}-tls")} <= kinds_and_names(release.manifest())
+    assert release.get("Service", ui)["spec"]["ports"][0]["port"] == 443
+
+    pod_spec = release.get("Deployment", ui)["spec"]["template"]["spec"]
+    assert pod_spec["serviceAccountName"] == ui
+    (ui_container,) = pod_spec["containers"]
+    assert ui_container["command"][:2] == ["hami", "ui"]
+    work = Path(tempfile.mkdtemp(prefix="hami-ui-", dir=release.workdir))
+    files = release.mounted(pod_spec, ui_container, work / "ui")
+    port = free_port()
+    argv = rewrite(files.argv(ui_container["command"][1:]), {"--host": "127.0.0.1", "--port": str(port)})
+    assert f"--prometheus={prometheus}" in argv
+    kubeconfig = service_account_kubeconfig(cp, namespace, ui, work / "ui.kubeconfig")
+    release.run("hami-ui", [sys.executable, "-m", "hami", *argv, f"--kubeconfig={kubeconfig}"],
+                {"PYTHONUNBUFFERED": "1"})
+    # The chart's CA, the UI's Service name: what a browser or an Ingress checks.
+    ca = release.file_from("Secret", f"{release.name}-scheduler-tls", "ca.crt", work / "ca.crt")
+
+    def get(path: str, token: str | None = None) -> tuple[int, dict[str, str], str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return https_call(port, "GET", path, ca, server_name=f"{ui}.{namespace}.svc", headers=headers)
+
+    def ready() -> bool:
+        try:
+            return get("/readyz")[0] == 200
+        except OSError:  # not listening yet
+            return False
+
+    release.wait(ready, "the UI ready (its first list of nodes and pods)")
+
+    viewer = viewer_token(cp, namespace, "viewer", cluster=True)  # may list nodes and pods
+    try:
+        status, _, page = get(f"/nodes/{node}", viewer)
+        assert status == 200 and f"GPU-{node}-0" in page and f"GPU-{node}-1" in page, page[-2000:]
+        assert viewer not in page
+        # No identity: the login page. An identity without the right: a refusal naming it.
+        status, headers, _ = get(f"/nodes/{node}")
+        assert status == 303 and headers["location"].startswith("/login"), headers
+        cp.api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
+               {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "nobody"}})
+        nobody = service_account_token(cp, namespace, "nobody")
+        status, _, page = get(f"/nodes/{node}", nobody)
+        assert status == 403 and "list nodes" in page and f"GPU-{node}-0" not in page
+    finally:
+        for kind in ("clusterrolebindings", "clusterroles"):
+            cp.api("DELETE", f"/apis/rbac.authorization.k8s.io/v1/{kind}/{namespace}-viewer")
+
+    # The UI's own account: list and watch of nodes and pods, nothing else; and it needed nothing else.
+    baseline = allowed_rules(cp, nobody, namespace)
+    assert allowed_rules(cp, service_account_token(cp, namespace, ui), namespace) - baseline == UI_RULES
+    assert not can_i(cp, namespace, ui, "get", "secrets", namespace=namespace)
+    assert not can_i(cp, namespace, ui, "create", "subjectaccessreviews", group="authorization.k8s.io")
+    assert release.forbidden_in_logs() == []
+
+    release.stop_all()
+    release.helm("uninstall", release.name)
+    assert labelled_objects(cp, f"app.kubernetes.io/instance={release.name}") == []
 
 
 def http_get(url: str) -> bytes:
