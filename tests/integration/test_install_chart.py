@@ -45,22 +45,25 @@ def containers(items: dict[tuple[str, str], Any]) -> dict[str, dict[str, Any]]:
     return found
 
 
-@pytest.mark.parametrize("values", [(), (HAMI_VALUES,)], ids=["defaults", "hami-v2.10-values"])
-def test_helm_lint_is_clean(values: tuple[Path, ...]) -> None:
-    args = [str(helm_binary()), "lint", "--strict", str(CHART_DIR)]
-    for path in values:
-        args += ["--values", str(path)]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
-    assert "warning" not in result.stderr.lower(), result.stderr
-
-
 UI_EVERYTHING = {"ui.enabled": "true", "ui.prometheus.url": "http://prometheus.monitoring:9090",
                  "ui.authProxy.enabled": "true", "ui.authProxy.caBundle": "PEM",
                  "scheduler.admissionWebhook.mtls.enabled": "true",
                  "scheduler.admissionWebhook.mtls.caConfigMap": "kube-root-ca.crt",
                  "scheduler.admissionWebhook.mtls.allowedNames": "{kube-apiserver-webhook-client}"}
+
+
+@pytest.mark.parametrize(("values", "sets"), [((), {}), ((HAMI_VALUES,), {}), ((), UI_EVERYTHING)],
+                         ids=["defaults", "hami-v2.10-values", "ui-and-client-certificates"])
+def test_helm_lint_is_clean(values: tuple[Path, ...], sets: dict[str, str]) -> None:
+    args = [str(helm_binary()), "lint", "--strict", str(CHART_DIR)]
+    for path in values:
+        args += ["--values", str(path)]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+    assert "warning" not in result.stderr.lower(), result.stderr
 
 
 @pytest.mark.parametrize(("values", "sets"), [((), {}), ((HAMI_VALUES,), {}), ((), UI_EVERYTHING)],
