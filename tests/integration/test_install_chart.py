@@ -222,6 +222,9 @@ def test_two_replicas_are_replaced_together() -> None:
     ({"scheduler.admissionWebhook.mtls.enabled": "true"},
      "scheduler.admissionWebhook.mtls.enabled needs the CA of the API server's webhook client certificate"),
     ({"ui.enabled": "true", "ui.authProxy.enabled": "true"}, "ui.authProxy.enabled needs ui.authProxy.caBundle"),
+    # What `helm upgrade --reuse-values` from an older chart version renders with.
+    ({"ui": "null"}, "keeps the previous chart's defaults; use --reset-then-reuse-values"),
+    ({"scheduler.admissionWebhook.mtls": "null"}, "keeps the previous chart's defaults; use --reset-then-reuse-values"),
     ({"ui.enabled": "true", "scheduler.defaultSchedulerPolicy.nodeSchedulerPolicy": "topology-aware"},
      'nodeSchedulerPolicy: "topology-aware" is not supported by hami'),
     ({"devicePlugin.nodeConfiguration.config": "not json"}, "devicePlugin.nodeConfiguration.config is not valid JSON"),
