@@ -13,6 +13,7 @@ fitted on the node's devices of that vendor with the vendor's hooks (hami.vendor
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -468,16 +469,23 @@ def _explain(
     k = len(R.CHECKS) + 1
     node_of = state.dev_node[state.vendor_rows(vendor)]
     per_node = np.bincount(node_of * k + codes, minlength=len(state.nodes) * k).reshape(-1, k)
-    patterns = np.column_stack([per_node[nodes, 1:], ok, too_few.astype(np.int64), sizes]).tolist()
-    texts: dict[tuple[int, ...], str] = {}
-    result: dict[int, str] = {}
-    for node, row in zip(nodes.tolist(), patterns, strict=True):
-        key = tuple(row)
-        text = texts.get(key)
-        if text is None:
-            text = texts[key] = _reason_text(row, k, missing)
-        result[node] = text
-    return result
+    patterns = np.ascontiguousarray(np.column_stack([per_node[nodes, 1:], ok, too_few.astype(np.int64), sizes]))
+    # One text per distinct row of counts (a few; thousands of nodes share them), found in C: each
+    # row's non-zero columns packed into one exact integer key.
+    key = np.zeros(len(patterns), dtype=np.int64)
+    scale = 1
+    for column in np.flatnonzero(patterns.any(axis=0)).tolist():
+        values = patterns[:, column]
+        base = int(values.max()) + 1
+        scale *= base
+        key = key * base + values
+    rows: np.ndarray = key
+    if scale >= 2**62:  # too many distinct counts to pack: compare whole rows instead
+        rows = patterns.view(np.dtype((np.void, patterns.dtype.itemsize * patterns.shape[1]))).ravel()
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    texts = [_reason_text(patterns[i].tolist(), k, missing) for i in first.tolist()]
+    return dict(zip(nodes.tolist(), operator.itemgetter(*inverse.tolist())(texts) if len(texts) > 1
+                    else [texts[0]] * len(nodes), strict=True))
 
 
 def _reason_text(row: list[int], k: int, missing: str = "") -> str:
@@ -490,6 +498,13 @@ def _reason_text(row: list[int], k: int, missing: str = "") -> str:
     else:
         counts[R.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] = row[k - 1]
     return R.format_reason(counts, devices)
+
+
+def _named(names: list[str], reasons: dict[int, str]) -> dict[str, str]:
+    """Reasons keyed by node name (itemgetter does the lookups in C; thousands of nodes fail)."""
+    if len(reasons) < 2:
+        return {names[i]: text for i, text in reasons.items()}
+    return dict(zip(operator.itemgetter(*reasons)(names), reasons.values(), strict=True))
 
 
 def hami_node_scores(state: ClusterState, nodes: IntArray) -> np.ndarray:
@@ -576,7 +591,7 @@ def schedule(
     feasibility = feasible_nodes(state, ctx, candidates, static, explain=explain)
     fitting = candidates[feasibility.fits]
     names = state.names
-    reasons = {names[i]: text for i, text in feasibility.reasons.items()} if explain else {}
+    reasons = _named(names, feasibility.reasons) if explain else {}
     scores: dict[str, float] = {}
     if with_scores and len(fitting):
         values = node_totals(state, ctx, fitting)
