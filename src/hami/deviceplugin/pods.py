@@ -116,8 +116,13 @@ class InMemoryPodSource:
                 raise PodSourceError(f"pod {namespace}/{name} not found")
             if pod["metadata"].get("resourceVersion") != resource_version:
                 return False
-            self.patch_pod_annotations(namespace, name, annotations)
-            return True
+            _merge(pod["metadata"].setdefault("annotations", {}), annotations)
+            self._version += 1
+            pod["metadata"]["resourceVersion"] = str(self._version)
+            self.pod_patches.append((namespace, name, dict(annotations)))
+        if self.log_patches:
+            log.info("pod %s/%s annotations: %s", namespace, name, dict(annotations))
+        return True
 
     def node_event(self, node: str, reason: str, message: str) -> None:
         with self._lock:
