@@ -306,3 +306,27 @@ def test_nodes_without_scores_are_chosen_by_hami_score() -> None:
     state = state_with(plain)
     d = schedule(state, pod("p", container(gpu=2, mem=1000), annotations=TOPO))
     assert d.node == "plain" and len(devices_of(d)[0]) == 2
+
+
+# ---- the fill experiment (hami simulate --topology) -----------------------------------------
+
+def test_fill_experiment_sets_and_classes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from hami.sim import topology as sim
+    from hami.sim.trace import Tasks
+
+    assert [sim.link_class(s) for s in (250, 120, 50, 20, 10, 0)] == [
+        "NVLink", "NVLink", "PCIe switch", "same CPU", "across CPUs", "across CPUs"]
+    num = [1] * 24 + [2] * 8 + [4] * 2
+    tasks = Tasks(source="test", names=[f"t{i}" for i in range(len(num))], cpu_milli=np.zeros(len(num), np.int64),
+                  memory_mib=np.zeros(len(num), np.int64), num_gpu=np.asarray(num, np.int64),
+                  gpu_milli=np.full(len(num), 1000, np.int64), gpu_spec=[""] * len(num))
+    report = sim.run_experiment(tasks, "test", nodes=6, seeds=2, until=0.9, split_count=10, out=tmp_path)
+    policies = report["policies"]
+    ours, hami, binpack = (policies[n]["sets"]["all"] for n in ("topology-aware (ours)", "topology-aware (HAMi)",
+                                                                   "binpack"))
+    assert ours["count"] == hami["count"] == binpack["count"] > 0
+    assert ours["NVLink"] > hami["NVLink"]  # the node with an NVLink set, not the fullest one
+    assert hami["across CPUs"] <= binpack["across CPUs"]
+    assert (tmp_path / "topology.json").is_file()
