@@ -330,3 +330,41 @@ def test_fill_experiment_sets_and_classes(tmp_path) -> None:  # type: ignore[no-
     assert ours["NVLink"] > hami["NVLink"]  # the node with an NVLink set, not the fullest one
     assert hami["across CPUs"] <= binpack["across CPUs"]
     assert (tmp_path / "topology.json").is_file()
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_node_scores_at_once_equal_the_walk(mixed: bool) -> None:
+    """The vectorised link score of every node equals placing the pod on each node and scoring
+    the allocation (random usage, both node policies, binpack and spread GPU orders; NVIDIA alone
+    and beside another vendor's devices)."""
+    import numpy as np
+
+    from hami.scheduler.engine import PodContext, fit_pod_on_node
+
+    rng = np.random.default_rng(7)
+    nodes = [dgx1_node(f"n{i}", f"n{i}g") for i in range(6)]
+    if mixed:
+        dcu = DeviceInfo(id="DCU-0", count=4, devmem=16384, devcore=100, type="DCU-Z100", vendor="DCU")
+        nodes.append(node("dcu", dcu))
+        nodes[0] = NodeDevices(name=nodes[0].name, devices=(*nodes[0].devices, dcu.__class__(
+            **{**dcu.__dict__, "id": "DCU-1"})))
+    state = state_with(*nodes)
+    for k in range(40):
+        uuid = f"n{int(rng.integers(6))}g{int(rng.integers(8))}"
+        place(state, pod(f"fill{k}", container(gpu=1, mem=int(rng.integers(1000, 16000)), cores=10),
+                         annotations={keys.USE_GPUUUID: uuid}))
+    vendor = state.vendors["NVIDIA"]
+    for nums in (2, 3, 4):
+        for node_policy in (Policy.BINPACK, Policy.SPREAD):
+            for gpu_policy in ("topology-aware", "binpack,topology-aware"):
+                request = pod("p", container(gpu=nums, mem=2000), annotations={keys.GPU_SCHEDULER_POLICY: gpu_policy})
+                ctx = PodContext.of(request, PolicyDefaults(node_policy=node_policy))
+                everywhere = np.arange(len(state.nodes), dtype=np.int64)
+                fast = vendor.node_scores(ctx, state, everywhere)
+                assert fast is not None
+                for where in everywhere.tolist():
+                    if state.names[where] == "dcu":
+                        continue
+                    allocation, _ = fit_pod_on_node(state, where, ctx, ctx.static_codes(state))
+                    slow = vendor.score_node(ctx, state, where, allocation) if allocation else 0.0
+                    assert fast[where] == slow, (nums, node_policy, gpu_policy, where)

@@ -10,6 +10,7 @@ admitted pods.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from hami.vendors import nvidia_mig as mig
 from hami.vendors.base import (
     INT32_MAX,
     AnnotationKeys,
+    FloatArray,
     IntArray,
     Need,
     NodeSource,
@@ -353,6 +355,44 @@ class Nvidia(Vendor):
         value = (quality // LINK_STEP) * LINK_WEIGHT
         return -value if ctx.node_policy is Policy.SPREAD else value
 
+    def node_scores(self, ctx: PodContext, state: ClusterState, nodes: IntArray) -> FloatArray | None:
+        """score_node of every candidate at once, for a pod with one NVIDIA ask: per node, the set
+        HAMi's rule picks among the GPUs that fit, in the walk's order (cached per node, order and
+        count: the links of a state never change). None where the walk is needed (MIG)."""
+        from hami.annotations.selectors import Policy
+        from hami.scheduler.scoring import device_scores
+
+        asks = [a for c in ctx.pod.containers for a in c.asks if a.vendor == VENDOR]
+        if len(asks) != 1:
+            return None
+        ask = asks[0]
+        rows = state.vendor_rows(VENDOR)
+        used, usedmem, usedcores = state.used[rows], state.usedmem[rows], state.usedcores[rows]
+        usage, need = self.usage_codes(ask, ctx, state, rows, used, usedmem, usedcores)
+        if need.repeats is not None:
+            return None
+        static = ctx.static_codes(state)[rows]
+        fits = np.zeros(len(state.uuids), dtype=bool)
+        fits[rows] = (static == 0) & (usage == 0)
+        order_key = np.zeros(len(state.uuids), dtype=np.float64)
+        sign = -1.0 if ctx.gpu_policy is Policy.BINPACK else 1.0
+        order_key[rows] = sign * device_scores(ask, ctx.weights, used, state.count[rows], usedcores,
+                                               state.totalcore[rows], usedmem, state.totalmem[rows])
+        cache = _link_cache(state)
+        values = np.zeros(len(nodes), dtype=np.float32)
+        for k, fitting in enumerate(_walk_orders(state, nodes, fits, order_key)):
+            if len(fitting) < ask.nums:
+                continue
+            key = (fitting.tobytes(), ask.nums)
+            quality = cache.get(key)
+            if quality is None:
+                uuids = [state.uuids[r] for r in fitting.tolist()]
+                scores = {u: state.devices[r].pair_scores for u, r in zip(uuids, fitting.tolist(), strict=True)}
+                chosen = [uuids[i] for i in links.best_set(scores, uuids, ask.nums)]
+                quality = cache[key] = links.weakest_link(scores, chosen)
+            values[k] = (quality // LINK_STEP) * LINK_WEIGHT
+        return -values if ctx.node_policy is Policy.SPREAD else values
+
     # ---- decision and restart ------------------------------------------------------------
 
     def decision_annotations(self, pod: PodDecisionInput) -> dict[str, str]:
@@ -398,6 +438,37 @@ class Nvidia(Vendor):
                         keys.MIG_ALLOCATIONS, ", ".join(sorted(leftover)))
             result = [tuple(replace(d, part=None) if d.uuid in leftover else d for d in c) for c in result]
         return tuple(result)
+
+
+_LINK_CACHES: weakref.WeakKeyDictionary[ClusterState, dict[tuple[bytes, int], int]] = weakref.WeakKeyDictionary()
+
+
+def _walk_orders(state: ClusterState, nodes: IntArray, fits: np.ndarray, order_key: np.ndarray) -> list[IntArray]:
+    """Per node, its NVIDIA rows that fit in the order HAMi's walk tries them (best device score
+    first, ties to the higher index); at once for nodes of one size."""
+    sizes = state.vendor_sizes(VENDOR)[nodes]
+    if len(nodes) == 0:
+        return []
+    if state.single_vendor and bool((sizes == sizes[0]).all()):
+        rows = state.starts[nodes][:, None] + np.arange(int(sizes[0]), dtype=np.int64)[None, :]
+        order = np.lexsort((-state.index[rows], order_key[rows]), axis=1)
+        rows = np.take_along_axis(rows, order, axis=1)
+        ok = fits[rows]
+        return [row[mask] for row, mask in zip(rows, ok, strict=True)]
+    found = []
+    for node in nodes.tolist():
+        span = np.asarray(state.vendor_rows_of_node(node, VENDOR), dtype=np.int64)
+        span = span[np.lexsort((-state.index[span], order_key[span]))]
+        found.append(span[fits[span]])
+    return found
+
+
+def _link_cache(state: ClusterState) -> dict[tuple[bytes, int], int]:
+    """Per state: the weakest link of the set HAMi's rule picks among fitting rows in walk order."""
+    cache = _LINK_CACHES.get(state)
+    if cache is None or len(cache) > 200_000:
+        cache = _LINK_CACHES[state] = {}
+    return cache
 
 
 def _mig_rows(state: ClusterState) -> np.ndarray:
