@@ -395,3 +395,26 @@ def test_asymmetric_links_raise_a_node_event() -> None:
         assert scores == [{"uuid": A100, "score": {A100_B: 0}}, {"uuid": A100_B, "score": {A100: 0}}]
         [(node, reason, message)] = h.source.events
         assert (node, reason) == (NODE, "AsymmetricGPUP2PLink") and f"{A100}<->{A100_B}" in message
+
+
+def test_mig_check_script_on_the_fake_nvml(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """scripts/mig-check.sh's steps, on the fake NVML: made, refused, destroyed; a GPU with MIG
+    off, or with instances of someone else, is refused."""
+    import yaml
+
+    from hami.deviceplugin import mig_check
+
+    path = tmp_path / "gpus.yaml"
+    path.write_text(yaml.safe_dump({"devices": [
+        a100(A100, migMode="enabled"), a100(A100_B), a100("GPU-busy", migMode="enabled",
+                                                          migInstances=[{"profile": "1g.5gb", "start": 0}])]}))
+    assert mig_check.main(["--fake-devices", str(path), "--gpu", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "1g.5gb at 6+1: MIG-" in out and "2g.10gb at 0+2" in out and "1g.5gb at 5+1" in out
+    assert "refused: NVML_ERROR_INSUFFICIENT_RESOURCES" in out and out.rstrip().endswith("code path")
+    assert mig_check.main(["--fake-devices", str(path), "--gpu", A100_B]) == 1
+    assert "run again with --enable" in capsys.readouterr().out
+    assert mig_check.main(["--fake-devices", str(path), "--gpu", A100_B, "--enable"]) == 0
+    assert mig_check.main(["--fake-devices", str(path), "--gpu", "GPU-busy"]) == 1
+    assert "FAILED: no GPU instance exists yet" in capsys.readouterr().out
+    assert mig_check.main(["--fake-devices", str(path), "--gpu", "9"]) == 2
