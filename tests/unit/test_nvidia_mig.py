@@ -409,3 +409,13 @@ def test_defaults_keep_binpack_for_mig_nodes() -> None:
     first = place(state, pod("a", container(gpu=1, mem=4000)), gpu_policy=PolicyDefaults().gpu_policy)
     second = place(state, pod("b", container(gpu=1, mem=4000), annotations={keys.GPU_SCHEDULER_POLICY: "binpack"}))
     assert first.allocation[0][0].uuid == second.allocation[0][0].uuid
+
+
+def test_a_mig_instance_cannot_be_resized() -> None:
+    from hami.scheduler.resize import ResizeAsk, plan_resize
+
+    state = ClusterState([node("n", synthetic_a100())])
+    request = pod("p", container(gpu=1, mem=4000))
+    d = place(state, request)
+    plan = plan_resize(state, request.key, "n", d.allocation, request.names, [ResizeAsk(None, memory_mib=8000)])
+    assert plan.allocation is None and "MIG instance (1g.5gb)" in plan.reason
