@@ -388,12 +388,6 @@ class Vendor:
         """Whether `score_node` counts for this pod (the engine then places it on every candidate)."""
         return self.scores_nodes
 
-    def node_scores(self, ctx: PodContext, state: ClusterState, nodes: IntArray) -> FloatArray | None:
-        """`score_node` of many nodes at once, for a pod whose asks each see the node as it is
-        (no two of its containers compete for devices). None: the engine places the pod on each
-        node and calls `score_node`."""
-        return None
-
     def usage(self, device: DeviceInfo, placed: ContainerDevice) -> tuple[int, int, int]:
         """HAMi's AddResourceUsage: task slots, MiB and cores a placed device takes."""
         return 1, placed.usedmem, placed.usedcores
