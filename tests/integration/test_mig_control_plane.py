@@ -50,6 +50,10 @@ def plugin_on(control_plane: ControlPlane, node: str, backend: FakeBackend) -> I
             kubelet.stop()
 
 
+def node_annotations(cp: ControlPlane, node: str) -> dict[str, str]:
+    return dict(cp.api("GET", f"/api/v1/nodes/{node}")["metadata"].get("annotations") or {})
+
+
 def annotations_of(cp: ControlPlane, namespace: str, name: str) -> dict[str, str]:
     return dict(cp.api("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")["metadata"].get("annotations") or {})
 
@@ -64,8 +68,8 @@ def test_pod_to_mig_uuid_and_back(control_plane: ControlPlane, namespace: str, s
         {"uuid": T4, "name": "Tesla T4", "memory": 15360, "numa": 1},
     ]})
     with plugin_on(control_plane, node, backend) as (_, stub):
-        registered = wait_for(lambda: control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"]["annotations"]
-                              .get(keys.NODE_NVIDIA_REGISTER), timeout=20, message="registration")
+        registered = wait_for(lambda: node_annotations(control_plane, node).get(keys.NODE_NVIDIA_REGISTER),
+                              timeout=20, message="registration")
         modes = {d["id"]: d["mode"] for d in json.loads(registered)}
         assert modes == {A100: "mig", T4: "hami-core"}
 
@@ -91,8 +95,8 @@ def test_pod_to_mig_uuid_and_back(control_plane: ControlPlane, namespace: str, s
 
     # A restarted plugin keeps the live pod's instance (adopted) and still cleans up after it.
     with plugin_on(control_plane, node, backend) as (plugin, _):
-        assert plugin.features.mig is not None
-        assert [k.profile for k in plugin.features.mig.manager.managed] == ["2g.10gb"]
+        assert plugin.vendor.features is not None and plugin.vendor.features.mig is not None
+        assert [k.profile for k in plugin.vendor.features.mig.manager.managed] == ["2g.10gb"]
         assert [i.mig_uuid for i in backend.gpu_instances(A100)] == [instance.mig_uuid]
         control_plane.api("DELETE", f"/api/v1/namespaces/{namespace}/pods/train?gracePeriodSeconds=0")
         wait_for(lambda: backend.gpu_instances(A100) == [], timeout=30, poll=0.2, message="MIG cleanup")
