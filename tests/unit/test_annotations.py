@@ -29,6 +29,7 @@ from hami.annotations.pod_devices import (
     pod_allocation_from_annotations,
 )
 from hami.annotations.selectors import (
+    NODE_POLICIES,
     Policy,
     ScoringWeights,
     decode_policy,
@@ -206,7 +207,7 @@ def test_selectors_semantics() -> None:
     assert s.mode_allowed("hami-core") and not s.mode_allowed("mig") and s.numa_bind
 
 
-@given(st.sampled_from(list(Policy)), st.sampled_from(list(Policy)))
+@given(st.sampled_from(list(NODE_POLICIES)), st.sampled_from(list(Policy)))
 def test_policy_annotations(node: Policy, gpu: Policy) -> None:
     annotations = {keys.NODE_SCHEDULER_POLICY: node.value, keys.GPU_SCHEDULER_POLICY: gpu.value}
     assert pod_policies(annotations, Policy.SPREAD, Policy.BINPACK) == (node, gpu)

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hami.annotations.node_register import encode_node_devices
-from hami.annotations.selectors import Policy
+from hami.annotations.selectors import NODE_POLICIES, Policy
 from hami.config import HamiConfig
 from hami.errors import HamiError
 from hami.model import PodRequest
@@ -505,7 +505,7 @@ def two_servers() -> ClusterState:
     return state
 
 
-@pytest.mark.parametrize("policy", list(Policy))
+@pytest.mark.parametrize("policy", list(NODE_POLICIES))
 def test_node_score_prefers_one_network_group_under_either_policy(policy: Policy) -> None:
     # HAMi adds the raw score under spread too, which then prefers the split placement.
     state = two_servers()

@@ -2,6 +2,8 @@
 
 # Node
 NODE_NVIDIA_REGISTER = "hami.io/node-nvidia-register"
+# Link scores between a node's GPUs (topology-aware policy), kept apart from the registration.
+NODE_NVIDIA_SCORE = "hami.io/node-nvidia-score"
 NODE_HANDSHAKE = "hami.io/node-handshake"
 NODE_LOCK = "hami.io/mutex.lock"
 DEVICE_CORDON = "hami.io/device-cordon"
@@ -11,6 +13,9 @@ VGPU_NODE = "hami.io/vgpu-node"
 VGPU_TIME = "hami.io/vgpu-time"
 DEVICES_TO_ALLOCATE = "hami.io/vgpu-devices-to-allocate"
 DEVICES_ALLOCATED = "hami.io/vgpu-devices-allocated"
+# NVIDIA MIG: the profile and placement of each MIG device of the decision; the device plugin
+# adds the MIG UUID and instance IDs once it created them.
+MIG_ALLOCATIONS = "hami.io/vgpu-mig-allocations"
 BIND_PHASE = "hami.io/bind-phase"
 BIND_TIME = "hami.io/bind-time"
 # Ours, not HAMi's: why the device plugin marked bind-phase failed.

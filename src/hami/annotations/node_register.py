@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from hami.annotations.errors import AnnotationError
+from hami.annotations.mig import decode_mig_profiles, encode_mig_profiles
 from hami.model.devices import HAMI_CORE_MODE, DeviceInfo
 
 
@@ -31,6 +32,8 @@ def _device_json(d: DeviceInfo) -> dict[str, Any]:
         "mode": d.mode,
         "health": d.health,
     }
+    if d.mig_profiles:  # NVIDIA MIG mode: the profiles and placements NVML reported
+        obj["migProfiles"] = encode_mig_profiles(d.mig_profiles)
     if d.custom:
         obj["custominfo"] = d.custom
     return obj
@@ -90,6 +93,7 @@ def _decode_json(text: str) -> list[DeviceInfo]:
             index=_int_field(obj, "index", position),
             mode=mode,
             custom=custom,
+            mig_profiles=decode_mig_profiles(obj.get("migProfiles"), f"device {position}: migProfiles"),
         )
         _check_ranges(device, position)
         devices.append(device)

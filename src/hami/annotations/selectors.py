@@ -12,6 +12,14 @@ from hami.annotations.errors import AnnotationError
 class Policy(enum.Enum):
     BINPACK = "binpack"
     SPREAD = "spread"
+    # A GPU policy only (HAMi's topology-aware): devices are tried in spread's order, and a
+    # container's devices are chosen among all that fit by how well they are linked.
+    TOPOLOGY_AWARE = "topology-aware"
+
+
+# The policies a node policy may be.
+NODE_POLICIES = (Policy.BINPACK, Policy.SPREAD)
+TOPOLOGY_AWARE = Policy.TOPOLOGY_AWARE.value
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,22 @@ def decode_policy(value: str, what: str) -> Policy:
         raise AnnotationError(f"{what} {value!r} is not one of: {choices}") from None
 
 
-# GPU policy words that filter devices rather than order them (HAMi: `binpack,mutex`).
-GPU_POLICY_FILTERS = ("mutex",)
+def decode_node_policy(value: str, what: str) -> Policy:
+    """A node policy: binpack or spread (topology-aware orders GPUs, not nodes)."""
+    try:
+        policy = Policy(value.strip().lower())
+    except ValueError:
+        policy = None
+    if policy not in NODE_POLICIES:
+        choices = ", ".join(p.value for p in NODE_POLICIES)
+        raise AnnotationError(f"{what} {value!r} is not one of: {choices}")
+    assert policy is not None
+    return policy
+
+
+# GPU policy words that filter devices rather than order them (HAMi: `binpack,mutex`,
+# `binpack,topology-aware`).
+GPU_POLICY_FILTERS = ("mutex", TOPOLOGY_AWARE)
 
 
 def decode_gpu_policy(value: str) -> tuple[Policy | None, frozenset[str]]:
@@ -105,16 +127,21 @@ def pod_policies(
     """The node and GPU policies a pod runs under: its annotations, else the defaults."""
     node = annotations.get(keys.NODE_SCHEDULER_POLICY)
     gpu = annotations.get(keys.GPU_SCHEDULER_POLICY)
-    gpu_order = decode_gpu_policy(gpu)[0] if gpu else None
+    gpu_order, gpu_filters = decode_gpu_policy(gpu) if gpu else (None, frozenset())
+    if gpu_order is None and TOPOLOGY_AWARE in gpu_filters:
+        gpu_order = Policy.TOPOLOGY_AWARE  # HAMi: `topology-aware` alone orders as spread does
     return (
-        decode_policy(node, keys.NODE_SCHEDULER_POLICY) if node else node_default,
+        decode_node_policy(node, keys.NODE_SCHEDULER_POLICY) if node else node_default,
         gpu_order or gpu_default,
     )
 
 
-def gpu_policy_filters(annotations: dict[str, str]) -> frozenset[str]:
+def gpu_policy_filters(annotations: dict[str, str], default: Policy | None = None) -> frozenset[str]:
+    """The GPU policy's filter words: the pod's annotation, else those of the default policy."""
     gpu = annotations.get(keys.GPU_SCHEDULER_POLICY)
-    return decode_gpu_policy(gpu)[1] if gpu else frozenset()
+    if gpu:
+        return decode_gpu_policy(gpu)[1]
+    return frozenset({TOPOLOGY_AWARE}) if default is Policy.TOPOLOGY_AWARE else frozenset()
 
 
 def encode_weights(weights: ScoringWeights) -> str:

@@ -8,14 +8,14 @@ import sys
 from typing import Any
 
 from hami.annotations.errors import AnnotationError
-from hami.annotations.selectors import Policy
+from hami.annotations.selectors import NODE_POLICIES, Policy
 from hami.errors import HamiError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshot", required=True, metavar="FILE",
                         help="nodes and pods as `kubectl get nodes,pods -o yaml` prints them")
-    parser.add_argument("--node-policy", choices=[p.value for p in Policy],
+    parser.add_argument("--node-policy", choices=[p.value for p in NODE_POLICIES],
                         help="default node policy (pods may override it; default from config: binpack)")
     parser.add_argument("--gpu-policy", choices=[p.value for p in Policy],
                         help="default GPU policy (pods may override it; default from config: spread)")
@@ -24,14 +24,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output format (default: table on a terminal, json otherwise)")
 
 
+def _device_json(device: Any, dtype: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"uuid": device.uuid, "type": dtype, "memory": device.usedmem, "cores": device.usedcores}
+    if device.part is not None:  # an NVIDIA MIG instance: its profile and memory slices
+        out["mig"] = {"profile": device.part.profile,
+                      "placement": {"start": device.part.start, "size": device.part.size}}
+    return out
+
+
 def decision_json(decision: Any) -> dict[str, Any]:
     return {
         "pod": decision.pod,
         "node": decision.node,
         "containers": [
             [
-                {"uuid": d.uuid, "type": dtype, "memory": d.usedmem, "cores": d.usedcores}
-                for d, dtype in zip(container, types, strict=True)
+                _device_json(d, dtype) for d, dtype in zip(container, types, strict=True)
             ]
             for container, types in zip(decision.allocation, decision.device_types, strict=True)
         ],

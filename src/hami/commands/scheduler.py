@@ -12,7 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from hami.annotations.selectors import Policy
+from hami.annotations.selectors import NODE_POLICIES, Policy
 from hami.errors import HamiError
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-overwrite-default-scheduler", action="store_true",
                         help="leave pods that name default-scheduler alone")
     parser.add_argument("--no-webhook", action="store_true", help="do not serve /webhook")
-    parser.add_argument("--node-policy", choices=[p.value for p in Policy], help="default node policy")
+    parser.add_argument("--node-policy", choices=[p.value for p in NODE_POLICIES], help="default node policy")
     parser.add_argument("--gpu-policy", choices=[p.value for p in Policy], help="default GPU policy")
     parser.add_argument("--only-best-node", action="store_true",
                         help="/filter returns only our chosen node, as HAMi does (default: every node that fits)")

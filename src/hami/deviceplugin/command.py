@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default /usr/local/vgpu)")
     parser.add_argument("--cache-dir", default="/usr/local/vgpu/containers", metavar="DIR",
                         help="host directory for the per-container shared regions the monitor reads")
+    parser.add_argument("--no-link-scores", action="store_true",
+                        help="do not measure GPU links nor publish hami.io/node-nvidia-score "
+                             "(HAMi publishes it only when ENABLE_TOPOLOGY_SCORE=true; we always do)")
     parser.add_argument("--register-interval", type=float, default=30.0, metavar="SECONDS",
                         help="how often the node annotations are checked (default 30)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -148,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         hook_path=args.hook_path,
         cache_root=args.cache_dir,
         register_interval_s=args.register_interval,
+        link_scores=not args.no_link_scores,
     )
     plugin = DevicePlugin(backend, _source(args, node), config, options, vendor)
     done = threading.Event()

@@ -7,7 +7,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hami.deviceplugin.backend import APPLICATION_XIDS, BackendError, GpuInfo, HealthEvent
+from hami.deviceplugin.backend import (
+    APPLICATION_XIDS,
+    GI_PROFILES_BY_SLICES,
+    BackendError,
+    GiProfileInfo,
+    GpuInfo,
+    HealthEvent,
+    MigInstance,
+    NvLink,
+)
+from hami.model.mig import MigPlacement
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +31,18 @@ def _nvml() -> Any:
 
 
 def _error_name(nvml: Any, exc: Exception) -> str:
-    value = getattr(exc, "value", None)
+    return _code_name(nvml, getattr(exc, "value", None))
+
+
+def _code_name(nvml: Any, value: Any) -> str:
     for name in dir(nvml):
         if name.startswith("NVML_ERROR_") and getattr(nvml, name) == value:
             return str(name)
     return "NVML_ERROR_UNKNOWN"
+
+
+# Link queries that mean "no such link here" rather than a failure (HAMi skips them too).
+_SKIPPED = ("NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_INVALID_ARGUMENT")
 
 
 def _text(value: Any) -> str:
@@ -163,6 +180,195 @@ class NvmlBackend:
         if uuid is None:
             uuid = _text(self._call("event device UUID", nvml.nvmlDeviceGetUUID, data.device))
         return HealthEvent(uuid=uuid, healthy=False, reason=f"XID {xid}")
+
+    # ---- links ------------------------------------------------------------------------
+
+    def _handle(self, uuid: str) -> Any:
+        if self._nvml is None:
+            raise BackendError("NVML_ERROR_UNINITIALIZED", "init() was not called")
+        return self._call(f"{uuid} handle", self._nvml.nvmlDeviceGetHandleByUUID, uuid)
+
+    def _optional(self, what: str, fn: Any, *args: Any) -> Any:
+        """A link query; None where the driver says the link or the query does not exist."""
+        try:
+            return self._call(what, fn, *args)
+        except BackendError as exc:
+            if exc.code in _SKIPPED:
+                return None
+            raise
+
+    def nvlinks(self, uuid: str) -> list[NvLink]:
+        nvml = self._nvml
+        handle = self._handle(uuid)
+        found = []
+        for link in range(nvml.NVML_NVLINK_MAX_LINKS):
+            state = self._optional(f"{uuid} NVLink {link} state", nvml.nvmlDeviceGetNvLinkState, handle, link)
+            if state != nvml.NVML_FEATURE_ENABLED:
+                continue
+            pci = self._optional(f"{uuid} NVLink {link} remote PCI", nvml.nvmlDeviceGetNvLinkRemotePciInfo, handle,
+                                 link)
+            kind = self._optional(f"{uuid} NVLink {link} remote type", nvml.nvmlDeviceGetNvLinkRemoteDeviceType,
+                                  handle, link)
+            found.append(NvLink(_text(pci.busId) if pci is not None else None,
+                                int(kind) if kind is not None else None))
+        return found
+
+    def common_ancestor(self, uuid: str, peer: str) -> int:
+        return int(self._call(f"{uuid}/{peer} common ancestor", self._nvml.nvmlDeviceGetTopologyCommonAncestor,
+                              self._handle(uuid), self._handle(peer)))
+
+    # ---- MIG --------------------------------------------------------------------------
+
+    def mig_mode(self, uuid: str) -> tuple[bool, bool]:
+        current, pending = self._call(f"{uuid} MIG mode", self._nvml.nvmlDeviceGetMigMode, self._handle(uuid))
+        enable = self._nvml.NVML_DEVICE_MIG_ENABLE
+        return current == enable, pending == enable
+
+    def set_mig_mode(self, uuid: str, enabled: bool) -> None:
+        nvml = self._nvml
+        mode = nvml.NVML_DEVICE_MIG_ENABLE if enabled else nvml.NVML_DEVICE_MIG_DISABLE
+        activation = self._call(f"{uuid} set MIG mode", nvml.nvmlDeviceSetMigMode, self._handle(uuid), mode)
+        if activation != nvml.NVML_SUCCESS:
+            raise BackendError(_code_name(nvml, activation), f"{uuid}: MIG mode change is pending (a GPU reset)")
+
+    def _gi_info(self, handle: Any, uuid: str, index: int) -> Any:
+        return self._call(f"{uuid} GPU instance profile {index}", self._nvml.nvmlDeviceGetGpuInstanceProfileInfo,
+                          handle, index)
+
+    def gi_profile(self, uuid: str, index: int) -> GiProfileInfo:
+        info = self._gi_info(self._handle(uuid), uuid, index)
+        name = _text(getattr(info, "name", b"")) if hasattr(info, "name") else ""
+        return GiProfileInfo(index, int(info.id), name, int(info.sliceCount), int(info.instanceCount),
+                             int(info.multiprocessorCount), int(info.memorySizeMB))
+
+    def gi_placements(self, uuid: str, index: int) -> list[MigPlacement]:
+        nvml = self._nvml
+        handle = self._handle(uuid)
+        info = self._gi_info(handle, uuid, index)
+        placements = (nvml.c_nvmlGpuInstancePlacement_t * max(int(info.instanceCount), 8))()
+        count = nvml.c_uint(len(placements))
+        self._call(f"{uuid} placements of profile {index}", nvml.nvmlDeviceGetGpuInstancePossiblePlacements, handle,
+                   info.id, placements, nvml.byref(count))
+        return [MigPlacement(int(p.start), int(p.size)) for p in placements[: count.value]]
+
+    def create_gpu_instance(self, uuid: str, index: int, placement: MigPlacement) -> int:
+        nvml = self._nvml
+        handle = self._handle(uuid)
+        info = self._gi_info(handle, uuid, index)
+        wanted = nvml.c_nvmlGpuInstancePlacement_t(placement.start, placement.size)
+        gi = self._call(f"{uuid} create GPU instance {index}@{placement.start}",
+                        nvml.nvmlDeviceCreateGpuInstanceWithPlacement, handle, info.id, nvml.byref(wanted))
+        return int(self._call(f"{uuid} GPU instance info", nvml.nvmlGpuInstanceGetInfo, gi).id)
+
+    def _gi(self, uuid: str, gpu_instance: int) -> Any:
+        return self._call(f"{uuid} GPU instance {gpu_instance}", self._nvml.nvmlDeviceGetGpuInstanceById,
+                          self._handle(uuid), gpu_instance)
+
+    def create_compute_instance(self, uuid: str, gpu_instance: int, ci_index: int) -> int:
+        nvml = self._nvml
+        gi = self._gi(uuid, gpu_instance)
+        info = self._call(f"{uuid} compute profile {ci_index}", nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo, gi,
+                          ci_index, nvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+        ci = self._call(f"{uuid} create compute instance in {gpu_instance}", nvml.nvmlGpuInstanceCreateComputeInstance,
+                        gi, info.id)
+        return int(self._call(f"{uuid} compute instance info", nvml.nvmlComputeInstanceGetInfo, ci).id)
+
+    def destroy_compute_instance(self, uuid: str, gpu_instance: int, compute_instance: int) -> None:
+        nvml = self._nvml
+        ci = self._call(f"{uuid} compute instance {gpu_instance}/{compute_instance}",
+                        nvml.nvmlGpuInstanceGetComputeInstanceById, self._gi(uuid, gpu_instance), compute_instance)
+        self._call(f"{uuid} destroy compute instance {gpu_instance}/{compute_instance}",
+                   nvml.nvmlComputeInstanceDestroy, ci)
+
+    def destroy_gpu_instance(self, uuid: str, gpu_instance: int) -> None:
+        self._call(f"{uuid} destroy GPU instance {gpu_instance}", self._nvml.nvmlGpuInstanceDestroy,
+                   self._gi(uuid, gpu_instance))
+
+    def gpu_instances(self, uuid: str) -> list[MigInstance]:
+        nvml = self._nvml
+        handle = self._handle(uuid)
+        mig_uuids = self._mig_devices(handle)
+        found = []
+        for index in sorted({i for indexes in GI_PROFILES_BY_SLICES.values() for i in indexes}):
+            try:
+                info = self._gi_info(handle, uuid, index)
+            except BackendError:
+                continue  # a profile this GPU does not have
+            handles = (nvml.c_nvmlGpuInstance_t * max(int(info.instanceCount), 1))()
+            count = nvml.c_uint(len(handles))
+            self._call(f"{uuid} GPU instances of profile {index}", nvml.nvmlDeviceGetGpuInstances, handle, info.id,
+                       handles, nvml.byref(count))
+            for gi in handles[: count.value]:
+                gi_info = self._call(f"{uuid} GPU instance info", nvml.nvmlGpuInstanceGetInfo, gi)
+                found.append(MigInstance(int(gi_info.id), int(gi_info.profileId),
+                                         MigPlacement(int(gi_info.placement.start), int(gi_info.placement.size)),
+                                         self._compute_ids(gi), mig_uuids.get(int(gi_info.id), "")))
+        return sorted(found, key=lambda m: m.gpu_instance_id)
+
+    def _compute_ids(self, gi: Any) -> tuple[int, ...]:
+        nvml = self._nvml
+        ids = []
+        for ci_index in range(nvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+            try:
+                info = nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+                    gi, ci_index, nvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
+                handles = (nvml.c_nvmlComputeInstance_t * max(int(info.instanceCount), 1))()
+                count = nvml.c_uint(len(handles))
+                nvml.nvmlGpuInstanceGetComputeInstances(gi, info.id, handles, nvml.byref(count))
+            except nvml.NVMLError:
+                continue
+            ids += [int(nvml.nvmlComputeInstanceGetInfo(ci).id) for ci in handles[: count.value]]
+        return tuple(sorted(ids))
+
+    def _mig_devices(self, handle: Any) -> dict[int, str]:
+        """MIG device UUIDs by GPU-instance ID (HAMi's findMigUUIDForGI)."""
+        nvml = self._nvml
+        found: dict[int, str] = {}
+        try:
+            most = nvml.nvmlDeviceGetMaxMigDeviceCount(handle)
+        except nvml.NVMLError:
+            return found
+        for i in range(most):
+            try:
+                mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, i)
+                found[int(nvml.nvmlDeviceGetGpuInstanceId(mig))] = _text(nvml.nvmlDeviceGetUUID(mig))
+            except nvml.NVMLError:
+                continue
+        return found
+
+    def busy(self, uuid: str) -> bool:
+        """HAMi's nvmlBusyGPUs for one GPU: its MIG devices when MIG is on, else the GPU itself;
+        a failed query counts as busy."""
+        nvml = self._nvml
+        try:
+            handle = self._handle(uuid)
+        except BackendError:
+            return True
+        try:
+            mig_on = self.mig_mode(uuid)[0]
+        except BackendError as exc:
+            if exc.code != "NVML_ERROR_NOT_SUPPORTED":
+                return True
+            mig_on = False
+        targets = [] if mig_on else [handle]
+        if mig_on:
+            try:
+                most = nvml.nvmlDeviceGetMaxMigDeviceCount(handle)
+            except nvml.NVMLError:
+                return True
+            for i in range(most):
+                try:
+                    targets.append(nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, i))
+                except nvml.NVMLError:
+                    continue  # no MIG device at this index
+        for target in targets:
+            try:
+                if (nvml.nvmlDeviceGetComputeRunningProcesses(target)
+                        or nvml.nvmlDeviceGetGraphicsRunningProcesses(target)):
+                    return True
+            except nvml.NVMLError:
+                return True
+        return False
 
     def shutdown(self) -> None:
         if self._nvml is None:

@@ -39,6 +39,14 @@ class PodSource(Protocol):
     def patch_node_annotations(self, node: str, annotations: Mapping[str, str | None]) -> None:
         """Merge-patch annotations; a None value removes the key."""
 
+    def patch_pod_annotations_at(self, namespace: str, name: str, annotations: Mapping[str, str],
+                                 resource_version: str) -> bool:
+        """Merge-patch annotations only if the pod is still at `resource_version`; False when it
+        changed since (nothing written)."""
+
+    def node_event(self, node: str, reason: str, message: str) -> None:
+        """Record a Warning event on the node; failures are logged, never raised."""
+
 
 def _merge(target: dict[str, str], annotations: Mapping[str, str | None]) -> None:
     for key, value in annotations.items():
@@ -59,6 +67,8 @@ class InMemoryPodSource:
         self.nodes: dict[str, dict[str, str]] = {name: dict(ann) for name, ann in (nodes or {}).items()}
         self.pod_patches: list[tuple[str, str, dict[str, str | None]]] = []
         self.node_patches: list[tuple[str, dict[str, str | None]]] = []
+        self.events: list[tuple[str, str, str]] = []  # (node, reason, message)
+        self._version = 0
         for pod in pods or []:
             self.add_pod(pod)
 
@@ -67,6 +77,8 @@ class InMemoryPodSource:
         meta.setdefault("namespace", "default")
         meta.setdefault("annotations", {})
         with self._lock:
+            self._version += 1
+            meta["resourceVersion"] = str(self._version)
             self.pods[(meta["namespace"], meta["name"])] = copy.deepcopy(pod)
 
     def get_pod(self, namespace: str, name: str) -> Pod | None:
@@ -90,9 +102,32 @@ class InMemoryPodSource:
             if pod is None:
                 raise PodSourceError(f"pod {namespace}/{name} not found")
             _merge(pod["metadata"].setdefault("annotations", {}), annotations)
+            self._version += 1
+            pod["metadata"]["resourceVersion"] = str(self._version)
             self.pod_patches.append((namespace, name, dict(annotations)))
         if self.log_patches:
             log.info("pod %s/%s annotations: %s", namespace, name, dict(annotations))
+
+    def patch_pod_annotations_at(self, namespace: str, name: str, annotations: Mapping[str, str],
+                                 resource_version: str) -> bool:
+        with self._lock:
+            pod = self.pods.get((namespace, name))
+            if pod is None:
+                raise PodSourceError(f"pod {namespace}/{name} not found")
+            if pod["metadata"].get("resourceVersion") != resource_version:
+                return False
+            _merge(pod["metadata"].setdefault("annotations", {}), annotations)
+            self._version += 1
+            pod["metadata"]["resourceVersion"] = str(self._version)
+            self.pod_patches.append((namespace, name, dict(annotations)))
+        if self.log_patches:
+            log.info("pod %s/%s annotations: %s", namespace, name, dict(annotations))
+        return True
+
+    def node_event(self, node: str, reason: str, message: str) -> None:
+        with self._lock:
+            self.events.append((node, reason, message))
+        log.warning("node %s: %s: %s", node, reason, message)
 
     def patch_node_annotations(self, node: str, annotations: Mapping[str, str | None]) -> None:
         with self._lock:
@@ -190,3 +225,42 @@ class KubePodSource:
         patch = {"metadata": {"annotations": dict(annotations)}}
         if self._call(f"patch node {node}", self._client.patch, Node, node, patch) is None:
             raise PodSourceError(f"node {node} not found")
+
+    def patch_pod_annotations_at(self, namespace: str, name: str, annotations: Mapping[str, str],
+                                 resource_version: str) -> bool:
+        from lightkube import ApiError
+        from lightkube.resources.core_v1 import Pod as PodResource
+
+        # A merge patch that names a resourceVersion fails with 409 when the pod moved on.
+        patch = {"metadata": {"resourceVersion": resource_version, "annotations": dict(annotations)}}
+        try:
+            self._client.patch(PodResource, name, patch, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code == 409:
+                return False
+            raise PodSourceError(f"patch pod {namespace}/{name}: {exc.status.code} {exc.status.message}") from None
+        except Exception as exc:  # httpx transport errors: the API server is unreachable
+            raise PodSourceError(f"patch pod {namespace}/{name}: {exc}") from None
+        return True
+
+    def node_event(self, node: str, reason: str, message: str) -> None:
+        from datetime import UTC, datetime
+
+        from lightkube import ApiError
+        from lightkube.models.core_v1 import EventSource, ObjectReference
+        from lightkube.models.meta_v1 import ObjectMeta
+        from lightkube.resources.core_v1 import Event
+
+        now = datetime.now(UTC)
+        try:
+            self._client.create(Event(
+                metadata=ObjectMeta(generateName=f"{node}.", namespace="default"),
+                involvedObject=ObjectReference(kind="Node", name=node, apiVersion="v1"),
+                reason=reason, message=message[:1024], type="Warning",
+                source=EventSource(component="hami-device-plugin", host=node),
+                firstTimestamp=now, lastTimestamp=now, count=1,
+            ))
+        except ApiError as exc:
+            log.warning("node %s: could not record event %s: %s", node, reason, exc.status.message)
+        except Exception as exc:  # httpx transport errors
+            log.warning("node %s: could not record event %s: %s", node, reason, exc)

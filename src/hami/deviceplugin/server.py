@@ -57,6 +57,10 @@ class PluginOptions:
     watch_interval_s: float = 1.0
     # Create the grants' host directories and files (off only where the plugin cannot).
     create_cache_dirs: bool = True
+    # NVIDIA: publish hami.io/node-nvidia-score (the links between GPUs, for topology-aware pods).
+    link_scores: bool = True
+    # NVIDIA: how often MIG instances of gone pods are looked for.
+    mig_cleanup_interval_s: float = 5.0
 
 
 # Builds a vendor's node side from the devices its backend found (Ascend's depends on the chip).
@@ -253,7 +257,9 @@ class DevicePlugin:
         self.config = config
         self.options = options
         self._vendor_factory: VendorFactory = vendor or (
-            lambda found: nvidia.node_vendor(config, options.node, options.hook_path, options.cache_root))
+            lambda found: nvidia.node_vendor(config, options.node, options.hook_path, options.cache_root,
+                                             link_scores=options.link_scores,
+                                             mig_cleanup_interval_s=options.mig_cleanup_interval_s))
         self.vendor: NodeVendor[Any] | None = None
         self.resource_name = config.nvidia.resourceCountName if vendor is None else ""
         self.agent = NodeAgent(source, options.node)
@@ -280,7 +286,7 @@ class DevicePlugin:
         self.backend.init()
         found = self.backend.devices()
         vendor = self.vendor = self._vendor_factory(found)
-        chips = vendor.usable(found)
+        chips = vendor.prepare(self.backend, self.source, vendor.usable(found))
         for chip in chips:
             log.info("%s", vendor.describe(chip))
         self.resource_name = vendor.resource_name
@@ -295,7 +301,7 @@ class DevicePlugin:
         self._serve()
         self._try_register()
         for target, name in ((self._watch_health, "health"), (self._watch_kubelet, "kubelet-watch"),
-                             (self._keep_registered, "node-agent")):
+                             (self._keep_registered, "node-agent"), (self._background, "vendor")):
             thread = threading.Thread(target=target, name=f"hami-dp-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -306,6 +312,10 @@ class DevicePlugin:
         with self.state.changed:
             health = dict(self.state.health)
         return self.vendor.registration(self.state.chips, health)
+
+    def _background(self) -> None:
+        assert self.vendor is not None
+        self.vendor.background(self.stopping)
 
     def _serve(self) -> None:
         if self._server is not None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hami.model.mig import MigProfile
+
 HAMI_CORE_MODE = "hami-core"
+MIG_MODE = "mig"
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,11 @@ class DeviceInfo:
     mode: str = HAMI_CORE_MODE
     vendor: str = "NVIDIA"
     custom: dict[str, Any] = field(default_factory=dict, hash=False)
+    # NVIDIA MIG mode: the profiles the GPU offers (HAMi's migProfiles).
+    mig_profiles: tuple[MigProfile, ...] = ()
+    # NVIDIA topology: the link score to each other GPU of the node, by UUID (HAMi's
+    # DevicePairScore, from hami.io/node-nvidia-score; higher is a faster link).
+    pair_scores: dict[str, int] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import numpy as np
 
 from hami.annotations import keys
 from hami.annotations.selectors import (
+    TOPOLOGY_AWARE,
     DeviceSelectors,
     Policy,
     ScoringWeights,
@@ -34,7 +35,7 @@ from hami.model.requests import ContainerRequest, PodRequest
 from hami.scheduler import reasons as R
 from hami.scheduler.scoring import device_scores, memory_needed, node_scores
 from hami.scheduler.state import ClusterState, IntArray
-from hami.vendors.base import Need, Vendor, Walk
+from hami.vendors.base import Vendor, Walk
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class PodContext:
     weights: ScoringWeights
     # HAMi's `mutex` GPU policy: only devices nobody uses.
     mutex: bool = False
+    # HAMi's `topology-aware` GPU policy: devices chosen by how well they are linked.
+    topology: bool = False
     # Other vendors' selectors from their own annotations (only vendors the pod names).
     vendor_selectors: tuple[tuple[str, DeviceSelectors], ...] = ()
 
@@ -82,13 +85,15 @@ class PodContext:
     @staticmethod
     def of(pod: PodRequest, defaults: PolicyDefaults) -> PodContext:
         node_policy, gpu_policy = pod_policies(pod.annotations, defaults.node_policy, defaults.gpu_policy)
+        filters = gpu_policy_filters(pod.annotations, defaults.gpu_policy)
         return PodContext(
             pod=pod,
             selectors=decode_selectors(pod.annotations),
             node_policy=node_policy,
             gpu_policy=gpu_policy,
             weights=decode_weights(pod.annotations.get(keys.DEVICE_SCORING_WEIGHTS)),
-            mutex="mutex" in gpu_policy_filters(pod.annotations),
+            mutex="mutex" in filters,
+            topology=TOPOLOGY_AWARE in filters,
             vendor_selectors=_vendor_selectors(pod.annotations),
         )
 
@@ -242,12 +247,14 @@ def fit_container(
     usedmem: IntArray,
     usedcores: IntArray,
     earlier: tuple[int, ...] = (),
+    taken: tuple[ContainerDevice, ...] = (),
 ) -> ContainerFit:
     """HAMi's per-node device walk for one vendor ask of one container, on the given usage of the
     node's devices (`static`, `used`, `usedmem`, `usedcores` are the node's, all vendors).
 
     `earlier` holds the node-relative rows the pod's earlier containers of the same phase (init
     containers, or app containers: HAMi fits the two apart) took of the vendor.
+    `taken` holds the devices of the vendor that the pod's earlier containers (of either phase) got.
     """
     node_rows = state.rows_of_node(node)
     if state.single_vendor and state.vendor_names == [request.vendor]:
@@ -255,7 +262,7 @@ def fit_container(
     else:
         vrows = state.vendor_rows_of_node(node, request.vendor)
     n = len(vrows)
-    if request.nums > n:
+    if request.nums > n and n == 0:
         return ContainerFit([], reason=f"{n}/{n} {R.NODE_INSUFFICIENT_DEVICE}")
     vendor = state.vendors[request.vendor]
     lo = vrows.start - node_rows.start
@@ -263,13 +270,17 @@ def fit_container(
     sl = slice(vrows.start, vrows.stop)
     count, totalmem, totalcore = state.count[sl], state.totalmem[sl], state.totalcore[sl]
     u, um, uc = used[local], usedmem[local], usedcores[local]
-    scores = device_scores(request, ctx.weights, u, count, uc, totalcore, um, totalmem).tolist()
     usage, need = vendor.usage_codes(request, ctx, state, sl, u, um, uc, tuple(vrows.start + e - lo for e in earlier))
+    repeats = need.repeats
+    if request.nums > n and (repeats is None or not repeats.mask.any()):
+        return ContainerFit([], reason=f"{n}/{n} {R.NODE_INSUFFICIENT_DEVICE}")
+    scores = device_scores(request, ctx.weights, u, count, uc, totalcore, um, totalmem).tolist()
     node_static = static[local]
     codes = np.where(node_static != 0, node_static, usage)
     numa = state.numa[sl].tolist()
     selectors = ctx.selectors_for(request.vendor)
     order = _device_order(scores, state.index[sl].tolist(), numa, ctx.gpu_policy, selectors.numa_bind)
+    chooses = vendor.chooses(request, ctx, need)
     counts: dict[str, int] = {}
     chosen: list[int] = []
     prev_numa: int | None = None
@@ -289,26 +300,30 @@ def fit_container(
             counts[name] = counts.get(name, 0) + 1
             continue
         chosen.append(j)
-        if len(chosen) == request.nums and not vendor.topology:
-            return _devices(state, vendor, lo, sl, chosen, need)
-    if vendor.topology and len(chosen) >= request.nums:
-        picked, missing = vendor.choose(request, ctx, state, Walk(vrows, order, codes, need), chosen)
+        if len(chosen) == request.nums and not chooses:
+            return _devices(state, vendor, request, Walk(vrows, order, codes, need, taken), lo, chosen)
+    # How many of the ask the fitting devices can take: one each, or as many as a device repeats.
+    room = len(chosen) if repeats is None else int(repeats.copies[chosen].sum())
+    if chooses and room >= request.nums:
+        walk = Walk(vrows, order, codes, need, taken)
+        picked, missing = vendor.choose(request, ctx, state, walk, chosen)
         if picked:
-            return _devices(state, vendor, lo, sl, picked, need)
+            return _devices(state, vendor, request, walk, lo, picked)
         counts[missing] = counts.get(missing, 0) + max(1, len(chosen))
         return ContainerFit([], reason=R.format_reason(counts, n))
-    if chosen:
-        counts[R.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] = len(chosen)
+    if repeats is not None:
+        # HAMi tried each repeating device again until it took no more.
+        exhausted = sum(1 for j in chosen if repeats.mask[j])
+        if exhausted:
+            counts[repeats.reason] = counts.get(repeats.reason, 0) + exhausted
+    if room:
+        counts[R.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] = room
     return ContainerFit([], reason=R.format_reason(counts, n))
 
 
-def _devices(state: ClusterState, vendor: Vendor, lo: int, sl: slice, chosen: list[int], need: Need) -> ContainerFit:
-    devices = tuple(
-        ContainerDevice(state.uuids[sl.start + j], vendor.wire_type(state.devices[sl.start + j]),
-                        int(need.mem[j]), int(need.cores[j]))
-        for j in chosen
-    )
-    return ContainerFit([lo + j for j in chosen], devices)
+def _devices(state: ClusterState, vendor: Vendor, request: ContainerRequest, walk: Walk, lo: int,
+             picked: list[int]) -> ContainerFit:
+    return ContainerFit([lo + j for j in picked], vendor.placed(request, state, walk, picked))
 
 
 def fit_pod_on_node(
@@ -327,6 +342,7 @@ def fit_pod_on_node(
     running = [state.used[sl].copy(), state.usedmem[sl].copy(), state.usedcores[sl].copy()]
     plain = state.single_vendor and state.vendor_names == ["NVIDIA"]
     earlier: dict[tuple[bool, str], list[int]] = {}
+    taken: dict[str, list[ContainerDevice]] = {}
     allocation: list[tuple[ContainerDevice, ...]] = []
     for position, request in enumerate(pod.containers):
         if not request.wants_devices:
@@ -336,11 +352,12 @@ def fit_pod_on_node(
         placed: list[ContainerDevice] = []
         for ask in request.asks:
             phase = (position < pod.init_count, ask.vendor)
-            taken = tuple(earlier.get(phase, ()))
-            fit = fit_container(state, node, ask, ctx, node_static, running[0], running[1], running[2], taken)
+            fit = fit_container(state, node, ask, ctx, node_static, running[0], running[1], running[2],
+                                tuple(earlier.get(phase, ())), tuple(taken.get(ask.vendor, ())))
             if not fit.chosen:
                 return None, fit.reason
             earlier.setdefault(phase, []).extend(fit.chosen)
+            taken.setdefault(ask.vendor, []).extend(fit.devices)
             if stays:
                 for j, device in zip(fit.chosen, fit.devices, strict=True):
                     slots, mem, cores = (1, device.usedmem, device.usedcores) if plain else state.usage_of(
@@ -413,21 +430,36 @@ def feasible_nodes(
             vendor_numa = ctx.selectors_for(ask.vendor).numa_bind
             walk = walk or vendor_numa or (vendor.sees_earlier and _asked_twice(pod, ask.vendor))
             rows = state.vendor_rows(ask.vendor)
-            usage, _ = vendor.usage_codes(ask, ctx, state, rows, state.used[rows], state.usedmem[rows],
-                                          state.usedcores[rows])
+            usage, need = vendor.usage_codes(ask, ctx, state, rows, state.used[rows], state.usedmem[rows],
+                                             state.usedcores[rows])
             vstatic = static[rows]
             codes = np.where(vstatic != 0, vstatic, usage)
+            # What each passing device can take of the ask: one, or as many as it repeats.
+            room = (codes == 0).astype(np.int64)
+            if need.repeats is not None:
+                room *= need.repeats.copies
             if state.single_vendor:
                 starts = state.starts[:-1]
-                ok_per_node = np.add.reduceat((codes == 0).astype(np.int64), starts) if len(starts) else codes[:0]
+                ok_per_node = np.add.reduceat(room, starts) if len(starts) else codes[:0]
                 sizes = state.sizes[candidates]
             else:
                 node_of = state.dev_node[rows]
-                ok_per_node = np.bincount(node_of[codes == 0], minlength=len(state.nodes))
+                ok_per_node = np.bincount(node_of, weights=room, minlength=len(state.nodes)).astype(np.int64)
                 sizes = state.vendor_sizes(ask.vendor)[candidates]
             ok = ok_per_node[candidates]
             too_few_devices = sizes < ask.nums
-            failing = fits & ((ok < ask.nums) | too_few_devices)
+            deferred = np.zeros(len(candidates), dtype=bool)
+            if need.repeats is not None:
+                # A node with a device that repeats is not judged by its number of devices (HAMi's
+                # isMIGRequest); where too little fits, the walk gives HAMi's reasons.
+                mask = need.repeats.mask.astype(np.int64)
+                repeating = (np.add.reduceat(mask, state.starts[:-1]) if state.single_vendor and len(state.nodes)
+                             else np.bincount(state.dev_node[rows], weights=mask, minlength=len(state.nodes)))
+                several = repeating[candidates] > 0
+                too_few_devices &= ~several
+                deferred = fits & several & (ok < ask.nums)
+                walk = walk or bool(deferred.any())
+            failing = fits & ((ok < ask.nums) | too_few_devices) & ~deferred
             if explain and failing.any():
                 reasons.update(_explain(state, ask.vendor, candidates[failing], codes, ok[failing],
                                         too_few_devices[failing], sizes[failing]))
@@ -521,7 +553,7 @@ def hami_node_scores(state: ClusterState, nodes: IntArray) -> np.ndarray:
 def node_totals(state: ClusterState, ctx: PodContext, nodes: IntArray) -> np.ndarray:
     """HAMi's node score plus the asked vendors' ScoreNode for the pod placed on each node."""
     scores = hami_node_scores(state, nodes)
-    scoring = [state.vendors[v] for v in ctx.pod.vendors if v in state.vendors and state.vendors[v].scores_nodes]
+    scoring = [state.vendors[v] for v in ctx.pod.vendors if v in state.vendors and state.vendors[v].scores(ctx)]
     if not scoring or len(nodes) == 0:
         return scores
     totals = scores.astype(np.float32).copy()

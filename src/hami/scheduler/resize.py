@@ -153,6 +153,9 @@ def plan_resize(state: ClusterState, key: str, node: str, allocation: PodAllocat
             vendor = state.devices[row].vendor
             if vendor not in LIVE_RESIZE_VENDORS:
                 return ResizePlan(None, f"container {name}: {vendor} devices cannot be resized while running")
+            if d.part is not None:  # a MIG instance: its size is the hardware's
+                return ResizePlan(None, f"container {name}: {d.uuid} is a MIG instance ({d.part.profile}); "
+                                        "its size cannot change")
             memory = d.usedmem
             if ask.memory_mib is not None:
                 memory = ask.memory_mib

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from hami.model.allocation import ContainerDevice, PodAllocation
+from hami.model.allocation import ContainerDevice, DevicePart, PodAllocation
 from hami.model.devices import DeviceInfo, NodeDevices
 
 if TYPE_CHECKING:
@@ -40,6 +40,8 @@ class Footprint:
     memory_mib: int
     # Per device row, the vendor's marks this pod leaves there (Vendor.marks).
     marks: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    # Fixed partitions the pod holds (MIG instances), per device row.
+    parts: tuple[tuple[int, DevicePart], ...] = ()
 
 
 Usage = tuple[int, int, int]  # task slots, MiB, cores
@@ -154,6 +156,8 @@ class ClusterState:
         self.pods: dict[str, Footprint] = {}
         # Per mark, how many of the pods holding each device row left it (MetaX sGPU: app class, QoS).
         self.marks: dict[str, IntArray] = {}
+        # Per device row, the fixed partitions pods hold there (MIG instances), in no order.
+        self.parts: dict[int, list[DevicePart]] = {}
         # Per-device checks that depend only on the fixed parts above (health, types, UUIDs), per
         # selector set: most pods share one, so it is computed once per state, not per pod.
         self.static_cache: dict[object, IntArray] = {}
@@ -269,6 +273,7 @@ class ClusterState:
             cpu_milli=cpu_milli,
             memory_mib=memory_mib,
             marks=self._marks_of(node, allocation, annotations) if annotations and self._marking else (),
+            parts=self._parts_of(node, allocation),
         )
         self._apply(footprint, +1)
         self.pods[key] = footprint
@@ -287,6 +292,19 @@ class ClusterState:
                     continue
                 found.setdefault(row, set()).update(vendor.marks(annotations, placed))
         return tuple((row, tuple(sorted(marks))) for row, marks in found.items() if marks)
+    def _parts_of(self, node: int, allocation: PodAllocation) -> tuple[tuple[int, DevicePart], ...]:
+        found = []
+        for container in allocation:
+            for placed in container:
+                if placed.part is not None:
+                    row = self.row_of.get((node, placed.uuid))
+                    if row is not None:
+                        found.append((row, placed.part))
+        return tuple(found)
+
+    def parts_of(self, row: int) -> list[DevicePart]:
+        """The fixed partitions pods hold on a device row (MIG instances)."""
+        return self.parts.get(row, [])
 
     def remove_pod(self, key: str) -> bool:
         """Free what a pod held; False when the pod was not counted."""
@@ -311,6 +329,14 @@ class ClusterState:
                 if counts is None:
                     counts = self.marks[mark] = np.zeros(len(self.devices), dtype=np.int64)
                 counts[row] += sign
+        for row, part in f.parts:
+            held = self.parts.setdefault(row, [])
+            if sign > 0:
+                held.append(part)
+            else:
+                held.remove(part)
+                if not held:
+                    del self.parts[row]
 
     def nodes_named(self, names: Sequence[str]) -> IntArray:
         """Positions of the named nodes we know, in the order given (unknown names are left out)."""

@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-count", type=int, default=10,
                         help="HAMi deviceSplitCount: most tasks sharing one GPU (default 10)")
     parser.add_argument("--list-policies", action="store_true", help="list the policies and exit")
+    parser.add_argument("--topology", action="store_true",
+                        help="the topology-aware fill instead: link quality of multi-GPU tasks' GPU sets on NVLink "
+                             "and PCIe nodes (hami.sim.topology; tasks from --trace, default openb multigpu50)")
+    parser.add_argument("--topology-nodes", type=int, default=64, metavar="N", help="--topology: 8-GPU nodes (64)")
 
 
 _WORKLOAD: Any = None  # the workload, shared with forked workers
@@ -107,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
     from hami.sim.trace import default_trace_dir
     from hami.sim.workload import load_workload
 
+    if args.topology:
+        from hami.sim.topology_command import run_topology
+
+        return run_topology(args)
     if args.list_policies:
         for spec in POLICIES.values():
             print(f"{spec.name:<14} {spec.summary}")

@@ -111,12 +111,24 @@ class AnnotationKeys:
 
 
 @dataclass(frozen=True)
+class Repeats:
+    """Devices that one container may take more than once (NVIDIA MIG GPUs: one instance each
+    time), as HAMi's walk tries such a device again after taking it."""
+
+    mask: BoolArray  # per device: may be taken several times
+    copies: IntArray  # per device: how many times it can still be taken (1 where not `mask`)
+    reason: str  # why a repeating device took no more (HAMi counts it once per such device)
+
+
+@dataclass(frozen=True)
 class Need:
     """What one container's ask takes on each candidate device: task slots, MiB and cores."""
 
     slots: IntArray
     mem: IntArray
     cores: IntArray
+    # Set where some devices may be taken more than once for the ask (None: each once).
+    repeats: Repeats | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,8 @@ class Walk:
     order: list[int]  # positions into `rows`, in the order HAMi tries them
     codes: IntArray  # per position: the first failing check (0 = fits)
     need: Need  # per position
+    # The devices of the vendor that this pod's earlier containers took on the node.
+    earlier: tuple[ContainerDevice, ...] = ()
 
 
 @dataclass
@@ -325,13 +339,29 @@ class Vendor:
     def choose(self, ask: ContainerRequest, ctx: PodContext, state: ClusterState, walk: Walk,
                fitting: list[int]) -> tuple[list[int], str]:
         """Among the fitting positions (in walk order), the devices to give; ([], reason) when none.
+        A position may appear more than once where `walk.need.repeats` allows it.
 
-        Only called for vendors that set `topology` (the generic loop takes the first that fit).
+        Only called when `chooses` says so (the generic loop takes the first that fit).
         """
         return fitting[: ask.nums], ""
 
     # Vendors whose choice looks at every fitting device (a topology) set this.
     topology: bool = False
+
+    def chooses(self, ask: ContainerRequest, ctx: PodContext, need: Need) -> bool:
+        """Whether `choose` picks this ask's devices among every device that fits."""
+        return self.topology
+
+    def placed(self, ask: ContainerRequest, state: ClusterState, walk: Walk,
+               picked: Sequence[int]) -> tuple[ContainerDevice, ...]:
+        """The devices given for the picked positions of a walk (HAMi's AddResourceUsage may
+        rewrite what a device records: MIG writes the profile's memory and cores)."""
+        need = walk.need
+        return tuple(
+            ContainerDevice(state.uuids[walk.rows[j]], self.wire_type(state.devices[walk.rows[j]]),
+                            int(need.mem[j]), int(need.cores[j]))
+            for j in picked
+        )
 
     def score_node(self, ctx: PodContext, state: ClusterState, node: int,
                    allocation: Sequence[Sequence[ContainerDevice]]) -> float:
@@ -353,6 +383,10 @@ class Vendor:
         (no two of its containers compete for devices). None: the engine places the pod on each
         node and calls `score_node`."""
         return None
+
+    def scores(self, ctx: PodContext) -> bool:
+        """Whether `score_node` counts for this pod (the engine then places it on every candidate)."""
+        return self.scores_nodes
 
     def usage(self, device: DeviceInfo, placed: ContainerDevice) -> tuple[int, int, int]:
         """HAMi's AddResourceUsage: task slots, MiB and cores a placed device takes."""
@@ -382,6 +416,11 @@ class Vendor:
     def decision_keys(self) -> tuple[str, ...]:
         """Every pod annotation a decision of this vendor may write (cleared when a bind fails)."""
         return tuple(k for k in (self.keys.to_allocate, self.keys.allocated) if k)
+
+    def held(self, annotations: Mapping[str, str], allocation: PodAllocation) -> PodAllocation:
+        """The vendor's part of a pod's decision as decoded from its allocation annotation,
+        completed from the vendor's other annotations (NVIDIA: the MIG reservations)."""
+        return allocation
 
 
 @dataclass(frozen=True)

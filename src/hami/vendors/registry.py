@@ -227,7 +227,7 @@ class VendorSet:
                 if value:
                     allocation = decode_pod_devices(value)
                     if any(allocation):
-                        parts.append(allocation)
+                        parts.append(vendor.held(annotations, allocation))
                         break
         if not parts:
             return None

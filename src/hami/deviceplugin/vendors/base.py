@@ -9,6 +9,7 @@ sees for them, the node annotations HAMi's scheduler reads, and what a container
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from hami.config import HamiConfig
 from hami.deviceplugin.allocate import Session, pod_name
-from hami.deviceplugin.pods import Pod
+from hami.deviceplugin.pods import Pod, PodSource
 from hami.model.devices import DeviceInfo
 
 
@@ -93,6 +94,15 @@ class NodeVendor(Generic[C]):
     def usable(self, chips: Sequence[C]) -> list[C]:
         """The devices the node offers (its `filterdevices` left out)."""
         return [c for c in chips if self.node_filter.keeps(c)]
+
+    def prepare(self, backend: Any, source: PodSource, chips: Sequence[C]) -> list[C]:
+        """Work done once before serving, with the device library and the API server at hand; the
+        devices served (NVIDIA: dynamic MIG and the links between GPUs)."""
+        return list(chips)
+
+    def background(self, stopping: threading.Event) -> None:
+        """A loop the plugin runs beside serving until `stopping` is set (NVIDIA: MIG cleanup)."""
+        return
 
     def share_ids(self, chip: C) -> list[str]:
         """The IDs kubelet sees for one device (HAMi's `<uuid>-<i>` unless a vendor differs)."""
