@@ -217,8 +217,8 @@ def test_two_replicas_are_replaced_together() -> None:
 
 
 @pytest.mark.parametrize(("sets", "message"), [
-    ({"scheduler.defaultSchedulerPolicy.gpuSchedulerPolicy": "topology-aware"},
-     'gpuSchedulerPolicy: "topology-aware" is not supported by hami; use binpack or spread'),
+    ({"scheduler.defaultSchedulerPolicy.gpuSchedulerPolicy": "mutex"},
+     'gpuSchedulerPolicy: "mutex" is not supported by hami; use binpack or spread or topology-aware'),
     ({"scheduler.admissionWebhook.mtls.enabled": "true"},
      "scheduler.admissionWebhook.mtls.enabled needs the CA of the API server's webhook client certificate"),
     ({"ui.enabled": "true", "ui.authProxy.enabled": "true"}, "ui.authProxy.enabled needs ui.authProxy.caBundle"),
@@ -414,3 +414,10 @@ def test_ui_options_prometheus_proxy_and_own_certificate() -> None:
         "apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}
     assert ("Secret", "hami-ui-tls") not in items
     assert volume_file(pod, ui, "/tls/tls.key") == ("Secret", "my-ui-cert", "tls.key")
+
+
+def test_topology_aware_gpu_policy_reaches_the_scheduler() -> None:
+    items = rendered(**{"scheduler.defaultSchedulerPolicy.gpuSchedulerPolicy": "topology-aware"})
+    container = containers(items)["hami-scheduler/hami-scheduler"]
+    args = container.get("args", []) + container.get("command", [])
+    assert "--gpu-policy=topology-aware" in args

@@ -176,8 +176,9 @@ hami does not have: a HAMi values file passes them by default.
 
 {{- define "hami.checkPolicy" -}}
 {{- range $key, $value := . }}
-{{- if not (has $value (list "binpack" "spread")) }}
-{{- fail (printf "scheduler.defaultSchedulerPolicy.%s: %q is not supported by hami; use binpack or spread" $key $value) }}
+{{- $allowed := ternary (list "binpack" "spread" "topology-aware") (list "binpack" "spread") (eq $key "gpuSchedulerPolicy") }}
+{{- if not (has $value $allowed) }}
+{{- fail (printf "scheduler.defaultSchedulerPolicy.%s: %q is not supported by hami; use %s" $key $value (join " or " $allowed)) }}
 {{- end }}
 {{- end }}
 {{- end -}}
