@@ -33,6 +33,7 @@ from hami.annotations.selectors import (
 from hami.model.allocation import ContainerDevice, PodAllocation
 from hami.model.requests import ContainerRequest, PodRequest
 from hami.scheduler import reasons as R
+from hami.scheduler.quota import NO_QUOTA, QuotaLeft, QuotaTally
 from hami.scheduler.scoring import device_scores, memory_needed, node_scores
 from hami.scheduler.state import ClusterState, IntArray
 from hami.vendors.base import Vendor, Walk
@@ -61,6 +62,12 @@ class PodContext:
     topology: bool = False
     # Other vendors' selectors from their own annotations (only vendors the pod names).
     vendor_selectors: tuple[tuple[str, DeviceSelectors], ...] = ()
+    # What the pod's namespace may still take (ResourceQuota); devices beyond it do not fit.
+    quota: QuotaLeft = NO_QUOTA
+
+    @property
+    def quota_applies(self) -> bool:
+        return self.quota.caps(self.pod.vendors)
 
     def static_codes(self, state: ClusterState) -> IntArray:
         """static_codes() for this pod's selectors, computed once per state."""
@@ -83,7 +90,7 @@ class PodContext:
         return _NO_SELECTORS
 
     @staticmethod
-    def of(pod: PodRequest, defaults: PolicyDefaults) -> PodContext:
+    def of(pod: PodRequest, defaults: PolicyDefaults, quota: QuotaLeft = NO_QUOTA) -> PodContext:
         node_policy, gpu_policy = pod_policies(pod.annotations, defaults.node_policy, defaults.gpu_policy)
         filters = gpu_policy_filters(pod.annotations, defaults.gpu_policy)
         return PodContext(
@@ -95,6 +102,7 @@ class PodContext:
             mutex="mutex" in filters,
             topology=TOPOLOGY_AWARE in filters,
             vendor_selectors=_vendor_selectors(pod.annotations),
+            quota=quota,
         )
 
 
@@ -235,6 +243,8 @@ class ContainerFit:
 
 _EARLY = (R.CODE_OF[R.CARD_NOT_HEALTH], R.CODE_OF[R.CARD_UNHEALTHY], R.CODE_OF[R.CARD_CORDONED],
           R.CODE_OF[R.CARD_TYPE_MISMATCH])
+_QUOTA = R.CODE_OF[R.RESOURCE_QUOTA_NOT_FIT]
+_SLICING = R.CODE_OF[R.CARD_TIME_SLICING_EXHAUSTED]
 
 
 def fit_container(
@@ -248,6 +258,8 @@ def fit_container(
     usedcores: IntArray,
     earlier: tuple[int, ...] = (),
     taken: tuple[ContainerDevice, ...] = (),
+    tally: QuotaTally | None = None,
+    init: bool = False,
 ) -> ContainerFit:
     """HAMi's per-node device walk for one vendor ask of one container, on the given usage of the
     node's devices (`static`, `used`, `usedmem`, `usedcores` are the node's, all vendors).
@@ -255,6 +267,8 @@ def fit_container(
     `earlier` holds the node-relative rows the pod's earlier containers of the same phase (init
     containers, or app containers: HAMi fits the two apart) took of the vendor.
     `taken` holds the devices of the vendor that the pod's earlier containers (of either phase) got.
+    `tally` counts the pod's devices so far against its namespace's quota (`init`: this is an
+    ordinary init container); a device that would go over fails with ResourceQuotaNotFit.
     """
     node_rows = state.rows_of_node(node)
     if state.single_vendor and state.vendor_names == [request.vendor]:
@@ -277,6 +291,15 @@ def fit_container(
     scores = device_scores(request, ctx.weights, u, count, uc, totalcore, um, totalmem).tolist()
     node_static = static[local]
     codes = np.where(node_static != 0, node_static, usage)
+    quota = tally if tally is not None and ctx.quota.room(request.vendor) is not None else None
+    uuids = state.uuids[sl]
+    if quota is not None:
+        # HAMi checks the quota after the task count (and mutex) and before memory and cores.
+        over = np.asarray([not quota.fits(request.vendor, uuids[j], int(need.mem[j]), int(need.cores[j]), init)
+                           for j in range(n)], dtype=bool)
+        kept = (usage == _SLICING) | (ctx.mutex & (u > 0))
+        codes = np.where(over & (node_static == 0) & ~kept, _QUOTA, codes)
+        quota = quota.copy()  # this container's picks, one after another
     numa = state.numa[sl].tolist()
     selectors = ctx.selectors_for(request.vendor)
     order = _device_order(scores, state.index[sl].tolist(), numa, ctx.gpu_policy, selectors.numa_bind)
@@ -295,6 +318,13 @@ def fit_container(
                 counts[R.NUMA_NOT_FIT] = counts.get(R.NUMA_NOT_FIT, 0) + len(chosen)
             chosen = []
             prev_numa = numa[j]
+            if quota is not None and tally is not None:
+                quota = tally.copy()
+        if not code and quota is not None and not chooses:
+            if quota.fits(request.vendor, uuids[j], int(need.mem[j]), int(need.cores[j]), init):
+                quota.take(request.vendor, uuids[j], int(need.mem[j]), int(need.cores[j]), init)
+            else:
+                code = _QUOTA
         if code:
             name = R.CHECKS[code - 1]
             counts[name] = counts.get(name, 0) + 1
@@ -308,7 +338,10 @@ def fit_container(
         walk = Walk(vrows, order, codes, need, taken)
         picked, missing = vendor.choose(request, ctx, state, walk, chosen)
         if picked:
-            return _devices(state, vendor, request, walk, lo, picked)
+            fit = _devices(state, vendor, request, walk, lo, picked)
+            if quota is None or _within(quota, request.vendor, fit.devices, init):
+                return fit
+            missing = R.RESOURCE_QUOTA_NOT_FIT
         counts[missing] = counts.get(missing, 0) + max(1, len(chosen))
         return ContainerFit([], reason=R.format_reason(counts, n))
     if repeats is not None:
@@ -319,6 +352,15 @@ def fit_container(
     if room:
         counts[R.ALLOCATED_CARDS_INSUFFICIENT_REQUEST] = room
     return ContainerFit([], reason=R.format_reason(counts, n))
+
+
+def _within(quota: QuotaTally, vendor: str, devices: tuple[ContainerDevice, ...], init: bool) -> bool:
+    """Whether a vendor's choice of devices stays within the pod's quota."""
+    for device in devices:
+        if not quota.fits(vendor, device.uuid, device.usedmem, device.usedcores, init):
+            return False
+        quota.take(vendor, device.uuid, device.usedmem, device.usedcores, init)
+    return True
 
 
 def _devices(state: ClusterState, vendor: Vendor, request: ContainerRequest, walk: Walk, lo: int,
@@ -341,6 +383,7 @@ def fit_pod_on_node(
     node_static = static[sl]
     running = [state.used[sl].copy(), state.usedmem[sl].copy(), state.usedcores[sl].copy()]
     plain = state.single_vendor and state.vendor_names == ["NVIDIA"]
+    tally = QuotaTally(ctx.quota) if ctx.quota_applies else None
     earlier: dict[tuple[bool, str], list[int]] = {}
     taken: dict[str, list[ContainerDevice]] = {}
     allocation: list[tuple[ContainerDevice, ...]] = []
@@ -353,9 +396,12 @@ def fit_pod_on_node(
         for ask in request.asks:
             phase = (position < pod.init_count, ask.vendor)
             fit = fit_container(state, node, ask, ctx, node_static, running[0], running[1], running[2],
-                                tuple(earlier.get(phase, ())), tuple(taken.get(ask.vendor, ())))
+                                tuple(earlier.get(phase, ())), tuple(taken.get(ask.vendor, ())), tally, not stays)
             if not fit.chosen:
                 return None, fit.reason
+            if tally is not None:
+                for device in fit.devices:
+                    tally.take(ask.vendor, device.uuid, device.usedmem, device.usedcores, not stays)
             earlier.setdefault(phase, []).extend(fit.chosen)
             taken.setdefault(ask.vendor, []).extend(fit.devices)
             if stays:
@@ -414,8 +460,9 @@ def feasible_nodes(
             for node in candidates[short].tolist():
                 reasons[node] = R.NODE_INSUFFICIENT_CPU if cpu_short[node] else R.NODE_INSUFFICIENT_MEMORY
 
-    # Containers interact or NUMA groups matter: every remaining node is walked.
-    pod_walk = not _independent(pod) or ctx.selectors.numa_bind
+    # Containers interact, NUMA groups matter or a quota counts the pod's devices: every remaining
+    # node is walked.
+    pod_walk = not _independent(pod) or ctx.selectors.numa_bind or ctx.quota_applies
     walk = pod_walk
     for request in pod.containers:
         for ask in request.asks:
@@ -610,12 +657,14 @@ def schedule(
     explain: bool = True,
     chooser: Chooser = hami_chooser,
     with_scores: bool = False,
+    quota: QuotaLeft = NO_QUOTA,
 ) -> Decision:
-    """Decide where `pod` goes among `nodes` (all nodes with devices when None).
+    """Decide where `pod` goes among `nodes` (all nodes with devices when None). `quota`: what
+    the pod's namespace may still take.
 
     Raises AnnotationError when the pod's selector or policy annotations are malformed.
     """
-    ctx = PodContext.of(pod, defaults)
+    ctx = PodContext.of(pod, defaults, quota)
     candidates = (
         np.arange(len(state.nodes), dtype=np.int64) if nodes is None else state.nodes_named(nodes)
     )

@@ -9,8 +9,9 @@ range. Only nodes with at least one registered device are held. Mutation is expl
 
 from __future__ import annotations
 
+import contextlib
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -313,6 +314,20 @@ class ClusterState:
             return False
         self._apply(footprint, -1)
         return True
+
+    @contextlib.contextmanager
+    def without(self, keys: Iterable[str]) -> Iterator[None]:
+        """The state as if these pods were gone, for the duration of the block (what-if questions
+        such as "would the pod fit without these victims"); unknown keys are ignored."""
+        removed = [(key, self.pods.pop(key)) for key in dict.fromkeys(keys) if key in self.pods]
+        for _, footprint in removed:
+            self._apply(footprint, -1)
+        try:
+            yield
+        finally:
+            for key, footprint in removed:
+                self._apply(footprint, +1)
+                self.pods[key] = footprint
 
     def _apply(self, f: Footprint, sign: int) -> None:
         np.add.at(self.used, f.rows, sign * f.used)

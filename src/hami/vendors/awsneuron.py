@@ -107,6 +107,11 @@ class AWSNeuron(Vendor):
 
     # ---- requests ---------------------------------------------------------------------
 
+    def quota_resources(self) -> tuple[tuple[str, str, int], ...]:
+        # NeuronCores are whole cores kept as a bit mask per device, not a percentage: a quota
+        # on them would count mask values. HAMi's scheduler does not check it either.
+        return ()
+
     def _asked(self, container: Mapping[str, Any], name: str | None) -> Any:
         limits, requests = resources_of(container)
         if not name:

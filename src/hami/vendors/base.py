@@ -223,6 +223,17 @@ class Vendor:
     def managed_resources(self) -> tuple[str, ...]:
         return self.resources.names
 
+    def quota_resources(self) -> tuple[tuple[str, str, int], ...]:
+        """(resource, "memory" or "cores", memory factor) that a namespace's ResourceQuota may cap
+        (`limits.<resource>`), as HAMi's GetResourceNames names them."""
+        r = self.resources
+        found = []
+        if r.memory:
+            found.append((r.memory, "memory", r.memory_factor))
+        if r.cores:
+            found.append((r.cores, "cores", 1))
+        return tuple(found)
+
     # ---- webhook ----------------------------------------------------------------------
 
     def admit(self, container: dict[str, Any], pod: Mapping[str, Any]) -> bool:
