@@ -18,6 +18,11 @@ DEVICES_ALLOCATED = "hami.io/vgpu-devices-allocated"
 MIG_ALLOCATIONS = "hami.io/vgpu-mig-allocations"
 BIND_PHASE = "hami.io/bind-phase"
 BIND_TIME = "hami.io/bind-time"
+# hami's own (not HAMi's): devices kept for a preempting pod while its victims terminate.
+PREEMPTION_NODE = "hami.io/preemption-node"
+PREEMPTION_DEVICES = "hami.io/preemption-devices"  # per container, as vgpu-devices-allocated
+PREEMPTION_VICTIMS = "hami.io/preemption-victims"  # "namespace/name,…"
+PREEMPTION_TIME = "hami.io/preemption-time"  # unix seconds
 # Ours, not HAMi's: why the device plugin marked bind-phase failed.
 BIND_FAILURE_REASON = "hami.io/bind-failure-reason"
 

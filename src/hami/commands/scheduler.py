@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a node lock older than this is taken over")
     parser.add_argument("--unbound-decision-ttl", type=int, default=300,
                         help="seconds a decision on a pod that is never bound keeps its devices (default 300)")
+    parser.add_argument("--no-preemption", action="store_true",
+                        help="never evict lower-priority pods to free devices (see docs/preemption.md)")
+    parser.add_argument("--preemption-hold-seconds", type=float, default=60.0,
+                        help="seconds the devices freed for a preempting pod wait for it after its victims are "
+                             "gone (default 60)")
     parser.add_argument("--leader-elect", action="store_true", help="run for leadership on a Lease (for 2 replicas)")
     parser.add_argument("--lease-namespace", default="kube-system")
     parser.add_argument("--lease-name", default="hami-scheduler")
@@ -93,7 +98,7 @@ def edge_settings(args: argparse.Namespace) -> tuple[ClientCertRule | None, Clie
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightkube.resources.core_v1 import Node, Pod
+    from lightkube.resources.core_v1 import Node, Pod, ResourceQuota
     from prometheus_client import CollectorRegistry
 
     from hami.config import load_config
@@ -107,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
     from hami.scheduler.leader import LeaderElector
     from hami.scheduler.metrics import SchedulerCollector
     from hami.scheduler.nodelock import NodeLocker
+    from hami.scheduler.preemption import PreemptionOptions, Preemptor
+    from hami.scheduler.quota import QuotaBook
+    from hami.scheduler.quotawatch import QuotaWatch
     from hami.scheduler.resize import Resizer
     from hami.serve import listen, serve
     from hami.webhook.mutate import WebhookOptions
@@ -133,8 +141,18 @@ def run(args: argparse.Namespace) -> int:
     extender = Extender(cache, api, NodeLocker(api, stale_after=args.lock_stale_seconds),
                         ExtenderOptions(defaults=defaults, only_best_node=args.only_best_node,
                                         hold_lock_until_allocated=args.hold_lock_until_allocated))
+    # GPU quotas count what decisions hold (a preemption's hold is not a decision).
+    quota = QuotaBook(cache.vendors)
+    cache.quota = quota
+    cache.listeners.append(lambda key, _, now: quota.count_pod(
+        key, None if now is None or now.held else now.allocation, 0 if now is None else now.init_count,
+        frozenset() if now is None else now.sidecars))
+    preemptor = Preemptor(cache, api, extender.decide_lock, extender.is_leader,
+                          PreemptionOptions(defaults=defaults, hold_seconds=args.preemption_hold_seconds), quota)
+    if not args.no_preemption:
+        extender.preemptor = preemptor
     registry = CollectorRegistry()
-    registry.register(SchedulerCollector(cache))
+    registry.register(SchedulerCollector(cache, quota))
     stop = threading.Event()
 
     def start(target: object, name: str) -> None:
@@ -145,8 +163,14 @@ def run(args: argparse.Namespace) -> int:
     # Live resizing (hami.io/vgpu-resize) sees every pod update after the cache has.
     resizer = Resizer(cache, api, extender.decide_lock, extender.is_leader)
     start(lambda: resizer.run(stop), "resizer")
-    start(Informer(client, Pod, resizer.replace_hook(cache.replace_pods), resizer.upsert_hook(cache.upsert_pod),
-                   lambda p: cache.delete_pod(pod_key(p)), stop).run, "informer-pods")
+    start(Informer(client, Pod, resizer.replace_hook(preemptor.replace_hook(cache.replace_pods)),
+                   resizer.upsert_hook(preemptor.upsert_hook(cache.upsert_pod)),
+                   preemptor.delete_hook(lambda p: cache.delete_pod(pod_key(p))), stop).run, "informer-pods")
+    quotas = QuotaWatch(quota, api, extender.is_leader)
+    start(Informer(client, ResourceQuota, quotas.replace, quotas.upsert, quotas.delete, stop).run,
+          "informer-resourcequotas")
+    if not args.no_preemption:
+        start(lambda: preemptor.run(stop), "preemption")
     if args.leader_elect:
         extender.is_leader.clear()
         identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"
@@ -169,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
               "metrics-http")
 
     webhook = None if args.no_webhook else WebhookOptions(
-        scheduler_name=args.scheduler_name, overwrite_default_scheduler=not args.no_overwrite_default_scheduler)
+        scheduler_name=args.scheduler_name, overwrite_default_scheduler=not args.no_overwrite_default_scheduler,
+        quota=quota)
     app = build_app(extender, registry, webhook, ready=ready, limits=limits,
                     extender_clients=extender_clients, webhook_clients=webhook_clients)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -175,6 +175,10 @@ def build_app(extender: Extender | None, registry: CollectorRegistry | None, web
             route("/prioritize", extender.prioritize, lambda e, _: {"Error": e}, inline=True),
             route("/bind", extender.bind, lambda e, _: {"Error": e}),
         ]
+        if extender.preemptor is not None:
+            # ExtenderPreemptionResult has no error field; kube-scheduler reads no body of a non-200 answer.
+            routes.append(route("/preempt", extender.preemptor.preempt_verb,
+                                lambda e, _: {"NodeNameToMetaVictims": {}, "Error": e}))
     if webhook is not None:
         resources = vendor_set(vendors) if vendors is not None else (
             extender.cache.vendors if extender is not None else default_vendors())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +24,7 @@ from hami.model.allocation import PodAllocation
 from hami.model.devices import NodeDevices
 from hami.model.requests import PodRequest
 from hami.scheduler.engine import Decision, PolicyDefaults, schedule
+from hami.scheduler.quota import NO_QUOTA, QuotaBook
 from hami.scheduler.state import ClusterState
 from hami.snapshot import pod_decision
 from hami.vendors.registry import VendorSet
@@ -62,6 +63,9 @@ class Holding:
     assumed: bool = False
     # The pod annotations its vendors mark devices with (MetaX sGPU: app class, QoS).
     annotations: tuple[tuple[str, str], ...] = ()
+    # Not a decision: devices kept for a preempting pod while its victims terminate
+    # (hami.scheduler.preemption). Counted like a decision; its own expiry.
+    held: bool = False
 
     def same_place(self, other: Holding) -> bool:
         return self.node == other.node and self.allocation == other.allocation
@@ -80,6 +84,10 @@ class ClusterCache:
         # The latest copy of each pod still waiting for a node, so that /bind needs no GET.
         self._unbound: dict[str, dict[str, Any]] = {}
         self._state: ClusterState | None = None
+        # Told of every change of what a pod holds: (key, before, after), under the cache's lock.
+        self.listeners: list[Callable[[str, Holding | None, Holding | None], None]] = []
+        # Namespaces' GPU quotas (ResourceQuota), checked by every decision when set.
+        self.quota: QuotaBook | None = None
         self.nodes_synced = False
         self.pods_synced = False
 
@@ -183,10 +191,20 @@ class ClusterCache:
                                            decided_at=now, assumed=True,
                                            annotations=self.vendors.usage_annotations(annotations)))
 
+    def hold(self, key: str, node: str, allocation: PodAllocation, init_count: int, uid: str = "", now: int = 0,
+             sidecars: frozenset[int] = frozenset(), annotations: Mapping[str, str] | None = None) -> None:
+        """Keep devices for a pod that has no decision yet (a preemption's hold), until the pod
+        is decided, ends or goes, or the hold is forgotten."""
+        with self._lock:
+            self._set_holding(key, Holding(node, allocation, init_count, uid, sidecars=sidecars, decided_at=now,
+                                           assumed=True, held=True,
+                                           annotations=self.vendors.usage_annotations(annotations)))
+
     def expire_unbound(self, now: int, ttl: int) -> list[str]:
         """Stop counting decisions older than `ttl` seconds on pods that were never bound."""
         with self._lock:
-            stale = [k for k, h in self._holdings.items() if not h.bound and h.decided_at and now - h.decided_at > ttl]
+            stale = [k for k, h in self._holdings.items()
+                     if not h.bound and not h.held and h.decided_at and now - h.decided_at > ttl]
             for key in stale:
                 self._set_holding(key, None)
             return stale
@@ -203,6 +221,8 @@ class ClusterCache:
             self._holdings.pop(key, None)
         else:
             self._holdings[key] = holding
+        for listener in self.listeners:
+            listener(key, old, holding)
         if self._state is not None:
             self._state.remove_pod(key)
             if holding is not None:
@@ -281,9 +301,10 @@ class ClusterCache:
             state = self.state()
             if previous is not None:
                 state.remove_pod(key)
+            quota = NO_QUOTA if self.quota is None else self.quota.left_for(key.split("/", 1)[0], exclude=key)
             try:
                 decision = schedule(state, request, defaults, nodes=node_names, explain=explain,
-                                    with_scores=with_scores)
+                                    with_scores=with_scores, quota=quota)
             except AnnotationError as exc:
                 raise HamiError(f"pod {key}: {exc}") from None
             finally:

@@ -33,6 +33,7 @@ from hami.scheduler.cache import ClusterCache, pod_key, sidecars_of
 from hami.scheduler.engine import PolicyDefaults
 from hami.scheduler.kube import KubeApi
 from hami.scheduler.nodelock import NodeLocker, NodeLockError
+from hami.scheduler.preemption import Preemptor
 from hami.wire import ShapeError, check_pod, node_names
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,8 @@ class Extender:
         self._node_locks: dict[str, threading.Lock] = {}
         self._node_locks_guard = threading.Lock()
         self._binding: set[tuple[str, str]] = set()  # (namespace, name) of binds running now
+        # Plans preemptions for pods that fit nowhere (hami.scheduler.preemption); None: off.
+        self.preemptor: Preemptor | None = None
 
     @property
     def decide_lock(self) -> threading.Lock:
@@ -185,13 +188,16 @@ class Extender:
                     failed[name] = R.NODE_UNREGISTERED
             if decision.node is None:
                 self._event(pod, "FilteringFailed", _summary(failed))
+                if self.preemptor is not None:
+                    self.preemptor.request(pod, names)
                 return {"NodeNames": [], "FailedNodes": failed, "Error": ""}
             now = datetime.now(UTC)
             self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
                               str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()),
                               sidecars_of(pod), (pod.get("metadata") or {}).get("annotations"))
             if self.writer is not None and decision.node is not None:
-                self.writer.submit(key, dict(self.cache.decision_annotations(pod, decision, now)))
+                cleared = self.preemptor.cleared(pod) if self.preemptor is not None else {}
+                self.writer.submit(key, {**self.cache.decision_annotations(pod, decision, now), **cleared})
         fitting = [decision.node] if self.options.only_best_node else [n for n in names if n not in failed]
         return {"NodeNames": fitting, "FailedNodes": failed, "Error": ""}
 

@@ -14,7 +14,9 @@ from lightkube.core import decoders
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import Event, Node, Pod
+from lightkube.resources.core_v1 import Event, Node, Pod, ResourceQuota
+from lightkube.resources.policy_v1 import PodDisruptionBudget
+from lightkube.resources.scheduling_v1 import PriorityClass
 from lightkube.types import PatchType
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,8 @@ def warm_up_decoders() -> None:
     process with SIGSEGV (seen when the node and pod informers made their first lists together).
     Call this before starting threads that use the API.
     """
-    for resource in (Pod, Node, Lease, Event, Pod.Binding):
+    for resource in (Pod, Node, Lease, Event, Pod.Binding, Pod.Eviction, ResourceQuota, PodDisruptionBudget,
+                     PriorityClass):
         decoders.decode_list(b'{"metadata": {}, "items": []}', resource)
         with contextlib.suppress(msgspec.ValidationError):  # the tables exist once it validates
             decoders.decode_object(b"{}", resource)

@@ -1,4 +1,10 @@
-"""Prometheus metrics of the scheduler, with HAMi's names, read from the cache at scrape time."""
+"""Prometheus metrics of the scheduler, with HAMi's names, read from the cache at scrape time.
+
+Quotas as HAMi's scheduler reports them: `hami_resource_quota_used{namespace, quota_name, limit}`
+(in MiB or cores, as decisions count them; `limit` is the quota as written, "0" without one)
+for every namespace that holds a managed resource, and `hami_resource_quota_limit{namespace,
+quota_name}` where a ResourceQuota caps it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from hami.scheduler.cache import ClusterCache
+from hami.scheduler.quota import QuotaBook
 
 MIB = 1024 * 1024
 DEVICE_LABELS = ["node", "device_uuid", "device_index", "device_type"]
@@ -15,8 +22,9 @@ POD_LABELS = ["namespace", "pod", "container_index", *DEVICE_LABELS]
 
 
 class SchedulerCollector(Collector):
-    def __init__(self, cache: ClusterCache):
+    def __init__(self, cache: ClusterCache, quota: QuotaBook | None = None):
         self.cache = cache
+        self.quota = quota
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         families = {
@@ -55,7 +63,9 @@ class SchedulerCollector(Collector):
                 families["node_mem"].add_metric([node], float(state.node_usedmem[i]) / total if total else 0.0)
                 families["node_overview"].add_metric([node], float(state.sizes[i]))
             for key, holding in self.cache.holdings().items():
-                namespace, _, name = key.partition("/")
+                if holding.held:
+                    continue  # kept for a preempting pod: not allocated to it yet
+                namespace, name = key.split("/")[:2]
                 for position, container in enumerate(holding.allocation):
                     for device in container:
                         device_labels = labels_of.get((holding.node, device.uuid))
@@ -65,3 +75,19 @@ class SchedulerCollector(Collector):
                         families["vgpu_mem"].add_metric(pod_labels, float(device.usedmem) * MIB)
                         families["vgpu_core"].add_metric(pod_labels, float(device.usedcores) / 100)
         yield from families.values()
+        if self.quota is not None:
+            yield from quota_metrics(self.quota)
+
+
+def quota_metrics(book: QuotaBook) -> Iterator[GaugeMetricFamily]:
+    used = GaugeMetricFamily("hami_resource_quota_used", "resourcequota usage for a certain device",
+                             labels=["namespace", "quota_name", "limit"])
+    limit = GaugeMetricFamily("hami_resource_quota_limit", "resourcequota limit for a certain device",
+                              labels=["namespace", "quota_name"])
+    for namespace, resources in sorted(book.snapshot().items()):
+        for resource, (amount, cap) in sorted(resources.items()):
+            used.add_metric([namespace, resource, str(cap or 0)], float(amount))
+            if cap is not None:
+                limit.add_metric([namespace, resource], float(cap))
+    yield used
+    yield limit

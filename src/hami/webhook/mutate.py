@@ -7,7 +7,10 @@ What it does to a pod that asks for a device of any vendor, as HAMi's webhook do
   `overwrite_default_scheduler`).
 A pod that names another scheduler is left alone, as HAMi does. It denies, with a message
 naming the container: privileged containers that ask for a device, malformed or
-out-of-range quantities, a vendor's invalid request, and pods with nodeName set.
+out-of-range quantities, a vendor's invalid request, pods with nodeName set, and (when the
+scheduler's quota book is given) pods that would exceed their namespace's GPU quota, as HAMi's
+fitResourceQuota: per vendor, the larger of the app containers' sum and the biggest init
+container, each counted as memory (or cores) per device times devices.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hami.annotations import keys
 from hami.config import HamiConfig, NvidiaConfig
 from hami.errors import HamiError
+from hami.model.requests import PodRequest
 from hami.vendors.registry import VendorSet, vendor_set
 from hami.wire import check_pod
+
+if TYPE_CHECKING:
+    from hami.scheduler.quota import QuotaBook
 
 DEFAULT_SCHEDULER = "default-scheduler"
 
@@ -30,6 +37,8 @@ DEFAULT_SCHEDULER = "default-scheduler"
 class WebhookOptions:
     scheduler_name: str = "hami-scheduler"
     overwrite_default_scheduler: bool = True
+    # The scheduler's quotas and usage (None: `hami webhook` alone, which checks no quota).
+    quota: QuotaBook | None = None
 
 
 @dataclass(frozen=True)
@@ -72,8 +81,30 @@ def _is_ours(scheduler: str, options: WebhookOptions) -> bool:
             or (scheduler == DEFAULT_SCHEDULER and options.overwrite_default_scheduler))
 
 
+def quota_asks(request: PodRequest) -> dict[str, tuple[int, int]]:
+    """Per vendor, (MiB, cores) a pod asks as HAMi's webhook counts it: per container memory and
+    cores times devices; the app containers summed, against the largest init container."""
+    apps: dict[str, list[int]] = {}
+    inits: dict[str, list[int]] = {}
+    for position, container in enumerate(request.containers):
+        for ask in container.asks:
+            memory, cores = ask.memreq * ask.nums, ask.coresreq * ask.nums
+            if request.runs_beside_apps(position):
+                total = apps.setdefault(ask.vendor, [0, 0])
+                total[0] += memory
+                total[1] += cores
+            else:
+                top = inits.setdefault(ask.vendor, [0, 0])
+                top[0], top[1] = max(top[0], memory), max(top[1], cores)
+    result = {}
+    for vendor in apps.keys() | inits.keys():
+        a, i = apps.get(vendor, [0, 0]), inits.get(vendor, [0, 0])
+        result[vendor] = (max(a[0], i[0]), max(a[1], i[1]))
+    return result
+
+
 def mutate(pod: dict[str, Any], config: HamiConfig | NvidiaConfig | VendorSet,
-           options: WebhookOptions = WebhookOptions()) -> Verdict:
+           options: WebhookOptions = WebhookOptions(), namespace: str | None = None) -> Verdict:
     metadata = pod.get("metadata") or {}
     if (metadata.get("labels") or {}).get(keys.WEBHOOK_LABEL) == keys.WEBHOOK_IGNORE:
         return Verdict(allowed=True)
@@ -90,6 +121,14 @@ def mutate(pod: dict[str, Any], config: HamiConfig | NvidiaConfig | VendorSet,
     if spec.get("nodeName"):
         return Verdict(allowed=False, message=f"the pod sets spec.nodeName ({spec['nodeName']}) and asks for "
                                               "devices: device shares must be placed by the scheduler")
+    if options.quota is not None:
+        try:
+            request = vendors.pod_request(admitted)
+        except HamiError as exc:
+            return Verdict(allowed=False, message=str(exc))
+        refusal = options.quota.admits(namespace or metadata.get("namespace") or "default", quota_asks(request))
+        if refusal is not None:
+            return Verdict(allowed=False, message=refusal)
     patch: list[dict[str, Any]] = []
     new_spec = admitted["spec"]
     for field_name in ("initContainers", "containers"):
@@ -118,7 +157,8 @@ def review_response(review: dict[str, Any], config: HamiConfig | NvidiaConfig | 
     if not isinstance(pod, dict):
         raise HamiError("AdmissionReview request has no object")
     check_pod(pod, "request.object")  # a mistyped field is a bad review, not a crash in mutate
-    verdict = mutate(pod, config, options)
+    namespace = request.get("namespace")
+    verdict = mutate(pod, config, options, namespace if isinstance(namespace, str) and namespace else None)
     response: dict[str, Any] = {"uid": request["uid"], "allowed": verdict.allowed}
     if not verdict.allowed:
         response["status"] = {"code": 403, "reason": "Forbidden", "message": f"hami: {verdict.message}"}
