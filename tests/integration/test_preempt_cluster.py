@@ -56,15 +56,37 @@ def chart_config(hami: HamiScheduler, preempt_verb: bool = False) -> dict[str, A
     return config
 
 
+class Stack:
+    """`hami scheduler` and a kube-scheduler profile that calls it; unpacks as (hami, name)."""
+
+    def __init__(self, hami: HamiScheduler, start_scheduler: Any):
+        self.hami = hami
+        self.name = hami.scheduler_name
+        self._start = start_scheduler
+        self.kube = start_scheduler(chart_config(hami))
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.hami, self.name))
+
+    def restart_kube_scheduler(self) -> None:
+        self.kube.stop()
+        self.kube = self._start(chart_config(self.hami))
+
+    def second_profile(self) -> str:
+        """Another kube-scheduler (its own queue) calling the same `hami scheduler`."""
+        config = chart_config(self.hami)
+        config["profiles"][0]["schedulerName"] = f"{self.name}-b"
+        self._start(config)
+        return f"{self.name}-b"
+
+
 @pytest.fixture
-def preempting(control_plane: ControlPlane, namespace: str, tmp_path: Path,
-               start_scheduler: Any) -> Iterator[tuple[HamiScheduler, str]]:
-    name = f"hami-pre-{namespace}"[:60]
+def preempting(control_plane: ControlPlane, namespace: str, tmp_path: Path, start_scheduler: Any) -> Iterator[Stack]:
+    name = f"hami-pre-{namespace}"[:58]
     hami = HamiScheduler(control_plane, tmp_path / "hami", scheduler_name=name,
                          extra_args=["--preemption-hold-seconds", "30"]).start()
-    start_scheduler(chart_config(hami))
     try:
-        yield hami, name
+        yield Stack(hami, start_scheduler)
     finally:
         hami.stop()
 
@@ -247,8 +269,9 @@ def test_two_preemptors_at_once_evict_only_what_they_need(control_plane: Control
 
 
 def test_held_devices_wait_for_the_preemptor_and_nothing_preempts_twice(
-        control_plane: ControlPlane, namespace: str, preempting: Any, add_node: Any, priority: Any) -> None:
+        control_plane: ControlPlane, namespace: str, preempting: Stack, add_node: Any, priority: Any) -> None:
     hami, scheduler = preempting
+    other = preempting.second_profile()
     low, high = priority(10), priority(1000)
     node = f"{namespace}-a"
     add_node(node, annotations=gpu_node_annotations(node, gpus=1, memory=24000))
@@ -263,21 +286,32 @@ def test_held_devices_wait_for_the_preemptor_and_nothing_preempts_twice(
     assert len(terminating) == 1
     held = pod_named(control_plane, namespace, "urgent")
     assert held is not None and held["metadata"]["annotations"][keys.PREEMPTION_NODE] == node
-    # A low-priority pod that would fit the freed share once the victim is gone.
-    create_pod(control_plane, namespace, asking("latecomer", scheduler, 12000, low))
     time.sleep(5)  # kube-scheduler retries the preemptor meanwhile: no second eviction
     assert [p["metadata"]["name"] for p in pods_in(control_plane, namespace)
             if p["metadata"].get("deletionTimestamp")] == terminating
     assert len([n for n in names(control_plane, namespace) if n.startswith("low-")]) == 2
-    # The victim stops (the kubelet's final delete): the preemptor, not the latecomer, gets it.
-    control_plane.api("DELETE", f"/api/v1/namespaces/{namespace}/pods/{terminating[0]}",
-                      {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})
+    assert_held_against_others(control_plane, namespace, preempting, other, terminating[0])
+    # The preemptor's scheduler comes back: it gets the held devices.
+    preempting.restart_kube_scheduler()
     placed = wait_bound_pod(control_plane, namespace, "urgent")
     assert devices_of(placed) == [f"GPU-{node}-0"]
-    time.sleep(3)
-    latecomer = pod_named(control_plane, namespace, "latecomer")
-    assert latecomer is not None and not latecomer["spec"].get("nodeName"), hami.log_tail()
-    assert not events(control_plane, namespace, "latecomer", "Preempting")  # lower priority: never preempts
+    assert len(events(control_plane, namespace, "urgent", "Preempting")) == 1
+
+
+def assert_held_against_others(cp: ControlPlane, namespace: str, stack: Stack, other: str, victim: str) -> None:
+    """With the preemptor's kube-scheduler stopped (so the test, not the queue order, decides who
+    comes first), the victim stops and a pod of lower priority, scheduled by another
+    kube-scheduler, would fit in the freed share: the hold keeps it out."""
+    stack.kube.stop()
+    cp.api("DELETE", f"/api/v1/namespaces/{namespace}/pods/{victim}",
+           {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})
+    wait_for(lambda: pod_named(cp, namespace, victim) is None, timeout=30, message="the victim gone")
+    create_pod(cp, namespace, asking("latecomer", other, 12000, None))
+    message = wait_for(lambda: next((e["message"] for e in events(cp, namespace, "latecomer", "FilteringFailed")),
+                                    None), timeout=60, message="the latecomer refused")
+    assert "CardInsufficientMemory" in message, message
+    latecomer = pod_named(cp, namespace, "latecomer")
+    assert latecomer is not None and not latecomer["spec"].get("nodeName"), stack.hami.log_tail()
 
 
 def test_the_hold_is_released_when_the_preemptor_goes_away(control_plane: ControlPlane, namespace: str,
@@ -326,3 +360,58 @@ def test_never_and_a_vanished_priority_class_evict_nothing(control_plane: Contro
     time.sleep(3)
     assert names(control_plane, namespace) == {"low-0", "low-1", "patient", "orphan"}, hami.log_tail()
     assert hami.answers("/healthz")
+
+
+def test_kube_schedulers_own_preemption_gets_the_device_victims_it_misses(
+        control_plane: ControlPlane, namespace: str, tmp_path: Path, start_scheduler: Any, add_node: Any,
+        priority: Any) -> None:
+    """DefaultPreemption on, with our preempt verb: kube-scheduler picks victims for CPU, which
+    free no GPU memory; /preempt adds the fewest device victims and keeps the node."""
+    name = f"hami-verb-{namespace}"[:60]
+    hami = HamiScheduler(control_plane, tmp_path / "hami", scheduler_name=name).start()
+    try:
+        start_scheduler(chart_config(hami, preempt_verb=True))
+        low, lowest, high = priority(10), priority(5), priority(1000)
+        node = f"{namespace}-a"
+        add_node(node, capacity={"cpu": "4"}, annotations=gpu_node_annotations(node, gpus=2, memory=24000))
+        gpu_pods = [pinned(f"g{g}-{i}", name, 12000, f"GPU-{node}-{g}", low) for g in range(2) for i in range(2)]
+        cpu_hog = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "cpu-hog"},
+                   "spec": {"schedulerName": name, "priorityClassName": lowest, "terminationGracePeriodSeconds": 0,
+                            "containers": [{"name": "main", "image": "example.invalid/busy:1",
+                                            "resources": {"requests": {"cpu": "4"}}}]}}
+        fill(control_plane, namespace, [*gpu_pods, cpu_hog])
+        urgent = asking("urgent", name, 12000, high)
+        urgent["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "1"}
+        create_pod(control_plane, namespace, urgent)
+        placed = wait_bound_pod(control_plane, namespace, "urgent", timeout=120)
+        gone = {p["metadata"]["name"] for p in gpu_pods} | {"cpu-hog"}
+        gone -= names(control_plane, namespace)
+        # kube-scheduler's victim for CPU, and one GPU pod (not two, not four) for the memory.
+        assert "cpu-hog" in gone and len(gone) == 2, (gone, hami.log_tail())
+        gpu_victim = next(iter(gone - {"cpu-hog"}))
+        assert devices_of(placed) == [f"GPU-{node}-{gpu_victim[1]}"]
+    finally:
+        hami.stop()
+
+
+def test_a_hold_survives_a_restart(control_plane: ControlPlane, namespace: str, preempting: Stack, add_node: Any,
+                                   priority: Any) -> None:
+    hami, scheduler = preempting
+    other = preempting.second_profile()
+    low, high = priority(10), priority(1000)
+    node = f"{namespace}-a"
+    add_node(node, annotations=gpu_node_annotations(node, gpus=1, memory=24000))
+    fill(control_plane, namespace, [pinned(f"low-{i}", scheduler, 12000, f"GPU-{node}-0", low, grace=30)
+                                    for i in range(2)])
+    create_pod(control_plane, namespace, asking("urgent", scheduler, 12000, high))
+    wait_event(control_plane, namespace, "urgent", "Preempting")
+    victim = wait_for(lambda: next((p["metadata"]["name"] for p in pods_in(control_plane, namespace)
+                                    if p["metadata"].get("deletionTimestamp")), None), timeout=30,
+                      message="a victim terminating")
+    hami.kill()
+    hami.start()  # the hold is read back from the pod's annotations
+    assert_held_against_others(control_plane, namespace, preempting, other, victim)
+    preempting.restart_kube_scheduler()
+    placed = wait_bound_pod(control_plane, namespace, "urgent")
+    assert devices_of(placed) == [f"GPU-{node}-0"]
+    assert len(events(control_plane, namespace, "urgent", "Preempting")) == 1  # no second preemption
