@@ -276,6 +276,9 @@ SCHEDULER_RULES = {
     ("", "pods/binding", "create", "*"),
     *{("", "nodes", v, "*") for v in ("get", "list", "watch", "patch")},
     ("", "events", "create", "*"),
+    ("", "pods/eviction", "create", "*"),
+    ("scheduling.k8s.io", "priorityclasses", "get", "*"),
+    *{("", "resourcequotas", v, "*") for v in ("list", "watch")},
     # both: leader election on the chart's Leases
     ("coordination.k8s.io", "leases", "create", "*"),
     # kube-scheduler (Kubernetes' own system:kube-scheduler and system:volume-scheduler rules,

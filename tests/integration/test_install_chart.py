@@ -203,7 +203,9 @@ def test_preemption_is_off_unless_asked_and_then_may_delete_pods() -> None:
     assert profile["plugins"]["postFilter"]["disabled"] == [{"name": "DefaultPreemption"}]
     assert "delete" not in pods_verbs(items)
     items = rendered(**{"scheduler.kubeScheduler.preemption": "true"})
-    assert "plugins" not in yaml.safe_load(items[("ConfigMap", "hami-scheduler")]["data"]["config.yaml"])["profiles"][0]
+    config = yaml.safe_load(items[("ConfigMap", "hami-scheduler")]["data"]["config.yaml"])
+    assert "plugins" not in config["profiles"][0]
+    assert config["extenders"][0]["preemptVerb"] == "preempt"
     assert "delete" in pods_verbs(items)
 
 

@@ -27,6 +27,7 @@ victim can be spared.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,8 +72,12 @@ class Plan:
 @dataclass
 class Outcome:
     plan: Plan | None
-    # Why each node examined cannot help, for the Event when there is no plan.
+    # When there is no plan: why, for the first few nodes (by name), and how many more.
     reasons: dict[str, str] = field(default_factory=dict)
+    unexplained: int = 0
+
+
+EXPLAINED_NODES = 5
 
 
 NO_PRIORITY = -(2**63)  # the key's priority when nothing is evicted
@@ -99,44 +104,62 @@ def plan_preemption(
     ctx = PodContext.of(pod, defaults or PolicyDefaults())
     static = ctx.static_codes(state)
     candidates = np.arange(len(state.nodes), dtype=np.int64) if nodes is None else state.nodes_named(nodes)
+    order = sorted(candidates.tolist(), key=lambda i: state.names[i])
     forced = forced or {}
     outcome = Outcome(plan=None)
     with state.without(gone):
-        by_node: dict[int, list[str]] = {}
-        for key, level in sorted(evictable.items()):
-            footprint = state.pods.get(key)
-            if level < priority and footprint is not None:
-                by_node.setdefault(footprint.node, []).append(key)
         search = _Search(state, ctx, static, evictable)
-        thresholds: dict[int, int] = {}
-        for node in sorted(candidates.tolist(), key=lambda i: state.names[i]):
-            name = state.names[node]
-            with state.without(forced.get(name, ())):
-                pool = [k for k in by_node.get(node, []) if k not in forced.get(name, ()) and search.relevant(k)]
-                found, reason = search.threshold(node, pool)
-            if found is None:
-                outcome.reasons[name] = reason
-            else:
-                thresholds[node] = found
+        lower = sorted(k for k, level in evictable.items() if level < priority and k in state.pods)
+        by_node: dict[int, list[str]] = {}
+        for key, relevant in zip(lower, search.relevant(lower), strict=True):
+            if relevant:
+                by_node.setdefault(state.pods[key].node, []).append(key)
+
+        def pool_of(node: int, at_most: int | None = None) -> list[str]:
+            here = forced.get(state.names[node], ())
+            return [k for k in by_node.get(node, []) if k not in here and (at_most is None or evictable[k] <= at_most)]
+
+        if search.decomposable and not forced:
+            thresholds = search.thresholds(order, by_node)
+        else:
+            thresholds = {}
+            for node in order:
+                with state.without(forced.get(state.names[node], ())):
+                    found = search.threshold(node, pool_of(node))
+                if found is not None:
+                    thresholds[node] = found
         if not thresholds:
+            for node in order[:EXPLAINED_NODES]:  # the Event names a few
+                with state.without(forced.get(state.names[node], ())):
+                    pool = pool_of(node)
+                    _, reason = search.fits(node, pool)
+                outcome.reasons[state.names[node]] = (f"does not fit even without its {len(pool)} lower-priority "
+                                                      f"pods: {reason}")
+            outcome.unexplained = max(0, len(order) - EXPLAINED_NODES)
             return outcome
         lowest = min(thresholds.values())
-        best: Plan | None = None
-        for node, level in sorted(thresholds.items(), key=lambda item: state.names[item[0]]):
-            if level != lowest:
+        best: list[tuple[VictimKey, int, bool]] = []  # per node: its best key (not checked yet)
+        for node in order:
+            if thresholds.get(node) != lowest:
                 continue
-            name = state.names[node]
-            forced_here = tuple(sorted(forced.get(name, ())))
+            with state.without(forced.get(state.names[node], ())):
+                bound = min(best)[0] if best else None
+                victims, exact = search.best_on(node, pool_of(node, lowest), bound, lowest == NO_PRIORITY)
+            if victims is not None:
+                best.append((search.key(node, victims), node, exact))
+        # The best, checked with the engine (a set the engine refuses falls back to the walk).
+        for candidate, node, exact in sorted(best):
+            forced_here = tuple(sorted(forced.get(state.names[node], ())))
             with state.without(forced_here):
-                pool = [k for k in by_node.get(node, []) if k not in forced_here and search.relevant(k)
-                        and evictable[k] <= level]
-                plan = search.best_on(node, pool, best.key if best is not None else None)
-                if plan is not None and forced_here:
+                plan = search.check(node, candidate.victims, exact)
+                if plan is None:
+                    plan = search.fallback(node, pool_of(node, lowest))
+            if plan is not None:
+                if forced_here:
                     victims = tuple(sorted(set(plan.victims) | set(forced_here)))
                     plan = Plan(plan.node, victims, plan.allocation, search.key(node, victims), plan.exact)
-            if plan is not None and (best is None or plan.key < best.key):
-                best = plan
-        outcome.plan = best
+                outcome.plan = plan
+                break
     return outcome
 
 
@@ -179,10 +202,16 @@ class _Search:
         with self.state.without(removed):
             return fit_pod_on_node(self.state, node, self.ctx, self.static)
 
-    def relevant(self, key: str) -> bool:
-        """Whether removing the pod could help: it holds a device the preemptor could use."""
-        footprint = self.state.pods[key]
-        return bool(self.usable[footprint.rows].any())
+    def relevant(self, keys: Sequence[str]) -> list[bool]:
+        """Per pod, whether removing it could help: it holds a device the preemptor could use."""
+        if not keys:
+            return []
+        footprints = [self.state.pods[k] for k in keys]
+        sizes = np.asarray([len(f.rows) for f in footprints], dtype=np.int64)
+        hits = self.usable[np.concatenate([f.rows for f in footprints])].astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        counts = np.add.reduceat(hits, starts) if len(hits) else np.zeros(len(keys), dtype=np.int64)
+        return [bool(c) for c in (np.where(sizes > 0, counts, 0) > 0)]
 
     def share(self, victims: Iterable[str]) -> float:
         """GPU share the victims hold: per device, the mean of the memory and compute fractions."""
@@ -202,14 +231,13 @@ class _Search:
 
     # ---- step 1: the lowest priority level that suffices -------------------------------
 
-    def threshold(self, node: int, pool: list[str]) -> tuple[int | None, str]:
+    def threshold(self, node: int, pool: list[str]) -> int | None:
         """The lowest priority level L such that evicting every candidate up to L makes the pod
-        fit (NO_PRIORITY: it fits already); None and the engine's reason when nothing does."""
+        fit (NO_PRIORITY: it fits already); None when nothing does."""
         if self.fits(node)[0] is not None:
-            return NO_PRIORITY, ""
-        allocation, reason = self.fits(node, pool)
-        if allocation is None:
-            return None, f"does not fit even without its {len(pool)} lower-priority pods: {reason}"
+            return NO_PRIORITY
+        if self.fits(node, pool)[0] is None:
+            return None
         levels = sorted({self.priorities[k] for k in pool})
         low, high = 0, len(levels) - 1  # levels[high] suffices
         while low < high:
@@ -218,26 +246,69 @@ class _Search:
                 high = middle
             else:
                 low = middle + 1
-        return levels[high], ""
+        return levels[high]
+
+    def thresholds(self, nodes: list[int], by_node: Mapping[int, list[str]]) -> dict[int, int]:
+        """threshold() of every node at once, for pods whose fit decomposes into devices: per
+        level, the usage left when every candidate up to it is gone, checked on every device."""
+        state = self.state
+        entries = [(key, self.priorities[key]) for node in nodes for key in by_node.get(node, ())]
+        if entries:
+            footprints = [state.pods[key] for key, _ in entries]
+            rows = np.concatenate([f.rows for f in footprints])
+            freed = np.stack([np.concatenate([f.used for f in footprints]), np.concatenate([f.mem for f in footprints]),
+                              np.concatenate([f.cores for f in footprints])])
+            levels_of = np.repeat(np.asarray([p for _, p in entries], dtype=np.int64),
+                                  [len(f.rows) for f in footprints])
+        else:
+            rows, freed, levels_of = np.zeros(0, np.int64), np.zeros((3, 0), np.int64), np.zeros(0, np.int64)
+        wanted = np.zeros(len(state.nodes), dtype=bool)
+        wanted[nodes] = True
+        found: dict[int, int] = {}
+        for level in [NO_PRIORITY, *sorted({p for _, p in entries})]:
+            taken = levels_of <= level
+            minus = [np.bincount(rows[taken], weights=freed[k][taken], minlength=len(state.uuids)).astype(np.int64)
+                     for k in range(3)]
+            fitting = wanted.copy()
+            for ask in self.asks:
+                vrows = state.vendor_rows(ask.vendor)
+                codes, _ = state.vendors[ask.vendor].usage_codes(
+                    ask, self.ctx, state, vrows, state.used[vrows] - minus[0][vrows],
+                    state.usedmem[vrows] - minus[1][vrows], state.usedcores[vrows] - minus[2][vrows])
+                codes = np.where(self.static[vrows] != 0, self.static[vrows], codes)
+                ok = np.bincount(state.dev_node[vrows][codes == 0], minlength=len(state.nodes))
+                fitting &= ok >= ask.nums
+            for node in np.flatnonzero(fitting).tolist():
+                found[node] = level
+            wanted &= ~fitting
+            if not wanted.any():
+                break
+        return found
 
     # ---- step 2: the fewest pods, then the least share ---------------------------------
 
-    def best_on(self, node: int, pool: list[str], bound: VictimKey | None) -> Plan | None:
-        """The best victims among `pool` (all at or below the node's level) on the node."""
-        if self.fits(node)[0] is not None:
-            return self._plan(node, ())
+    def best_on(self, node: int, pool: list[str], bound: VictimKey | None,
+                fits_already: bool = False) -> tuple[tuple[str, ...] | None, bool]:
+        """The best victims among `pool` (all at or below the node's level) on the node, and whether
+        the search was exhaustive; None when it has none better than `bound` (the best so far, at
+        the same level). Sets from the device search are not checked with the engine yet."""
+        if fits_already:
+            return (), True
         if self.decomposable:
-            found = self._by_devices(node, pool, bound)
-            if found is not None:
-                victims, exact = found
-                plan = self._plan(node, victims, exact)
-                if plan is not None:
-                    return plan
+            victims, exact = self._by_devices(node, pool, bound)
+            if victims is not None or exact:
+                return (None if victims is None else tuple(victims)), exact
+        plan = self.fallback(node, pool)
+        return (None, True) if plan is None else (plan.victims, plan.exact)
+
+    def fallback(self, node: int, pool: list[str]) -> Plan | None:
+        """The engine walked on candidate sets: by size when few, else by reprieve."""
         if len(pool) <= MAX_SUBSET_SEARCH:
             return self._by_subsets(node, pool)
         return self._by_reprieve(node, pool)
 
-    def _plan(self, node: int, victims: Sequence[str], exact: bool = True) -> Plan | None:
+    def check(self, node: int, victims: Sequence[str], exact: bool = True) -> Plan | None:
+        """The plan for these victims when the engine agrees that the pod then fits."""
         allocation, _ = self.fits(node, victims)
         if allocation is None:
             return None
@@ -249,7 +320,7 @@ class _Search:
             found = [self.key(node, combo) for combo in itertools.combinations(pool, size)
                      if self.fits(node, combo)[0] is not None]
             if found:
-                return self._plan(node, min(found).victims)
+                return self.check(node, min(found).victims)
         return None
 
     def _by_reprieve(self, node: int, pool: list[str]) -> Plan | None:
@@ -259,29 +330,32 @@ class _Search:
             trial = [k for k in victims if k != key]
             if self.fits(node, trial)[0] is not None:
                 victims = trial
-        return self._plan(node, victims, exact=False)
+        return self.check(node, victims, exact=False)
 
-    def _by_devices(self, node: int, pool: list[str], bound: VictimKey | None) -> tuple[list[str], bool] | None:
-        """The exact search for pods whose fit decomposes into independent devices."""
+    def _by_devices(self, node: int, pool: list[str], bound: VictimKey | None) -> tuple[list[str] | None, bool]:
+        """The exact search for pods whose fit decomposes into independent devices: the best union,
+        over the devices each ask needs, of a minimal set per device. (None, True): none better
+        than `bound`; False: a budget cut the search short."""
         state = self.state
+        on_row: dict[int, list[tuple[str, int, int, int]]] = {}
+        for key in pool:
+            f = state.pods[key]
+            for row, used, mem, cores in zip(f.rows.tolist(), f.used.tolist(), f.mem.tolist(), f.cores.tolist(),
+                                             strict=True):
+                on_row.setdefault(row, []).append((key, used, mem, cores))
+        cap = bound.count if bound is not None else len(pool)
         exact = True
         choices: list[tuple[int, list[list[frozenset[str]]]]] = []  # per ask: nums, options per device
         for ask in self.asks:
             rows = [r for r in state.vendor_rows_of_node(node, ask.vendor) if self.usable[r]]
-            options = []
-            for row in rows:
-                found, complete = self._device_options(row, ask, pool)
-                exact &= complete
-                if found:
-                    options.append(found)
+            per_row, complete = self._device_options(rows, ask, on_row, cap)
+            exact &= complete
+            options = [found for found in per_row if found]
             if len(options) < ask.nums:
-                return None
+                return None, exact
             choices.append((ask.nums, options))
         best: list[tuple[VictimKey, frozenset[str]]] = []
         tried = 0
-
-        def lower(union: frozenset[str]) -> tuple[int, float]:
-            return len(union), self.share(union)
 
         def limit() -> tuple[int, float] | None:
             if best:
@@ -297,54 +371,76 @@ class _Search:
                 exact = False
                 return
             cap = limit()
-            if cap is not None and lower(union) > cap:
+            if cap is not None and (len(union), self.share(union)) > cap:
                 return
             if ask == len(choices):
                 key = self.key(node, sorted(union))
                 if not best or key < best[0][0]:
                     best[:] = [(key, union)]
                 return
-            nums, options = choices[ask]
             if left == 0:
                 walk(ask + 1, choices[ask + 1][0] if ask + 1 < len(choices) else 0, 0, union)
                 return
+            options = choices[ask][1]
             for position in range(start, len(options) - left + 1):
                 for option in options[position]:
                     walk(ask, left - 1, position + 1, union | option)
 
         walk(0, choices[0][0], 0, frozenset())
         if not best:
-            return None
+            return None, exact
         return sorted(best[0][1]), exact
 
-    def _device_options(self, row: int, ask: ContainerRequest, pool: list[str]) -> tuple[list[frozenset[str]], bool]:
-        """Every inclusion-minimal set of pool pods on this device whose removal lets the ask take
-        it, cheapest first; and whether every subset was looked at."""
+    def _device_options(self, rows: list[int], ask: ContainerRequest,
+                        on_row: Mapping[int, list[tuple[str, int, int, int]]],
+                        cap: int) -> tuple[list[list[frozenset[str]]], bool]:
+        """Per device: every inclusion-minimal set (of at most `cap` pods) of the pods on it whose
+        removal lets the ask take it, cheapest first; and whether every such set was looked at.
+        One engine check for every subset of every device."""
         state = self.state
-        on_row: list[tuple[str, int, int, int]] = []
-        for key in pool:
-            f = state.pods[key]
-            where = np.flatnonzero(f.rows == row)
-            if len(where):
-                i = int(where[0])
-                on_row.append((key, int(f.used[i]), int(f.mem[i]), int(f.cores[i])))
-        complete = len(on_row) <= MAX_DEVICE_PODS
-        if not complete:  # the pods holding most of the device first
-            on_row = sorted(on_row, key=lambda p: (-p[2], -p[3], p[0]))[:MAX_DEVICE_PODS]
-        m = len(on_row)
-        masks = np.arange(2**m, dtype=np.int64)
-        bits = ((masks[:, None] >> np.arange(m, dtype=np.int64)) & 1).astype(np.int64)
-        freed = bits @ np.asarray([p[1:] for p in on_row], dtype=np.int64).reshape(m, 3)
-        rows = np.full(len(masks), row, dtype=np.int64)
-        vendor = state.vendors[ask.vendor]
-        codes, _ = vendor.usage_codes(ask, self.ctx, state, rows, state.used[rows] - freed[:, 0],
-                                      state.usedmem[rows] - freed[:, 1], state.usedcores[rows] - freed[:, 2])
-        fitting = masks[codes == 0]
-        sizes = bits.sum(axis=1)[codes == 0]
-        minimal: list[int] = []
-        for mask in fitting[np.argsort(sizes, kind="stable")].tolist():
-            if not any(mask & kept == kept for kept in minimal):
-                minimal.append(mask)
-        options = [frozenset(on_row[i][0] for i in range(m) if mask >> i & 1) for mask in minimal]
-        options.sort(key=lambda o: (len(o), self.share(o), sorted(o)))
-        return options, complete
+        complete = True
+        parts = []
+        for row in rows:
+            here = on_row.get(row, [])
+            if len(here) > MAX_DEVICE_PODS:  # the pods holding most of the device first
+                complete = False
+                here = sorted(here, key=lambda p: (-p[2], -p[3], p[0]))[:MAX_DEVICE_PODS]
+            masks, bits = _subsets(len(here), cap)
+            freed = bits @ np.asarray([p[1:] for p in here], dtype=np.int64).reshape(len(here), 3)
+            parts.append((row, here, masks, freed))
+        if not parts:
+            return [], complete
+        every_row = np.concatenate([np.full(len(masks), row, dtype=np.int64) for row, _, masks, _ in parts])
+        freed_all = np.concatenate([freed for *_, freed in parts])
+        codes, _ = state.vendors[ask.vendor].usage_codes(
+            ask, self.ctx, state, every_row, state.used[every_row] - freed_all[:, 0],
+            state.usedmem[every_row] - freed_all[:, 1], state.usedcores[every_row] - freed_all[:, 2])
+        result = []
+        start = 0
+        for _, here, masks, _ in parts:
+            fitting = masks[codes[start:start + len(masks)] == 0].tolist()  # smallest sets first
+            start += len(masks)
+            minimal: list[int] = []
+            for mask in fitting:
+                if not any(mask & kept == kept for kept in minimal):
+                    minimal.append(mask)
+            options = [frozenset(here[i][0] for i in range(len(here)) if mask >> i & 1) for mask in minimal]
+            options.sort(key=lambda o: (len(o), self.share(o), sorted(o)))
+            result.append(options)
+        return result, complete
+
+
+def _subsets(m: int, cap: int) -> tuple[IntArray, IntArray]:
+    """Every subset of m items with at most `cap` of them, as bit masks by size, and their bits."""
+    masks, bits, sizes = _all_subsets(m)
+    end = int(np.searchsorted(sizes, cap, side="right"))
+    return masks[:end], bits[:end]
+
+
+@functools.cache
+def _all_subsets(m: int) -> tuple[IntArray, IntArray, IntArray]:
+    masks = np.arange(2**m, dtype=np.int64)
+    bits = ((masks[:, None] >> np.arange(m, dtype=np.int64)) & 1).astype(np.int64)
+    sizes = bits.sum(axis=1)
+    order = np.argsort(sizes, kind="stable")
+    return masks[order], bits[order], sizes[order]
