@@ -44,15 +44,17 @@ from hami.errors import HamiError
 from hami.model.allocation import PodAllocation
 from hami.model.requests import PodRequest
 from hami.scheduler.cache import ClusterCache, Holding, pod_key, sidecars_of
-from hami.scheduler.engine import PolicyDefaults
+from hami.scheduler.engine import PodContext, PolicyDefaults, fit_pod_on_node
 from hami.scheduler.kube import KubeApi
 from hami.scheduler.preempt import Outcome, Plan, plan_preemption
 from hami.scheduler.quota import QuotaBook, pod_usage
+from hami.scheduler.state import ClusterState
 
 log = logging.getLogger(__name__)
 
 HOLD_KEYS = (keys.PREEMPTION_NODE, keys.PREEMPTION_DEVICES, keys.PREEMPTION_VICTIMS, keys.PREEMPTION_TIME)
 PREEMPT_NEVER = "Never"
+PLAN_ATTEMPTS = 3  # plans made on a copy of the state, then found stale, before giving up for now
 
 
 @dataclass(frozen=True)
@@ -344,8 +346,8 @@ class Preemptor:
         except HamiError as exc:
             self._event(pod, "NotPreempting", str(exc))
             return None
-        with self.decide_lock:
-            with self.cache.lock():
+        for _ in range(PLAN_ATTEMPTS):
+            with self.decide_lock, self.cache.lock():
                 # The job may be stale: the pod was placed, or fits now (its victims left).
                 current = self.cache.holding(key)
                 if current is not None and not current.held:
@@ -357,30 +359,50 @@ class Preemptor:
                         return None  # kube-scheduler's next try places it
                 except HamiError:
                     return None
-                outcome, blocked = self._plan(facts, request, nodes, budgets)
-                plan = outcome.plan
-                if plan is None:
-                    self._explain(pod, outcome, blocked)
-                    return None
-                refusal = self._over_quota(facts, request, plan)
-                if refusal:
-                    self._event(pod, "NotPreempting", refusal)
-                    return None
-                released = self._take(pod, facts, plan)
-            # Written before any decision for the pod can be (they wait for this lock), so the
-            # decision's write, which removes these annotations, always comes after.
-            self._write_hold(facts, plan)
-        self._announce(pod, facts, plan, released)
-        self._evict(pod, facts, plan)
-        return plan
+                # The search runs on a copy, without the locks: decisions go on meanwhile.
+                state, holdings = self.cache.state().snapshot(), self.cache.holdings()
+            outcome, blocked = self._plan(facts, request, nodes, budgets, state, holdings)
+            plan = outcome.plan
+            if plan is None:
+                self._explain(pod, outcome, blocked)
+                return None
+            refusal = self._over_quota(facts, request, plan)
+            if refusal:
+                self._event(pod, "NotPreempting", refusal)
+                return None
+            with self.decide_lock:
+                with self.cache.lock():
+                    if not self._still_holds(facts, request, plan):
+                        continue  # the cluster moved while we searched: plan again
+                    released = self._take(pod, facts, plan)
+                # Written before any decision for the pod can be (they wait for this lock), so the
+                # decision's write, which removes these annotations, always comes after.
+                self._write_hold(facts, plan)
+            self._announce(pod, facts, plan, released)
+            self._evict(pod, facts, plan)
+            return plan
+        log.info("pod %s: the cluster kept changing while a preemption was planned; trying again later", key)
+        return None
 
-    def _plan(self, facts: PodFacts, request: PodRequest, nodes: list[str],
-              budgets: list[Budget]) -> tuple[Outcome, list[str]]:
+    def _still_holds(self, facts: PodFacts, request: PodRequest, plan: Plan) -> bool:
+        """Whether a plan made on a copy is still good: its victims may still be evicted, and the
+        pod fits on the live state once they (and the pods already leaving) are gone."""
+        gone, evictable = self._sides(facts, self.cache.holdings())
+        if any(v not in evictable for v in plan.victims):
+            return False
+        state = self.cache.state()
+        node = state.node_pos.get(plan.node)
+        if node is None:
+            return False
+        ctx = PodContext.of(request, self.options.defaults)
+        with state.without([*gone, *plan.victims]):
+            return fit_pod_on_node(state, node, ctx, ctx.static_codes(state))[0] is not None
+
+    def _plan(self, facts: PodFacts, request: PodRequest, nodes: list[str], budgets: list[Budget],
+              state: ClusterState, holdings: Mapping[str, Holding]) -> tuple[Outcome, list[str]]:
         """The plan, with pods that a disruption budget protects left out; and, when there is no
         plan only because of them, the budgets and pods to name."""
-        holdings = self.cache.holdings()
         gone, evictable = self._sides(facts, holdings)
-        state = self.cache.state()
         protected: dict[str, str] = {}
         for victim in evictable:
             victim_facts = self.facts(victim)
@@ -489,7 +511,8 @@ class Preemptor:
 
     def _write_hold(self, facts: PodFacts, plan: Plan) -> None:
         """The hold on the pod, so that a restarted scheduler or the other replica keeps it."""
-        assert self.api is not None
+        if self.api is None:
+            return
         try:
             self.api.patch_pod_annotations(facts.namespace, facts.key.split("/", 2)[1], {
                 keys.PREEMPTION_NODE: plan.node,
@@ -543,8 +566,8 @@ class Preemptor:
         if not outcome.reasons:
             message = "no node has lower-priority pods whose eviction would let this pod fit; nothing was evicted"
         else:
-            parts = [f"{node}: {why}" for node, why in sorted(outcome.reasons.items())[:5]]
-            more = len(outcome.reasons) - len(parts)
+            parts = [f"{node}: {why}" for node, why in sorted(outcome.reasons.items())]
+            more = outcome.unexplained
             message = ("evicting lower-priority pods would not let this pod fit on any node; nothing was evicted ("
                        + "; ".join(parts) + (f"; {more} more nodes" if more > 0 else "") + ")")
         self._event(pod, "NotPreempting", message)

@@ -10,6 +10,7 @@ range. Only nodes with at least one registered device are held. Mutation is expl
 from __future__ import annotations
 
 import contextlib
+import copy
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -352,6 +353,17 @@ class ClusterState:
                 held.remove(part)
                 if not held:
                     del self.parts[row]
+
+    def snapshot(self) -> ClusterState:
+        """A copy whose usage can change without touching this one (the devices are shared), for
+        long what-if searches outside the lock that guards this state."""
+        other = copy.copy(self)
+        for name in ("used", "usedmem", "usedcores", "node_cpu_used", "node_memory_used", "node_used",
+                     "node_usedmem", "node_usedcores"):
+            setattr(other, name, getattr(self, name).copy())
+        other.pods = dict(self.pods)
+        other.static_cache = dict(self.static_cache)
+        return other
 
     def nodes_named(self, names: Sequence[str]) -> IntArray:
         """Positions of the named nodes we know, in the order given (unknown names are left out)."""
