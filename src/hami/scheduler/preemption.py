@@ -49,6 +49,7 @@ from hami.scheduler.kube import KubeApi
 from hami.scheduler.preempt import Outcome, Plan, plan_preemption
 from hami.scheduler.quota import QuotaBook, pod_usage
 from hami.scheduler.state import ClusterState
+from hami.wire import ShapeError, check_pod
 
 log = logging.getLogger(__name__)
 
@@ -630,6 +631,10 @@ class Preemptor:
         pod = _field(args, "Pod")
         if not isinstance(pod, dict):
             raise HamiError("ExtenderPreemptionArgs has no Pod")
+        try:
+            check_pod(pod, "Pod")
+        except ShapeError as exc:
+            raise HamiError(str(exc)) from None
         proposed = _proposed(args)
         if not self.cache.vendors.wants_devices(pod):
             return {"NodeNameToMetaVictims": {n: {"Pods": [{"UID": u} for u in uids], "NumPDBViolations": v}
