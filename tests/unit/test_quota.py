@@ -3,13 +3,17 @@ engine's ResourceQuotaNotFit per device, and the webhook's check."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
 
+from hami.annotations.node_register import encode_node_devices
+from hami.annotations.pod_devices import decision_annotations
 from hami.config import HamiConfig
-from hami.model import ContainerDevice
-from hami.scheduler.engine import schedule
+from hami.model import ContainerDevice, DeviceInfo
+from hami.scheduler.cache import ClusterCache
+from hami.scheduler.engine import PolicyDefaults, schedule
 from hami.scheduler.quota import NO_QUOTA, QuotaBook, QuotaLeft, VendorRoom, pod_usage
 from hami.scheduler.state import ClusterState
 from hami.vendors.registry import VendorSet
@@ -191,3 +195,38 @@ def test_the_webhook_denies_a_pod_that_would_exceed_the_quota() -> None:
     # Other namespaces, and a webhook without the scheduler's book, are not checked.
     assert mutate(review_pod("other", **{"nvidia.com/gpu": 2, "nvidia.com/gpumem": 9000}), VENDORS, options).allowed
     assert mutate(review_pod(**{"nvidia.com/gpu": 2, "nvidia.com/gpumem": 9000}), VENDORS, WebhookOptions()).allowed
+
+
+# ---- the scheduler's cache feeds the book ------------------------------------------------------
+
+
+def test_the_cache_counts_decisions_not_holds_and_decides_within_the_quota() -> None:
+    cache = ClusterCache(HamiConfig())
+    book = QuotaBook(cache.vendors)
+    cache.quota = book
+    cache.listeners.append(book.on_holding)
+    devices = [DeviceInfo(id=f"g{i}", count=10, devmem=24000, devcore=100, type="NVIDIA-A10", index=i) for i in range(2)]
+    cache.replace_nodes([{"metadata": {"name": "n1", "annotations": {
+        "hami.io/node-nvidia-register": encode_node_devices(devices)}}}])
+    book.upsert_quota(gpumem(10000))
+
+    def gpu_pod(name: str, mem: int) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": "team"}, "spec": {"containers": [
+            {"name": "c", "resources": {"limits": {"nvidia.com/gpu": 1, "nvidia.com/gpumem": mem}}}]}}
+
+    running = gpu_pod("running", 6000)
+    running["spec"]["nodeName"] = "n1"
+    running["metadata"]["annotations"] = decision_annotations("n1", nvidia(6000, 0, "g0"), datetime(2026, 1, 1))
+    cache.replace_pods([running])
+    assert book.snapshot()["team"]["nvidia.com/gpumem"] == (6000, 10000)
+    # A hold (devices kept for a preempting pod) is not a decision: not counted.
+    cache.hold("team/held", "n1", nvidia(3000, 0, "g1"), 0)
+    assert book.snapshot()["team"]["nvidia.com/gpumem"] == (6000, 10000)
+    # Decisions see the room left: 4000 fits, 4001 is refused with HAMi's reason.
+    assert cache.decide(gpu_pod("small", 4000), ["n1"], PolicyDefaults()).node == "n1"
+    refused = cache.decide(gpu_pod("large", 4001), ["n1"], PolicyDefaults())
+    assert refused.node is None and refused.reasons["n1"] == "2/2 ResourceQuotaNotFit"
+    # Deleting the running pod frees its share.
+    cache.delete_pod("team/running")
+    assert book.snapshot()["team"]["nvidia.com/gpumem"] == (0, 10000)
+    assert cache.decide(gpu_pod("large", 4001), ["n1"], PolicyDefaults()).node == "n1"

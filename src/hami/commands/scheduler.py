@@ -144,9 +144,7 @@ def run(args: argparse.Namespace) -> int:
     # GPU quotas count what decisions hold (a preemption's hold is not a decision).
     quota = QuotaBook(cache.vendors)
     cache.quota = quota
-    cache.listeners.append(lambda key, _, now: quota.count_pod(
-        key, None if now is None or now.held else now.allocation, 0 if now is None else now.init_count,
-        frozenset() if now is None else now.sidecars))
+    cache.listeners.append(quota.on_holding)
     preemptor = Preemptor(cache, api, extender.decide_lock, extender.is_leader,
                           PreemptionOptions(defaults=defaults, hold_seconds=args.preemption_hold_seconds), quota)
     if not args.no_preemption:

@@ -587,6 +587,9 @@ class Preemptor:
         with self._lock:
             holds = list(self._holds.values())
             self._evicting = {k for k in self._evicting if k in holdings}
+        for said, (_, at) in list(self._events.sent.items()):
+            if now - at > self.options.event_interval:
+                del self._events.sent[said]
         for hold in holds:
             current = holdings.get(hold.key)
             if current is None or not current.held:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hami.quantity import QuantityError, parse_quantity
 
@@ -146,6 +146,19 @@ def pod_usage(allocation: PodAllocation, init_count: int,
         t[0] += max(u[0], u[1])
         t[1] += max(u[2], u[3])
     return totals
+
+
+class Held(Protocol):
+    """What the cache says a pod holds (hami.scheduler.cache.Holding)."""
+
+    @property
+    def allocation(self) -> PodAllocation: ...
+    @property
+    def init_count(self) -> int: ...
+    @property
+    def sidecars(self) -> frozenset[int]: ...
+    @property
+    def held(self) -> bool: ...
 
 
 class QuotaError(ValueError):
@@ -283,6 +296,14 @@ class QuotaBook:
             if usage:
                 self._pods[key] = (namespace, usage)
                 self._add(namespace, usage, +1)
+
+    def on_holding(self, key: str, _before: Held | None, after: Held | None) -> None:
+        """The cache's listener: count what a pod holds by its decision (a preemption's hold, not a
+        decision yet, is not counted)."""
+        if after is None or after.held:
+            self.count_pod(key, None)
+        else:
+            self.count_pod(key, after.allocation, after.init_count, after.sidecars)
 
     def _add(self, namespace: str, usage: dict[str, int], sign: int) -> None:
         entry = self._namespaces.setdefault(namespace, NamespaceQuota())
