@@ -205,7 +205,8 @@ def test_the_cache_counts_decisions_not_holds_and_decides_within_the_quota() -> 
     book = QuotaBook(cache.vendors)
     cache.quota = book
     cache.listeners.append(book.on_holding)
-    devices = [DeviceInfo(id=f"g{i}", count=10, devmem=24000, devcore=100, type="NVIDIA-A10", index=i) for i in range(2)]
+    devices = [DeviceInfo(id=f"g{i}", count=10, devmem=24000, devcore=100, type="NVIDIA-A10", index=i)
+               for i in range(2)]
     cache.replace_nodes([{"metadata": {"name": "n1", "annotations": {
         "hami.io/node-nvidia-register": encode_node_devices(devices)}}}])
     book.upsert_quota(gpumem(10000))
