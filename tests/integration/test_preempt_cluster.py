@@ -328,12 +328,26 @@ def test_the_hold_is_released_when_the_preemptor_goes_away(control_plane: Contro
                                     if p["metadata"].get("deletionTimestamp")), None), timeout=30,
                       message="a victim terminating")
     create_pod(control_plane, namespace, asking("latecomer", scheduler, 12000, low))
+    assert held_devices(hami, namespace, "urgent") == 1
     control_plane.api("DELETE", f"/api/v1/namespaces/{namespace}/pods/urgent",
                       {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})
+    # The scheduler lets go of the hold as soon as it sees the deletion.
+    wait_for(lambda: held_devices(hami, namespace, "urgent") == 0, timeout=30, message="the hold released")
     control_plane.api("DELETE", f"/api/v1/namespaces/{namespace}/pods/{victim}",
                       {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})
     placed = wait_bound_pod(control_plane, namespace, "latecomer")
     assert devices_of(placed) == [f"GPU-{node}-0"], hami.log_tail()
+
+
+def held_devices(hami: HamiScheduler, namespace: str, pod: str) -> int:
+    """hami_preemption_held_devices of the pod, from the scheduler's /metrics (0 when absent)."""
+    status, body = hami.get("/metrics")
+    assert status == 200
+    prefix = f'hami_preemption_held_devices{{namespace="{namespace}",'
+    for line in body.decode().splitlines():
+        if line.startswith(prefix) and f'pod="{pod}"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
 
 
 def test_never_and_a_vanished_priority_class_evict_nothing(control_plane: ControlPlane, namespace: str,

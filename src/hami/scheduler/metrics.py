@@ -45,6 +45,9 @@ class SchedulerCollector(Collector):
                                           labels=POD_LABELS),
             "vgpu_core": GaugeMetricFamily("hami_vgpu_core_allocated_ratio", "Device compute allocated to a container",
                                            labels=POD_LABELS),
+            "held": GaugeMetricFamily("hami_preemption_held_devices",
+                                      "Devices kept for a preempting pod while its victims terminate",
+                                      labels=["namespace", "pod", "node"]),
         }
         with self.cache.lock():
             state = self.cache.state()
@@ -63,9 +66,11 @@ class SchedulerCollector(Collector):
                 families["node_mem"].add_metric([node], float(state.node_usedmem[i]) / total if total else 0.0)
                 families["node_overview"].add_metric([node], float(state.sizes[i]))
             for key, holding in self.cache.holdings().items():
-                if holding.held:
-                    continue  # kept for a preempting pod: not allocated to it yet
                 namespace, name = key.split("/")[:2]
+                if holding.held:  # kept for a preempting pod: not allocated to it yet
+                    families["held"].add_metric([namespace, name, holding.node],
+                                                float(len({d.uuid for c in holding.allocation for d in c})))
+                    continue
                 for position, container in enumerate(holding.allocation):
                     for device in container:
                         device_labels = labels_of.get((holding.node, device.uuid))

@@ -219,12 +219,14 @@ class Preemptor:
 
     def delete_hook(self, delete: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
         def hooked(pod: dict[str, Any]) -> None:
-            delete(pod)
+            # Forgotten here first: a plan finishing meanwhile then holds nothing for the pod, or
+            # holds under the cache's lock before `delete` drops it.
             facts = facts_of(pod)
             with self._lock:
                 if self._facts.get(facts.key, facts).uid == facts.uid:
                     self._facts.pop(facts.key, None)
                 self._by_uid.pop(facts.uid, None)
+            delete(pod)
         return hooked
 
     def observe(self, pod: dict[str, Any]) -> None:
@@ -373,6 +375,8 @@ class Preemptor:
                 return None
             with self.decide_lock:
                 with self.cache.lock():
+                    if self.facts(key) is None:
+                        return None  # deleted while we searched
                     if not self._still_holds(facts, request, plan):
                         continue  # the cluster moved while we searched: plan again
                     released = self._take(pod, facts, plan)
@@ -595,6 +599,9 @@ class Preemptor:
             if current is None or not current.held:
                 with self._lock:
                     self._holds.pop(hold.key, None)  # placed, or gone (the cache dropped the hold)
+                continue
+            if self.facts(hold.key) is None:
+                self._drop(hold.key)  # the pod went while its plan was being made
                 continue
             if any(k in holdings for k in hold.waits_for):
                 continue
