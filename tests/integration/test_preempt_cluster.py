@@ -59,11 +59,13 @@ def chart_config(hami: HamiScheduler, preempt_verb: bool = False) -> dict[str, A
 class Stack:
     """`hami scheduler` and a kube-scheduler profile that calls it; unpacks as (hami, name)."""
 
-    def __init__(self, hami: HamiScheduler, start_scheduler: Any):
+    def __init__(self, hami: HamiScheduler, start_scheduler: Any, kube_preemption: bool = False):
         self.hami = hami
         self.name = hami.scheduler_name
         self._start = start_scheduler
-        self.kube = start_scheduler(chart_config(hami))
+        # kube-scheduler's own preemption is off, as the chart runs it, or on as kube-scheduler's
+        # default profile has it (without our preempt verb).
+        self.kube = start_scheduler(hami.extender_config() if kube_preemption else chart_config(hami))
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.hami, self.name))
@@ -81,12 +83,13 @@ class Stack:
 
 
 @pytest.fixture
-def preempting(control_plane: ControlPlane, namespace: str, tmp_path: Path, start_scheduler: Any) -> Iterator[Stack]:
+def preempting(control_plane: ControlPlane, namespace: str, tmp_path: Path, start_scheduler: Any,
+               request: pytest.FixtureRequest) -> Iterator[Stack]:
     name = f"hami-pre-{namespace}"[:58]
     hami = HamiScheduler(control_plane, tmp_path / "hami", scheduler_name=name,
                          extra_args=["--preemption-hold-seconds", "30"]).start()
     try:
-        yield Stack(hami, start_scheduler)
+        yield Stack(hami, start_scheduler, kube_preemption=getattr(request, "param", False))
     finally:
         hami.stop()
 
@@ -163,6 +166,7 @@ def wait_bound_pod(cp: ControlPlane, namespace: str, name: str, timeout: float =
     return found
 
 
+@pytest.mark.parametrize("preempting", [False, True], ids=["chart-profile", "default-profile"], indirect=True)
 def test_the_right_victims_and_only_they_are_evicted(control_plane: ControlPlane, namespace: str, preempting: Any,
                                                      add_node: Any, priority: Any) -> None:
     hami, scheduler = preempting
