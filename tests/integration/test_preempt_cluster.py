@@ -193,7 +193,7 @@ def test_the_right_victims_and_only_they_are_evicted(control_plane: ControlPlane
     assert devices_of(placed) == [f"GPU-{b}-0"]
     annotations = placed["metadata"]["annotations"]
     assert not any(k in annotations for k in (keys.PREEMPTION_NODE, keys.PREEMPTION_DEVICES)), \
-        (annotations, Path("/tmp/preempt-debug.log").write_text(hami.log_tail(300)))
+        (annotations, hami.log_tail())
     preempting_event = wait_event(control_plane, namespace, "urgent", "Preempting")
     assert f"{namespace}/b0-x" in preempting_event["message"] and b in preempting_event["message"]
     victim_event = wait_event(control_plane, namespace, "b0-x", "Preempted")
