@@ -148,6 +148,17 @@ def test_pods_already_going_free_their_share_without_new_victims() -> None:
     assert int(state.usedmem[0]) == 24000
 
 
+def test_a_snapshot_moves_without_the_live_state() -> None:
+    state = cluster(node("n1", gpu("g0")), pods={"t/a": ("n1", held(("g0", 20000, 0)))})
+    copy = state.snapshot()
+    copy.remove_pod("t/a")
+    copy.add_pod("t/b", "n1", held(("g0", 1000, 10)))
+    with copy.without(["t/b"]):
+        assert int(copy.usedmem[0]) == 0
+    assert int(state.usedmem[0]) == 20000 and int(state.usedcores[0]) == 0 and set(state.pods) == {"t/a"}
+    assert int(copy.usedmem[0]) == 1000 and int(copy.node_usedcores[0]) == 10
+
+
 def test_a_hold_counts_so_a_second_preemptor_evicts_for_itself() -> None:
     # The first preemptor's hold takes what its victim frees; the second needs its own victim.
     state = cluster(node("n1", gpu("g0"), gpu("g1")), pods={

@@ -358,9 +358,9 @@ class ClusterState:
         """A copy whose usage can change without touching this one (the devices are shared), for
         long what-if searches outside the lock that guards this state."""
         other = copy.copy(self)
-        for name in ("used", "usedmem", "usedcores", "node_cpu_used", "node_memory_used", "node_used",
-                     "node_usedmem", "node_usedcores"):
-            setattr(other, name, getattr(self, name).copy())
+        for name, value in vars(self).items():
+            if isinstance(value, np.ndarray):  # every array, so usage added later is copied too
+                setattr(other, name, value.copy())
         other.pods = dict(self.pods)
         other.static_cache = dict(self.static_cache)
         return other
