@@ -266,7 +266,7 @@ class Preemptor:
             with self._lock:
                 self._holds[facts.key] = hold
             self.cache.hold(facts.key, hold.node, allocation, len((pod.get("spec") or {}).get("initContainers") or []),
-                            facts.uid, sidecars=sidecars_of(pod))
+                            facts.uid, sidecars=sidecars_of(pod), annotations=annotations)
 
     def facts(self, key: str) -> PodFacts | None:
         with self._lock:
@@ -511,7 +511,7 @@ class Preemptor:
             self._holds[facts.key] = hold
             self._evicting |= set(plan.victims)
         self.cache.hold(facts.key, plan.node, plan.allocation, len(spec.get("initContainers") or []), facts.uid,
-                        int(time.time()), sidecars_of(pod))
+                        int(time.time()), sidecars_of(pod), (pod.get("metadata") or {}).get("annotations"))
         return released
 
     def _write_hold(self, facts: PodFacts, plan: Plan) -> None:
