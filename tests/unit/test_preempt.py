@@ -16,7 +16,8 @@ from hami.model.allocation import PodAllocation
 from hami.scheduler.engine import PodContext, PolicyDefaults, fit_pod_on_node, schedule
 from hami.scheduler.preempt import NO_PRIORITY, Plan, plan_preemption
 from hami.scheduler.state import ClusterState
-from tests.unit.engine_helpers import container, gpu, node, pod
+from tests.unit.engine_helpers import container, gpu, node, place, pod
+from tests.unit.mig_helpers import synthetic_a100
 from tests.unit.vendor_helpers import ctr, pod_obj, request, state_of
 from tests.unit.vendor_helpers import node_obj as vendor_node
 
@@ -197,6 +198,25 @@ def test_slices_on_a_topology_vendor() -> None:
     assert set(plan.victims) == {"t/s0", "t/s1", "t/s2", "t/s5"}
     assert plan.exact
     assert fits_without(state, whole, plan.victims)
+
+
+def test_mig_partitions_are_freed_by_the_victims() -> None:
+    # Three 2g instances fill the A100's placements; a 3g needs two neighbouring 2g ones gone.
+    state = ClusterState([node("n", synthetic_a100())])
+    priorities = {}
+    for i, level in enumerate((0, 1, 2)):
+        assert place(state, pod(f"two{i}", container(gpu=1, mem=10000))).node == "n"
+        priorities[f"t/two{i}"] = level
+    big = pod("p", container(gpu=1, mem=20000))
+    assert schedule(state, big).node is None
+    plan = plan_preemption(state, big, 10, priorities).plan
+    assert plan is not None and plan.allocation[0][0].part is not None
+    assert plan.allocation[0][0].part.profile == "3g.20gb"
+    # A 3g takes slices 0-3 (the pods of priority 0 and 1) or 4-7 (the one of priority 2): the
+    # lowest highest priority wins over the fewest pods.
+    assert plan.victims == ("t/two0", "t/two1") and plan.allocation[0][0].part.start == 0
+    assert fits_without(state, big, plan.victims)
+    assert all(not fits_without(state, big, tuple(v for v in plan.victims if v != gone)) for gone in plan.victims)
 
 
 # ---- the property: best by the rules, and the preemptor fits -----------------------------

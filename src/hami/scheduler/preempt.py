@@ -177,6 +177,11 @@ def pod_share(state: ClusterState, key: str) -> float:
     return total
 
 
+def _has_mig(state: ClusterState, vendor: str) -> bool:
+    mig = [i for i, mode in enumerate(state.mode_names.tolist()) if mode == "mig"]
+    return bool(np.isin(state.mode_id[state.vendor_rows(vendor)], mig).any())
+
+
 class _Search:
     def __init__(self, state: ClusterState, ctx: PodContext, static: IntArray, priorities: Mapping[str, int]):
         self.state = state
@@ -187,9 +192,14 @@ class _Search:
         self.asks: list[ContainerRequest] = [ask for container in pod.containers for ask in container.asks]
         self._shares: dict[str, float] = {}
         vendors = [state.vendors.get(v) for v in pod.vendors]
+        # The device search models a device by its task count, memory and cores alone: vendors
+        # whose fit also reads marks left by pods (usage_keys), MIG partitions or links
+        # (topology-aware) go through the engine's walk instead.
+        mig = "mig" in set(state.mode_names.tolist())
         self.decomposable = (
-            _independent(pod) and not ctx.selectors.numa_bind
-            and all(v is not None and not v.exact and not v.topology and not ctx.selectors_for(v.name).numa_bind
+            _independent(pod) and not ctx.selectors.numa_bind and not ctx.topology
+            and all(v is not None and not v.exact and not v.topology and not v.usage_keys
+                    and not ctx.selectors_for(v.name).numa_bind and not (mig and _has_mig(state, v.name))
                     for v in vendors)
         )
         asked = set(pod.vendors)

@@ -361,7 +361,10 @@ class ClusterState:
         for name, value in vars(self).items():
             if isinstance(value, np.ndarray):  # every array, so usage added later is copied too
                 setattr(other, name, value.copy())
+        # Everything else that _apply changes.
         other.pods = dict(self.pods)
+        other.marks = {mark: counts.copy() for mark, counts in self.marks.items()}
+        other.parts = {row: list(held) for row, held in self.parts.items()}
         other.static_cache = dict(self.static_cache)
         return other
 
