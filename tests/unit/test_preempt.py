@@ -158,6 +158,12 @@ def test_a_snapshot_moves_without_the_live_state() -> None:
         assert int(copy.usedmem[0]) == 0
     assert int(state.usedmem[0]) == 20000 and int(state.usedcores[0]) == 0 and set(state.pods) == {"t/a"}
     assert int(copy.usedmem[0]) == 1000 and int(copy.node_usedcores[0]) == 10
+    # MIG partitions too.
+    mig = ClusterState([node("n", synthetic_a100())])
+    place(mig, pod("two", container(gpu=1, mem=10000)))
+    copy = mig.snapshot()
+    copy.remove_pod("t/two")
+    assert copy.parts_of(0) == [] and len(mig.parts_of(0)) == 1
 
 
 def test_a_hold_counts_so_a_second_preemptor_evicts_for_itself() -> None:
