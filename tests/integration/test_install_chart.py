@@ -423,3 +423,18 @@ def test_topology_aware_gpu_policy_reaches_the_scheduler() -> None:
     container = containers(items)["hami-scheduler/hami-scheduler"]
     args = container.get("args", []) + container.get("command", [])
     assert "--gpu-policy=topology-aware" in args
+
+
+def test_vendor_entries_mount_their_host_libraries() -> None:
+    items = rendered(**{"devicePlugin.vendors.hygon.enabled": "true",
+                        "devicePlugin.vendors.hygon.hostMounts[0].hostPath": "/opt/hyhal",
+                        "devicePlugin.vendors.hygon.hostMounts[1].hostPath": "/var/run/x",
+                        "devicePlugin.vendors.hygon.hostMounts[1].readOnly": "false"})
+    spec = items[("DaemonSet", "hami-device-plugin-hygon")]["spec"]["template"]["spec"]
+    plugin = next(c for c in spec["containers"] if c["name"] == "device-plugin")
+    mounts = {m["name"]: m for m in plugin["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert mounts["host-0"] == {"name": "host-0", "mountPath": "/opt/hyhal", "readOnly": True}
+    assert mounts["host-1"]["readOnly"] is False
+    assert volumes["host-0"]["hostPath"] == {"path": "/opt/hyhal"}
+    assert "--vendor=hygon" in plugin["command"]
