@@ -7,10 +7,12 @@ from __future__ import annotations
 import base64
 import itertools
 import os
+import shutil
 import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -18,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from hami.annotations import keys
 from hami.annotations.node_register import encode_node_devices
 from hami.model import DeviceInfo
+from hami.scheduler.nodelock import ALLOCATE_BY_POD_RESOURCES
 from tests.cluster import ControlPlane, free_port, wait_for
+from tests.cluster.kubelet import Admitted, KubeletStandIn
 from tests.cluster.pki import CertificateAuthority, cert_pem, key_pem
 
 MANAGED = [
@@ -175,13 +180,92 @@ class HamiScheduler:
 
 
 def gpu_node_annotations(
-    node: str, gpus: int, memory: int = 24000, split: int = 10, gpu_type: str = "NVIDIA-A10"
+    node: str, gpus: int, memory: int = 24000, split: int = 10, gpu_type: str = "NVIDIA-A10",
+    matched_by_kubelet: bool = True,
 ) -> dict[str, str]:
+    """A node's registration as our device plugin writes it; `matched_by_kubelet`: as our plugin
+    writes it when it can ask kubelet which pod it starts (binds then take no node lock)."""
     devices = [
         DeviceInfo(id=f"GPU-{node}-{i}", count=split, devmem=memory, devcore=100, type=gpu_type, index=i)
         for i in range(gpus)
     ]
-    return {keys.NODE_NVIDIA_REGISTER: encode_node_devices(devices)}
+    annotations = {keys.NODE_NVIDIA_REGISTER: encode_node_devices(devices)}
+    if matched_by_kubelet:
+        annotations[ALLOCATE_BY_POD_RESOURCES] = "nvidia.com/gpu"
+    return annotations
+
+
+class GpuNode:
+    """A node's own half: `hami device-plugin` (fake GPUs, in its own process) and a kubelet
+    stand-in that registers it and admits pods (tests/cluster/kubelet.py)."""
+
+    def __init__(self, cp: ControlPlane, node: str, gpus: int = 2, memory: int = 24000,
+                 pod_resources: bool = True, extra_args: Iterable[str] = ()):
+        self.cp = cp
+        self.node = node
+        # Short: unix socket paths are limited to about 107 bytes.
+        self.root = Path(tempfile.mkdtemp(prefix="gn"))
+        self.devices_file = self.root / "gpus.yaml"
+        self.devices_file.write_text(yaml.safe_dump({"devices": [
+            {"uuid": f"GPU-{node}-{i}", "name": "NVIDIA A10", "memory": memory, "smCount": 72, "numa": 0}
+            for i in range(gpus)
+        ]}))
+        self.pod_resources = pod_resources
+        self.extra_args = list(extra_args)
+        self.kubelet = KubeletStandIn(self.root / "k", self.root / "pr" / "kubelet.sock")
+        self.kubelet.serve_pod_resources = pod_resources
+        self.log_file = self.root / "device-plugin.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GpuNode:
+        self.kubelet.start()
+        self.start_plugin()
+        return self
+
+    def start_plugin(self) -> None:
+        log = open(self.log_file, "ab")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "hami", "device-plugin", "--node-name", self.node,
+             "--fake-devices", str(self.devices_file), "--kubeconfig", str(self.cp.kubeconfig),
+             "--device-plugin-path", str(self.root / "k"), "--socket-name", "hami.sock",
+             "--cache-dir", str(self.root / "c"), "--register-interval", "1",
+             "--pod-resources-socket", str(self.root / "pr" / "kubelet.sock") if self.pod_resources else "",
+             *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.kubelet.wait_for_devices("nvidia.com/gpu")
+
+        def registered() -> bool:
+            annotations = self.cp.api("GET", f"/api/v1/nodes/{self.node}")["metadata"].get("annotations") or {}
+            matched = annotations.get(ALLOCATE_BY_POD_RESOURCES) == "nvidia.com/gpu"
+            return keys.NODE_NVIDIA_REGISTER in annotations and matched == self.pod_resources
+
+        wait_for(registered, timeout=30, message=f"device plugin registration of {self.node}\n{self.log_tail()}")
+
+    def admit(self, namespace: str, name: str) -> Admitted:
+        return self.kubelet.admit(self.cp.api("GET", f"/api/v1/namespaces/{namespace}/pods/{name}"))
+
+    def kill_plugin(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill_plugin()
+        self.kubelet.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
 
 def gpu_pod(

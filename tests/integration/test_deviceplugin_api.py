@@ -51,3 +51,18 @@ def test_allocate_finds_the_bound_pod_and_records_success(
         assert exc.code == "NOT_FOUND" and node in exc.message
     else:
         raise AssertionError("a second Allocate found a pod")
+
+
+def test_the_node_lock_is_removed_only_while_it_is_the_one_read(
+    control_plane: ControlPlane, namespace: str, add_node  # type: ignore[no-untyped-def]
+) -> None:
+    node = f"{namespace}-locked"
+    add_node(node, annotations={keys.NODE_LOCK: f"2026-01-01T00:00:00Z,{namespace},next"})
+    source = KubePodSource(str(control_plane.kubeconfig))
+    # The plugin read the lock of the pod it allocated; the scheduler has since given it to the next pod.
+    assert not source.remove_node_annotation(node, keys.NODE_LOCK, f"2026-01-01T00:00:00Z,{namespace},done")
+    assert keys.NODE_LOCK in control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"]["annotations"]
+    assert source.remove_node_annotation(node, keys.NODE_LOCK, f"2026-01-01T00:00:00Z,{namespace},next")
+    after = control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"].get("annotations") or {}
+    assert keys.NODE_LOCK not in after
+    assert not source.remove_node_annotation(node, keys.NODE_LOCK, "anything")  # gone already: nothing to do

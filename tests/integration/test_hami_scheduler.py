@@ -208,12 +208,14 @@ def test_a_stale_or_orphaned_node_lock_is_taken_over(
 ) -> None:
     hami, scheduler = stack
     node = f"{namespace}-locked"
-    annotations = gpu_node_annotations(node, gpus=1)
-    # A lock left by a pod that no longer exists (a scheduler that died mid-bind, say).
+    # A node whose device plugin needs HAMi's lock, with a lock left by a pod that no longer
+    # exists (a scheduler that died mid-bind, say).
+    annotations = gpu_node_annotations(node, gpus=1, matched_by_kubelet=False)
     annotations[keys.NODE_LOCK] = f"2026-01-01T00:00:00Z,{namespace},gone"
     add_node(node, annotations=annotations)
     create_pod(control_plane, namespace, gpu_pod("next", scheduler, memory=1000, cores=10))
     (pod,) = wait_bound(control_plane, namespace, 1, timeout=60)
     assert pod["spec"]["nodeName"] == node
+    # The new pod holds it now, until the device plugin has allocated it.
     after = control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"].get("annotations") or {}
-    assert keys.NODE_LOCK not in after
+    assert after[keys.NODE_LOCK].endswith(f",{namespace},next")

@@ -285,13 +285,19 @@ def test_disable_control_follows_go_parse_bool(value: str | None, mounted: bool)
     assert ("/etc/ld.so.preload" in [m.container_path for m in grant.mounts]) is mounted
 
 
-def test_oldest_allocating_pod_wins_without_a_lock() -> None:
+def test_bind_order_is_no_guide_to_the_pod_kubelet_starts() -> None:
+    # kubelet admits pods in the order it sees them, not in bind-time order: without kubelet's
+    # pod-resources API and without a lock naming one of them, two waiting pods are not guessed at.
     older = gpu_pod("older", [("main", 1)], "GPU-a,NVIDIA,1,0:;")
-    newer = gpu_pod("newer", [("main", 1)], "GPU-a,NVIDIA,1,0:;")
+    newer = gpu_pod("newer", [("main", 1)], "GPU-a,NVIDIA,2,0:;")
     older["metadata"]["annotations"][keys.BIND_TIME] = "100"
     newer["metadata"]["annotations"][keys.BIND_TIME] = "200"
     source = InMemoryPodSource([newer, older], nodes={"node-1": {}})
-    assert alloc.find_pod(source, "node-1")["metadata"]["name"] == "older"
+    with pytest.raises(alloc.AllocateError, match="cannot tell which pod kubelet is starting") as refused:
+        alloc.find_pod(source, "node-1")
+    assert refused.value.code == "FAILED_PRECONDITION"
+    source.nodes["node-1"][keys.NODE_LOCK] = "2024-05-01T10:00:00Z,default,newer"
+    assert alloc.find_pod(source, "node-1")["metadata"]["name"] == "newer"
 
 
 def test_pods_file_reader() -> None:
@@ -367,6 +373,6 @@ def test_unreachable_api_server_is_unavailable(tmp_path: Path) -> None:
         source.patch_node_annotations("n", {"a": "b"})
     with pytest.raises(alloc.AllocateError) as info:
         alloc.find_pod(source, "n")
-    assert info.value.code == "UNAVAILABLE" and "get node n" in info.value.message
+    assert info.value.code == "UNAVAILABLE" and "list pods on n" in info.value.message
     with pytest.raises(HamiError, match="cannot load Kubernetes config"):
         KubePodSource(str(tmp_path / "missing"))

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only-best-node", action="store_true",
                         help="/filter returns only our chosen node, as HAMi does (default: every node that fits)")
     parser.add_argument("--hold-lock-until-allocated", action="store_true",
-                        help="keep the node lock after binding until the device plugin releases it (HAMi's way)")
+                        help="HAMi's node lock on every node, held from bind until the device plugin releases it "
+                             "(default: only on nodes whose device plugin cannot ask kubelet which pod it starts)")
     parser.add_argument("--lock-stale-seconds", type=float, default=60.0,
                         help="a node lock older than this is taken over")
     parser.add_argument("--unbound-decision-ttl", type=int, default=300,

@@ -1,7 +1,10 @@
-"""The node agent: keeps a vendor's registration annotations and its handshake up to date.
+"""The node agent: keeps a vendor's registration annotations and its handshake up to date,
+and says whether this node's plugin tells pods apart through kubelet's pod-resources API.
 
-It writes only when something changed: the device list (a health change, a new config) or the
-scheduler asking for a report (a handshake that is not `Reported…`).
+It writes only when something changed: the device list (a health change, a new config), the
+scheduler asking for a report (a handshake that is not `Reported…`), or whether kubelet's
+pod-resources API can be asked (ALLOCATE_BY_POD_RESOURCES: with it, the scheduler binds to this
+node without HAMi's node lock).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from hami.annotations.handshake import encode_reported
 from hami.annotations.node_register import encode_node_devices
 from hami.deviceplugin.pods import PodSource
 from hami.model.devices import DeviceInfo
+from hami.scheduler.nodelock import ALLOCATE_BY_POD_RESOURCES
 
 log = logging.getLogger(__name__)
 
@@ -54,4 +58,19 @@ class NodeAgent:
         if not patch:
             return False
         self.source.patch_node_annotations(self.node, patch)
+        return True
+
+    def advertise_pod_matching(self, resource: str, matched: bool) -> bool:
+        """Add `resource` to the node's ALLOCATE_BY_POD_RESOURCES list (a comma list: one entry per
+        device plugin of the node) when `matched`, else remove it; True when it patched. On
+        shutdown the plugin removes it, so that a plugin that replaces it (perhaps HAMi's, which
+        needs the node lock) is not assumed to have it."""
+        current = self.source.node_annotations(self.node).get(ALLOCATE_BY_POD_RESOURCES, "")
+        listed = [r for r in current.split(",") if r]
+        wanted = sorted({*listed, resource}) if matched else [r for r in listed if r != resource]
+        if wanted == listed:
+            return False
+        self.source.patch_node_annotations(self.node, {ALLOCATE_BY_POD_RESOURCES: ",".join(wanted) or None})
+        log.info("node %s: %s pods are %s", self.node, resource, "told apart by kubelet's pod-resources API"
+                 if matched else "found by HAMi's node lock")
         return True

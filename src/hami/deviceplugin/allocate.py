@@ -1,7 +1,8 @@
 """Allocate: which pod is starting, which of its containers kubelet asks for, and what it gets.
 
-Kubelet's Allocate carries device IDs only, no pod and no container. The pod is the one named
-by the node lock (else the pod on this node in bind-phase `allocating`); the container is the
+Kubelet's Allocate carries device IDs only, no pod and no container. The pod is the one that
+kubelet's pod-resources API lists while it still waits for devices (see find_pod); without that
+API, the only pod waiting on this node or the owner of HAMi's node lock. The container is the
 first one, init containers first in spec order, still waiting for devices in the vendor's
 to-allocate annotation (NVIDIA's `hami.io/vgpu-devices-to-allocate`; a `Flow` names another
 vendor's) whose device count matches the request. Containers are
@@ -27,6 +28,7 @@ from hami.annotations.pod_devices import (
     encode_container_devices,
 )
 from hami.config import NvidiaConfig
+from hami.deviceplugin.podresources import KubeletPods, KubeletUnavailable
 from hami.deviceplugin.pods import Pod, PodSource, PodSourceError
 from hami.model.allocation import ContainerDevice
 
@@ -170,33 +172,113 @@ def parse_node_lock(value: str) -> tuple[str, str] | None:
     return None
 
 
-def find_pod(source: PodSource, node: str, key: str = keys.DEVICES_TO_ALLOCATE) -> Pod:
-    """The pod kubelet is starting on this node (with containers left in `key`); AllocateError
-    NOT_FOUND when there is none."""
+def _key(pod: Pod) -> tuple[str, str]:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("namespace") or "default"), str(meta.get("name"))
+
+
+def _names(pods: Sequence[Pod]) -> str:
+    return ", ".join(sorted(pod_name(p) for p in pods))
+
+
+def _unserved_by_kubelet(pod: Pod, kubelet: KubeletPods, resource: str, key: str) -> bool:
+    """Whether a container of `pod` still waits for devices in kubelet's view as well as ours."""
+    namespace, name = _key(pod)
     try:
-        lock = source.node_annotations(node).get(keys.NODE_LOCK, "")
-        owner = parse_node_lock(lock) if lock else None
-        if owner is not None:
-            pod = source.get_pod(*owner)
-            if pod is not None and _waiting(pod, node, key):
-                return pod
-        candidates = [p for p in source.pods_on_node(node) if _waiting(p, node, key)]
-    except PodSourceError as exc:
-        raise AllocateError("UNAVAILABLE", f"cannot look up the pod being started: {exc}") from None
-    if not candidates:
+        parts = pending_parts(pod, key)
+    except AllocateError:
+        return True  # let the caller report the broken annotation for this pod
+    for container, part in zip(containers_in_order(pod), parts, strict=True):
+        if part and not kubelet.has_devices(namespace, name, str(container.get("name")), resource):
+            return True  # no devices yet, or a regular init container (kubelet does not report those)
+    return False
+
+
+def _matching_devices(pod: Pod, count: int, uuids: frozenset[str], resource: str, key: str) -> bool:
+    """Whether the container a request for `count` devices would get has exactly these devices."""
+    try:
+        parts = pending_parts(pod, key)
+        index = choose_container(pod, parts, count, resource, key)
+    except AllocateError:
+        return False
+    return frozenset(d.uuid for d in parts[index]) == uuids
+
+
+def _admitted_by_kubelet(waiting: list[Pod], kubelet: KubeletPods, node: str, resource: str, key: str,
+                         requested: Sequence[tuple[int, frozenset[str]]]) -> Pod:
+    """The waiting pod that kubelet is admitting now.
+
+    Kubelet lists the pods it has admitted or is admitting (its pod manager), and reports a
+    container's devices only once its Allocate succeeded. It admits one pod at a time and
+    allocates all of a pod's containers while admitting it, so an admitted pod has no container
+    left in our to-allocate annotation: a waiting pod that kubelet lists is the one it is starting.
+    """
+    admitting = [p for p in waiting if kubelet.lists(*_key(p)) and _unserved_by_kubelet(p, kubelet, resource, key)]
+    if len(admitting) > 1 and requested:
+        count, uuids = requested[0]
+        admitting = [p for p in admitting if _matching_devices(p, count, uuids, resource, key)] or admitting
+    if len(admitting) == 1:
+        return admitting[0]
+    if not admitting:
+        unseen = f" (waiting, but not yet admitted by kubelet: {_names(waiting)})" if waiting else ""
+        raise AllocateError(
+            "NOT_FOUND",
+            f"kubelet is admitting no pod that waits for devices on node {node}{unseen}",
+        )
+    raise AllocateError(
+        "FAILED_PRECONDITION",
+        f"kubelet lists {len(admitting)} pods on node {node} that wait for devices ({_names(admitting)}) "
+        "and the device IDs do not tell them apart; not guessing",
+    )
+
+
+def _by_node_lock(source: PodSource, node: str, waiting: list[Pod], key: str) -> Pod:
+    """Without kubelet's answer: the only waiting pod, or the one named by HAMi's node lock."""
+    if len(waiting) == 1:
+        return waiting[0]
+    if not waiting:
         raise AllocateError(
             "NOT_FOUND",
             f"no pod on node {node} is waiting for devices ({keys.BIND_PHASE}=allocating "
             f"with containers left in {key})",
         )
+    lock = source.node_annotations(node).get(keys.NODE_LOCK, "")
+    owner = parse_node_lock(lock) if lock else None
+    for pod in waiting:
+        if _key(pod) == owner:
+            return pod
+    raise AllocateError(
+        "FAILED_PRECONDITION",
+        f"{len(waiting)} pods on node {node} wait for devices ({_names(waiting)}), the node lock names none "
+        "of them, and kubelet's pod-resources API cannot be asked: cannot tell which pod kubelet is starting",
+    )
 
-    def bind_time(pod: Pod) -> int:
-        try:
-            return int(_annotations(pod).get(keys.BIND_TIME, "0"))
-        except ValueError:
-            return 0
 
-    return min(candidates, key=bind_time)
+def find_pod(source: PodSource, node: str, key: str = keys.DEVICES_TO_ALLOCATE, resource: str = "nvidia.com/gpu",
+             kubelet: Callable[[], KubeletPods] | None = None,
+             requested: Sequence[tuple[int, frozenset[str]]] = ()) -> Pod:
+    """The pod kubelet is starting on this node, with containers left in the vendor's to-allocate
+    annotation `key` (of `resource`, the resource kubelet counts).
+
+    Asked of kubelet's pod-resources API when `kubelet` is given and answers; otherwise the only
+    pod waiting for devices, or the owner of HAMi's node lock (HAMi's way, which needs the lock
+    held from bind until Allocate). `requested` holds, per container request, the device count
+    and the GPUs of the device IDs kubelet chose: only used to tell apart pods that kubelet
+    lists at the same time. Raises AllocateError (NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE).
+    """
+    try:
+        waiting = [p for p in source.pods_on_node(node) if _waiting(p, node, key)]
+        listed = None
+        if kubelet is not None:
+            try:
+                listed = kubelet()
+            except KubeletUnavailable as exc:
+                log.warning("%s; finding the pod by the node lock instead", exc)
+        if listed is not None:
+            return _admitted_by_kubelet(waiting, listed, node, resource, key, requested)
+        return _by_node_lock(source, node, waiting, key)
+    except PodSourceError as exc:
+        raise AllocateError("UNAVAILABLE", f"cannot look up the pod being started: {exc}") from None
 
 
 def _resource_count(container: dict[str, Any], resource: str) -> int | None:
@@ -287,13 +369,14 @@ def _encode_parts(parts: Sequence[tuple[ContainerDevice, ...]]) -> str:
 
 
 def release_node_lock(source: PodSource, node: str, pod: Pod) -> None:
-    """Remove the node lock when this pod holds it (another pod's lock is left alone)."""
+    """Remove the node lock when this pod holds it (another pod's lock is left alone, even one
+    that replaced this pod's between our read and our write)."""
     meta = pod.get("metadata") or {}
     lock = source.node_annotations(node).get(keys.NODE_LOCK)
     if lock is None:
         return
     if parse_node_lock(lock) in (None, (meta.get("namespace", "default"), meta.get("name"))):
-        source.patch_node_annotations(node, {keys.NODE_LOCK: None})
+        source.remove_node_annotation(node, keys.NODE_LOCK, lock)
 
 
 def mark_failed(source: PodSource, node: str, pod: Pod, reason: str, now: datetime) -> None:
@@ -352,8 +435,11 @@ def allocate(
     prepare: Callable[[ContainerGrant], None] | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     flow: Flow | None = None,
+    kubelet: Callable[[], KubeletPods] | None = None,
+    requested_gpus: Sequence[frozenset[str]] = (),
 ) -> list[ContainerGrant]:
-    """Serve one Allocate call: `requests` holds the device count of each ContainerAllocateRequest.
+    """Serve one Allocate call: `requests` holds the device count of each ContainerAllocateRequest
+    (and `requested_gpus` the devices of its IDs); `kubelet` answers which pods kubelet lists.
 
     `flow` says whose devices these are (NVIDIA's when None). On success the served containers'
     parts of to-allocate are blanked; once none is left (of any vendor) the pod is marked
@@ -361,7 +447,8 @@ def allocate(
     the reason) and the lock released, and AllocateError is raised.
     """
     flow = flow or nvidia_flow(settings)
-    pod = find_pod(source, settings.node, flow.key)
+    pod = find_pod(source, settings.node, flow.key, flow.resource, kubelet,
+                   list(zip(requests, requested_gpus, strict=False)))
     meta = pod.get("metadata") or {}
     namespace, name = str(meta.get("namespace", "default")), str(meta.get("name"))
     containers = containers_in_order(pod)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from hami.deviceplugin.server import VendorFactory
 
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
+DEFAULT_POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 VENDORS = ("nvidia", "ascend", "hygon", "amd")
 # What discovery needs on each vendor's node, for the hint when it fails.
 LIBRARIES = {"nvidia": "NVIDIA driver (NVML)", "ascend": "Ascend driver (DCMI)",
@@ -54,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-link-scores", action="store_true",
                         help="do not measure GPU links nor publish hami.io/node-nvidia-score "
                              "(HAMi publishes it only when ENABLE_TOPOLOGY_SCORE=true; we always do)")
+    parser.add_argument("--pod-resources-socket", default=DEFAULT_POD_RESOURCES_SOCKET, metavar="PATH",
+                        help="kubelet's pod-resources socket, asked which pod kubelet is starting "
+                             f"(default {DEFAULT_POD_RESOURCES_SOCKET}; \"\" = never ask, rely on HAMi's node lock)")
     parser.add_argument("--register-interval", type=float, default=30.0, metavar="SECONDS",
                         help="how often the node annotations are checked (default 30)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -152,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         cache_root=args.cache_dir,
         register_interval_s=args.register_interval,
         link_scores=not args.no_link_scores,
+        pod_resources_socket=args.pod_resources_socket,
     )
     plugin = DevicePlugin(backend, _source(args, node), config, options, vendor)
     done = threading.Event()

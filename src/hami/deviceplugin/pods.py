@@ -47,6 +47,9 @@ class PodSource(Protocol):
     def node_event(self, node: str, reason: str, message: str) -> None:
         """Record a Warning event on the node; failures are logged, never raised."""
 
+    def remove_node_annotation(self, node: str, key: str, value: str) -> bool:
+        """Remove the annotation only if it still has `value` (one atomic write); True if removed."""
+
 
 def _merge(target: dict[str, str], annotations: Mapping[str, str | None]) -> None:
     for key, value in annotations.items():
@@ -137,6 +140,15 @@ class InMemoryPodSource:
             self.node_patches.append((node, dict(annotations)))
         if self.log_patches:
             log.info("node %s annotations: %s", node, dict(annotations))
+
+    def remove_node_annotation(self, node: str, key: str, value: str) -> bool:
+        with self._lock:
+            if node not in self.nodes:
+                raise PodSourceError(f"node {node} not found")
+            if self.nodes[node].get(key) != value:
+                return False
+        self.patch_node_annotations(node, {key: None})
+        return True
 
 
 def in_memory_from_list(data: Any, what: str) -> InMemoryPodSource:
@@ -264,3 +276,21 @@ class KubePodSource:
             log.warning("node %s: could not record event %s: %s", node, reason, exc.status.message)
         except Exception as exc:  # httpx transport errors
             log.warning("node %s: could not record event %s: %s", node, reason, exc)
+
+    def remove_node_annotation(self, node: str, key: str, value: str) -> bool:
+        from lightkube import ApiError
+        from lightkube.resources.core_v1 import Node
+        from lightkube.types import PatchType
+
+        # A JSON patch whose `test` fails leaves the node as it is: compare and remove in one write.
+        path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+        patch = [{"op": "test", "path": path, "value": value}, {"op": "remove", "path": path}]
+        try:
+            self._client.patch(Node, node, patch, patch_type=PatchType.JSON)
+        except ApiError as exc:
+            if exc.status.code in (409, 422):  # the test failed: the annotation changed or is gone
+                return False
+            raise PodSourceError(f"patch node {node}: {exc.status.code} {exc.status.message}") from None
+        except Exception as exc:  # httpx transport errors: the API server is unreachable
+            raise PodSourceError(f"patch node {node}: {exc}") from None
+        return True

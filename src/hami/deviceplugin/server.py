@@ -30,6 +30,8 @@ from hami.deviceplugin.allocate import (
 from hami.deviceplugin.api import api_pb2
 from hami.deviceplugin.api import api_pb2_grpc as _stubs
 from hami.deviceplugin.backend import Backend, BackendError
+from hami.deviceplugin.podresources import DEFAULT_SOCKET as DEFAULT_POD_RESOURCES_SOCKET
+from hami.deviceplugin.podresources import KubeletPods, PodResourcesClient
 from hami.deviceplugin.pods import PodSource, PodSourceError
 from hami.deviceplugin.vendors import nvidia
 from hami.deviceplugin.vendors.base import ChipLike, NodeVendor
@@ -61,6 +63,8 @@ class PluginOptions:
     link_scores: bool = True
     # NVIDIA: how often MIG instances of gone pods are looked for.
     mig_cleanup_interval_s: float = 5.0
+    # Kubelet's pod-resources socket, asked which pod kubelet is starting ("" = never ask).
+    pod_resources_socket: str = DEFAULT_POD_RESOURCES_SOCKET
 
 
 # Builds a vendor's node side from the devices its backend found (Ascend's depends on the chip).
@@ -119,7 +123,7 @@ def _abort(context: grpc.ServicerContext, error: AllocateError) -> None:
 class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):  # type: ignore[misc]
     def __init__(self, state: DeviceState, source: PodSource, settings: AllocateSettings,
                  resource_name: str, create_cache_dirs: bool, stopping: threading.Event,
-                 flow: Flow | None = None) -> None:
+                 flow: Flow | None = None, kubelet: Callable[[], KubeletPods] | None = None) -> None:
         self.state = state
         self.source = source
         self.settings = settings
@@ -127,6 +131,7 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):  # type: ignore[m
         self.create_cache_dirs = create_cache_dirs
         self.stopping = stopping
         self.flow = flow or nvidia_flow(settings)
+        self.kubelet = kubelet  # which pods kubelet lists (its pod-resources API), when reachable
         self._allocating = threading.Lock()
 
     def GetDevicePluginOptions(self, request: api_pb2.Empty, context: grpc.ServicerContext) -> Any:  # noqa: N802
@@ -146,7 +151,8 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):  # type: ignore[m
         """The shares of the GPUs the scheduler chose, so kubelet's accounting matches the decision."""
         responses = []
         try:
-            pod: dict[str, Any] | None = find_pod(self.source, self.settings.node, self.flow.key)
+            pod: dict[str, Any] | None = find_pod(self.source, self.settings.node, self.flow.key, self.flow.resource,
+                                                  self.kubelet)
             parts = pending_parts(pod, self.flow.key) if pod is not None else []
         except AllocateError:
             pod, parts = None, []
@@ -204,6 +210,7 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):  # type: ignore[m
 
     def Allocate(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         counts = []
+        devices: list[frozenset[str]] = []
         for position, creq in enumerate(request.container_requests):
             ids = list(creq.devices_ids)
             unknown = [d for d in ids if self.state.gpu_of_share(d) is None]
@@ -216,9 +223,11 @@ class DevicePluginServicer(api_pb2_grpc.DevicePluginServicer):  # type: ignore[m
             if not ids:
                 _abort(context, AllocateError("INVALID_ARGUMENT", f"container request {position}: no device IDs"))
             counts.append(len(ids))
+            devices.append(frozenset(str(self.state.gpu_of_share(d)) for d in ids))
         with self._allocating:
             try:
-                grants = allocate(self.source, self.settings, counts, prepare=self._prepare, flow=self.flow)
+                grants = allocate(self.source, self.settings, counts, prepare=self._prepare, flow=self.flow,
+                                  kubelet=self.kubelet, requested_gpus=devices)
             except AllocateError as exc:
                 _abort(context, exc)
         return api_pb2.AllocateResponse(container_responses=[
@@ -271,6 +280,7 @@ class DevicePlugin:
         self._kubelet_key: tuple[int, int] | None = None
         self.state: DeviceState | None = None
         self.servicer: DevicePluginServicer | None = None
+        self.kubelet_pods = PodResourcesClient(options.pod_resources_socket) if options.pod_resources_socket else None
 
     @property
     def socket_path(self) -> Path:
@@ -297,7 +307,7 @@ class DevicePlugin:
                     lambda pod: vendor.session(pod, by_uuid, lambda: self.source.pods_on_node(node)))
         self.servicer = DevicePluginServicer(self.state, self.source, AllocateSettings(node=node),
                                              self.resource_name, self.options.create_cache_dirs, self.stopping,
-                                             flow)
+                                             flow, self.kubelet_pods.list if self.kubelet_pods is not None else None)
         self._serve()
         self._try_register()
         for target, name in ((self._watch_health, "health"), (self._watch_kubelet, "kubelet-watch"),
@@ -389,6 +399,9 @@ class DevicePlugin:
                         healthy = sum(self.state.health.values())
                     log.info("node %s: registered %d %s(s) (%d healthy)", self.options.node,
                              len(self.state.chips), vendor.noun, healthy)
+                # With kubelet's answer, the scheduler binds to this node without HAMi's lock.
+                matched = self.kubelet_pods is not None and self.kubelet_pods.available()
+                self.agent.advertise_pod_matching(self.resource_name, matched)
             except PodSourceError as exc:
                 log.warning("node %s: cannot update annotations: %s", self.options.node, exc)
             self.resync.wait(self.options.register_interval_s)
@@ -398,6 +411,13 @@ class DevicePlugin:
         self.resync.set()
         for thread in self._threads:
             thread.join(timeout=5)
+        if self.resource_name:
+            try:
+                self.agent.advertise_pod_matching(self.resource_name, False)
+            except PodSourceError as exc:
+                log.warning("node %s: cannot withdraw the pod-matching annotation: %s", self.options.node, exc)
+        if self.kubelet_pods is not None:
+            self.kubelet_pods.close()
         if self._server is not None:
             self._server.stop(grace=None).wait(5)
             self._server = None

@@ -24,6 +24,7 @@ from hami.model.allocation import PodAllocation
 from hami.model.devices import NodeDevices
 from hami.model.requests import PodRequest
 from hami.scheduler.engine import Decision, PolicyDefaults, schedule
+from hami.scheduler.nodelock import ALLOCATE_BY_POD_RESOURCES
 from hami.scheduler.quota import NO_QUOTA, QuotaBook
 from hami.scheduler.state import ClusterState
 from hami.snapshot import pod_decision
@@ -80,6 +81,8 @@ class ClusterCache:
         self._node_sources: dict[str, tuple[Any, ...]] = {}
         # The latest Node objects, for the handshake's periodic health check.
         self._node_objects: dict[str, dict[str, Any]] = {}
+        # Per node, the resources whose pods its device plugin tells apart without HAMi's lock.
+        self._matched_by_kubelet: dict[str, frozenset[str]] = {}
         self._holdings: dict[str, Holding] = {}
         # The latest copy of each pod still waiting for a node, so that /bind needs no GET.
         self._unbound: dict[str, dict[str, Any]] = {}
@@ -98,8 +101,14 @@ class ClusterCache:
         name = str(metadata.get("name"))
         now = datetime.now(UTC)
         source = self.vendors.node_inputs(node, now)
+        matched = frozenset(r for r in ((metadata.get("annotations") or {}).get(ALLOCATE_BY_POD_RESOURCES) or "")
+                            .split(",") if r)
         with self._lock:
             self._node_objects[name] = node
+            if matched:
+                self._matched_by_kubelet[name] = matched
+            else:
+                self._matched_by_kubelet.pop(name, None)
             if name in self._node_sources and self._node_sources[name] == source:
                 return  # only the handshake or other annotations changed
             self._node_sources[name] = source
@@ -116,6 +125,7 @@ class ClusterCache:
         with self._lock:
             self._node_objects.pop(name, None)
             self._node_sources.pop(name, None)
+            self._matched_by_kubelet.pop(name, None)
             if self._nodes.pop(name, None) is not None:
                 self._state = None
 
@@ -259,6 +269,11 @@ class ClusterCache:
     def holdings(self) -> dict[str, Holding]:
         with self._lock:
             return dict(self._holdings)
+
+    def matched_by_kubelet(self, node: str) -> frozenset[str]:
+        """The resources whose pods the node's device plugin tells apart through kubelet."""
+        with self._lock:
+            return self._matched_by_kubelet.get(node, frozenset())
 
     def unbound_pod(self, key: str) -> dict[str, Any] | None:
         """The watch's latest copy of a pod that had no node then (it may lag the API server)."""

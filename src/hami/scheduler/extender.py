@@ -34,6 +34,7 @@ from hami.scheduler.engine import PolicyDefaults
 from hami.scheduler.kube import KubeApi
 from hami.scheduler.nodelock import NodeLocker, NodeLockError
 from hami.scheduler.preemption import Preemptor
+from hami.vendors.base import LockKind
 from hami.wire import ShapeError, check_pod, node_names
 
 log = logging.getLogger(__name__)
@@ -235,19 +236,44 @@ class Extender:
         name, namespace, node = field(args, "PodName"), field(args, "PodNamespace"), field(args, "Node")
         if not all(isinstance(v, str) and v for v in (name, namespace, node)):
             raise BadRequest("ExtenderBindingArgs needs PodName, PodNamespace and Node")
+        if not self._uses_node_lock(node):
+            return self._timed_bind(args, name, namespace, node)
+        # Binds to a node that needs HAMi's lock queue here first, so the API lock (which guards
+        # against other replicas and the device plugin) is rarely contended.
         with self._node_locks_guard:
             node_lock = self._node_locks.setdefault(node, threading.Lock())
         with node_lock:
-            started = time.perf_counter()
+            return self._timed_bind(args, name, namespace, node)
+
+    def _uses_node_lock(self, node: str, pod: dict[str, Any] | None = None) -> bool:
+        """HAMi's node lock is needed unless, for every vendor the pod asks (that has a lock),
+        the node's device plugin tells pods apart without it: it asks kubelet which pod it is
+        starting (see docs/device-plugin.md). Without the pod: unless the node's plugin does so
+        for some vendor."""
+        if self.options.hold_lock_until_allocated:
+            return True
+        matched = self.cache.matched_by_kubelet(node)
+        if pod is None or not matched:
+            return not matched
+        try:
+            request = self.cache.request_of(pod)
+        except HamiError:
+            return True
+        asked = {ask.vendor for container in request.containers for ask in container.asks}
+        vendors = [self.cache.vendors.get(name) for name in asked]
+        return any(v is None or (v.lock is not LockKind.NONE and v.resources.count not in matched) for v in vendors)
+
+    def _timed_bind(self, args: dict[str, Any], name: str, namespace: str, node: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        with self._node_locks_guard:
+            self._binding.add((namespace, name))
+        try:
+            return self._bind(args, name, namespace, node)
+        finally:
             with self._node_locks_guard:
-                self._binding.add((namespace, name))
-            try:
-                return self._bind(args, name, namespace, node)
-            finally:
-                with self._node_locks_guard:
-                    self._binding.discard((namespace, name))
-                if self.on_bind_held is not None:
-                    self.on_bind_held(time.perf_counter() - started)
+                self._binding.discard((namespace, name))
+            if self.on_bind_held is not None:
+                self.on_bind_held(time.perf_counter() - started)
 
     def _bind(self, args: dict[str, Any], name: str, namespace: str, node: str,
               use_watch_copy: bool = True) -> dict[str, Any]:
@@ -280,6 +306,7 @@ class Extender:
             # done if it is the same node; never undo the decision of a bound pod.
             return {"Error": "" if bound_to == node else f"pod {key} is already bound to {bound_to}"}
         managed = self.cache.vendors.wants_devices(pod)
+        locking = managed and self._uses_node_lock(node, pod)
         lock_version = ""
         decision_to_write: dict[str, str | None] = {}
         expected_version = str((pod.get("metadata") or {}).get("resourceVersion") or "") if from_watch else ""
@@ -290,9 +317,9 @@ class Extender:
                 return {"Error": error}
             if from_watch and written_version:
                 expected_version = written_version  # our own write is newer than the watch's copy
+        if locking:
             try:
-                in_flight = None if self.options.hold_lock_until_allocated else self._bind_running
-                lock_version = self.locker.lock(node, namespace, name, in_flight=in_flight)
+                lock_version = self.locker.lock(node, namespace, name, in_flight=self._bind_running)
             except (NodeLockError, ApiError) as exc:
                 message = str(exc.status.message) if isinstance(exc, ApiError) else str(exc)
                 self._event(pod, "BindFailed", message)
@@ -308,20 +335,20 @@ class Extender:
         except ApiError as exc:
             if managed and from_watch and exc.status.code == 409 and not self._bound_node(namespace, name):
                 # The pod changed since the watch's copy (and nothing was bound): read it and redo.
-                self.locker.release(node, namespace, name, lock_version)
+                if locking:
+                    self.locker.release(node, namespace, name, lock_version)
                 return self._bind(args, name, namespace, node, use_watch_copy=False)
-            return self._bind_failed(pod, key, node, managed, str(exc.status.message))
+            return self._bind_failed(pod, key, node, managed, str(exc.status.message), locking)
         except Exception as exc:  # noqa: BLE001 - whatever failed, never keep the lock or the decision
-            return self._bind_failed(pod, key, node, managed, f"{type(exc).__name__}: {exc}")
-        if managed and not self.options.hold_lock_until_allocated:
-            # Bind order (bind-time) tells the device plugin which pod comes next; holding the
-            # lock until Allocate would make every other pod for this node wait (HAMi's trouble).
-            self.locker.release(node, namespace, name, lock_version)
+            return self._bind_failed(pod, key, node, managed, f"{type(exc).__name__}: {exc}", locking)
+        # A node lock stays until the device plugin has allocated the pod: it tells HAMi's plugin
+        # (or ours without kubelet's pod-resources API) which pod kubelet is starting.
         return {"Error": ""}
 
-    def _bind_failed(self, pod: dict[str, Any], key: str, node: str, managed: bool, detail: str) -> dict[str, Any]:
+    def _bind_failed(self, pod: dict[str, Any], key: str, node: str, managed: bool, detail: str,
+                     locked: bool) -> dict[str, Any]:
         namespace, _, name = key.partition("/")
-        bound_to = self._undo(pod, key, node) if managed else self._bound_node(namespace, name)
+        bound_to = self._undo(pod, key, node, locked) if managed else self._bound_node(namespace, name)
         if bound_to == node:
             return {"Error": ""}  # bound already (a retry whose first answer was lost): done
         message = f"binding pod {key} to {node} failed: {detail}"
@@ -368,16 +395,17 @@ class Extender:
         self.cache.upsert_pod(current)
         return (current.get("spec") or {}).get("nodeName")
 
-    def _undo(self, pod: dict[str, Any], key: str, node: str) -> str | None:
-        """After a failed bind: release the lock and, unless the pod got bound after all, clear
-        what we wrote and free its devices. Returns the node the pod is bound to, if any."""
+    def _undo(self, pod: dict[str, Any], key: str, node: str, locked: bool) -> str | None:
+        """After a failed bind: unless the pod got bound after all, release the lock, clear what
+        we wrote and free its devices. Returns the node the pod is bound to, if any."""
         metadata = pod.get("metadata") or {}
         namespace = metadata.get("namespace") or "default"
         assert self.api is not None and self.locker is not None
-        self.locker.release(node, namespace, metadata["name"])
         bound_to = self._bound_node(namespace, metadata["name"])
         if bound_to:
             return bound_to  # the binding went through: the decision is what the pod holds
+        if locked:
+            self.locker.release(node, namespace, metadata["name"])
         try:
             self.api.patch_pod_annotations(
                 namespace, metadata["name"],

@@ -1,7 +1,9 @@
 """HAMi's node lock, `hami.io/mutex.lock: <RFC3339 time>,<namespace>,<pod name>`.
 
 Taken with an optimistic write (the node's resourceVersion), so two schedulers can never
-both hold it. A lock older than `stale_after` seconds, or whose owner pod is gone, is taken over.
+both hold it, and held from bind until the device plugin has allocated the pod, which is how
+HAMi's device plugin knows the pod kubelet is starting. A lock older than `stale_after` seconds,
+or whose owner pod no longer needs it, is taken over.
 """
 
 from __future__ import annotations
@@ -17,9 +19,16 @@ from typing import Any
 from lightkube import ApiError
 
 from hami.annotations import keys
+from hami.annotations.pod_devices import BindPhase
 from hami.scheduler.kube import KubeApi
 
 log = logging.getLogger(__name__)
+
+# Ours, not HAMi's. A node annotation our device plugin sets to the resource names (comma
+# separated) whose pods it tells apart through kubelet's pod-resources API. Pods that ask only
+# for those are bound to the node without HAMi's lock; everywhere else the lock is held from
+# bind until the device plugin has allocated the pod, as HAMi's device plugin needs it.
+ALLOCATE_BY_POD_RESOURCES = "hami.io/node-allocate-by-pod-resources"
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,20 @@ class NodeLockError(Exception):
     pass
 
 
+def _no_longer_holds(owner: dict[str, Any], in_flight: Callable[[str, str], bool] | None) -> str:
+    """Why the lock's owner pod no longer needs the lock ("" while it does)."""
+    metadata = owner.get("metadata") or {}
+    if (owner.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return "has ended"
+    if not (owner.get("spec") or {}).get("nodeName"):
+        running = in_flight is not None and in_flight(str(metadata.get("namespace")), str(metadata.get("name")))
+        return "" if running else "was never bound and no bind of it is running"
+    phase = (metadata.get("annotations") or {}).get(keys.BIND_PHASE)
+    if phase != BindPhase.ALLOCATING.value:
+        return f"is no longer waiting for devices (bind-phase {phase or 'unset'})"
+    return ""
+
+
 class NodeLocker:
     def __init__(
         self, api: KubeApi, stale_after: float = 60.0, now: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -65,27 +88,33 @@ class NodeLocker:
 
     def _free_or_takeable(self, node: dict[str, Any], namespace: str, name: str,
                           in_flight: Callable[[str, str], bool] | None = None) -> bool:
+        """Whether the node's lock is free, ours, or may be taken over.
+
+        A lock is held from bind until the device plugin has allocated the pod (HAMi's
+        protocol). It is taken over when it is stale, or when its pod is gone, has ended, is no
+        longer waiting for devices, or was never bound and no bind of it runs here (a scheduler
+        that died between locking and binding).
+        """
+        node_name = (node.get("metadata") or {}).get("name")
         value = ((node.get("metadata") or {}).get("annotations") or {}).get(keys.NODE_LOCK)
         if not value:
             return True
         lock = decode_lock(value)
         if lock is None:
-            log.warning("node %s: unreadable lock %r taken over", node["metadata"]["name"], value)
+            log.warning("node %s: unreadable lock %r taken over", node_name, value)
             return True
         if (lock.namespace, lock.name) == (namespace, name):
             return True
         if (self.now() - lock.at).total_seconds() > self.stale_after:
-            log.info("node %s: lock of %s/%s is stale, taken over", node["metadata"]["name"], lock.namespace, lock.name)
+            log.info("node %s: lock of %s/%s is stale, taken over", node_name, lock.namespace, lock.name)
             return True
-        if in_flight is not None and not in_flight(lock.namespace, lock.name):
-            # Only the leader binds, and it is us: a lock whose bind is not running here was left
-            # by a scheduler that died mid-bind. Waiting for it to go stale would stall the node.
-            log.info("node %s: lock of %s/%s has no bind running, taken over", node["metadata"]["name"],
-                     lock.namespace, lock.name)
+        owner = self.api.get_pod(lock.namespace, lock.name)
+        if owner is None:
+            log.info("node %s: lock owner %s/%s is gone, taken over", node_name, lock.namespace, lock.name)
             return True
-        if self.api.get_pod(lock.namespace, lock.name) is None:
-            log.info("node %s: lock owner %s/%s is gone, taken over", node["metadata"]["name"], lock.namespace,
-                     lock.name)
+        why = _no_longer_holds(owner, in_flight)
+        if why:
+            log.info("node %s: lock owner %s/%s %s, taken over", node_name, lock.namespace, lock.name, why)
             return True
         return False
 
