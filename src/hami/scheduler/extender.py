@@ -91,7 +91,13 @@ def pod_of(args: dict[str, Any]) -> dict[str, Any]:
 
 class DecisionWriter:
     """Writes decisions on pods in the background, in order, so /filter answers without an API
-    round trip; /bind waits for the pod's write before it binds."""
+    round trip; /bind waits for the pod's write before it binds.
+
+    Each write is conditional on the resourceVersion of the pod copy it was decided from. A
+    write that /bind stopped waiting for may still reach the API server later; by then the bind
+    has changed the pod, so the late write fails instead of putting back a decision that the
+    bind replaced (the pod bound to one node, its annotations naming another).
+    """
 
     def __init__(self, api: KubeApi):
         self.api = api
@@ -100,9 +106,10 @@ class DecisionWriter:
         self._pending: dict[str, tuple[concurrent.futures.Future[str], dict[str, str | None]]] = {}
         self._lock = threading.Lock()
 
-    def submit(self, key: str, annotations: dict[str, str | None]) -> None:
+    def submit(self, key: str, annotations: dict[str, str | None], resource_version: str | None) -> None:
         namespace, _, name = key.partition("/")
-        future = self._pool.submit(self.api.patch_pod_annotations, namespace, name, annotations)
+        future = self._pool.submit(self.api.patch_pod_annotations, namespace, name, annotations,
+                                   resource_version or None)
         with self._lock:
             self._pending[key] = (future, annotations)
 
@@ -138,6 +145,8 @@ class ExtenderOptions:
     defaults: PolicyDefaults = PolicyDefaults()
     only_best_node: bool = False
     hold_lock_until_allocated: bool = False
+    # How long /bind waits for the background write of the pod's decision before deciding again.
+    decision_write_wait: float = 10.0
 
 
 class Extender:
@@ -198,7 +207,9 @@ class Extender:
                               sidecars_of(pod), (pod.get("metadata") or {}).get("annotations"))
             if self.writer is not None and decision.node is not None:
                 cleared = self.preemptor.cleared(pod) if self.preemptor is not None else {}
-                self.writer.submit(key, {**self.cache.decision_annotations(pod, decision, now), **cleared})
+                version = (pod.get("metadata") or {}).get("resourceVersion")
+                self.writer.submit(key, {**self.cache.decision_annotations(pod, decision, now), **cleared},
+                                   str(version) if version else None)
         fitting = [decision.node] if self.options.only_best_node else [n for n in names if n not in failed]
         return {"NodeNames": fitting, "FailedNodes": failed, "Error": ""}
 
@@ -361,7 +372,8 @@ class Extender:
         Returns an error text (or ""), the decision annotations still to be written, and the
         pod's resourceVersion after our background write of the decision (or "").
         """
-        write = self.writer.take(key) if self.writer is not None else WriteOutcome(pending=False)
+        write = (self.writer.take(key, self.options.decision_write_wait) if self.writer is not None
+                 else WriteOutcome(pending=False))
         holding = self.cache.holding(key)
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
         on_pod = write.pending or annotations.get(keys.VGPU_NODE) == node

@@ -1,0 +1,89 @@
+"""The extender in-process against the real API server, in the races a slow API server or a
+busy cluster brings: a decision write that lands late, pods deleted and recreated under one name,
+relists, and HAMi's older node locks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from hami.annotations import keys
+from hami.annotations.pod_devices import pod_allocation_from_annotations
+from hami.config import HamiConfig
+from hami.scheduler.cache import ClusterCache
+from hami.scheduler.extender import Extender, ExtenderOptions
+from hami.scheduler.kube import KubeApi, make_client
+from hami.scheduler.nodelock import NodeLocker
+from tests.cluster import ControlPlane
+from tests.integration.hami_stack import create_pod, gpu_node_annotations, gpu_pod
+
+
+class SlowDecisionWrites(KubeApi):
+    """The real API, but the background decision writes reach it `delay` seconds late, as when
+    the API server is slow to answer."""
+
+    def __init__(self, client: Any, delay: float) -> None:
+        super().__init__(client)
+        self.delay = delay
+        self.late_writes_done = threading.Event()
+
+    def patch_pod_annotations(self, namespace: str, name: str, annotations: dict[str, str | None],
+                              resource_version: str | None = None) -> str:
+        if threading.current_thread().name.startswith("decision-writer"):
+            time.sleep(self.delay)
+            try:
+                return super().patch_pod_annotations(namespace, name, annotations, resource_version)
+            finally:
+                self.late_writes_done.set()
+        return super().patch_pod_annotations(namespace, name, annotations, resource_version)
+
+
+def _nodes(control_plane: ControlPlane, namespace: str, add_node: Any, count: int, **kwargs: Any) -> list[str]:
+    names = [f"{namespace}-{i}" for i in range(count)]
+    for n in names:
+        add_node(n, annotations=gpu_node_annotations(n, gpus=1, **kwargs))
+    return names
+
+
+def _cache(control_plane: ControlPlane, nodes: list[str]) -> ClusterCache:
+    cache = ClusterCache(HamiConfig())
+    cache.replace_nodes([control_plane.api("GET", f"/api/v1/nodes/{n}") for n in nodes])
+    cache.replace_pods([])
+    return cache
+
+
+def _bind_args(pod: dict[str, Any], node: str) -> dict[str, Any]:
+    metadata = pod["metadata"]
+    return {"PodName": metadata["name"], "PodNamespace": metadata["namespace"], "PodUID": metadata["uid"],
+            "Node": node}
+
+
+@pytest.mark.timeout(120)
+def test_a_decision_write_that_lands_after_bind_gave_up_on_it_changes_nothing(
+    control_plane: ControlPlane, namespace: str, add_node: Any
+) -> None:
+    first, second = _nodes(control_plane, namespace, add_node, 2)
+    cache = _cache(control_plane, [first, second])
+    api = SlowDecisionWrites(make_client(str(control_plane.kubeconfig)), delay=3.0)
+    extender = Extender(cache, api, NodeLocker(api), ExtenderOptions(decision_write_wait=0.5))
+    pod = create_pod(control_plane, namespace, gpu_pod("p", "nobody", memory=1000, cores=10))
+    cache.upsert_pod(pod)
+    answer = extender.filter({"Pod": pod, "NodeNames": [first, second]})
+    assert answer["NodeNames"] == [first, second]
+    assert cache.holding(f"{namespace}/p").node == first  # type: ignore[union-attr]
+
+    # kube-scheduler picks the other fitting node. /bind stops waiting for the slow write of our
+    # decision for `first`, decides again for `second` and binds.
+    assert extender.bind(_bind_args(pod, second)) == {"Error": ""}
+    assert api.late_writes_done.wait(10)
+    after = control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods/p")
+    assert after["spec"]["nodeName"] == second
+    annotations = after["metadata"]["annotations"]
+    assert annotations[keys.VGPU_NODE] == second
+    ((device,),) = pod_allocation_from_annotations(annotations) or ()
+    assert device.uuid == f"GPU-{second}-0"
+    holding = cache.holding(f"{namespace}/p")
+    assert holding is not None and holding.node == second
