@@ -73,7 +73,7 @@ def test_a_decision_write_that_lands_after_bind_gave_up_on_it_changes_nothing(
     cache.upsert_pod(pod)
     answer = extender.filter({"Pod": pod, "NodeNames": [first, second]})
     assert answer["NodeNames"] == [first, second]
-    assert cache.holding(f"{namespace}/p").node == first  # type: ignore[union-attr]
+    assert cache.holding(cache.id_for(namespace, "p")).node == first  # type: ignore[union-attr]
 
     # kube-scheduler picks the other fitting node. /bind stops waiting for the slow write of our
     # decision for `first`, decides again for `second` and binds.
@@ -85,5 +85,5 @@ def test_a_decision_write_that_lands_after_bind_gave_up_on_it_changes_nothing(
     assert annotations[keys.VGPU_NODE] == second
     ((device,),) = pod_allocation_from_annotations(annotations) or ()
     assert device.uuid == f"GPU-{second}-0"
-    holding = cache.holding(f"{namespace}/p")
+    holding = cache.holding(cache.id_for(namespace, "p"))
     assert holding is not None and holding.node == second

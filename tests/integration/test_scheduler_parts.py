@@ -71,7 +71,7 @@ def test_informer_relists_on_410_gone_and_keeps_watching(control_plane: ControlP
     stop = threading.Event()
     informer = CompactedAfterFirstList(
         control_plane, namespace, make_client(str(control_plane.kubeconfig)), ConfigMap,
-        lambda items: listed.append([pod_key(i) for i in items]), lambda obj: seen.append(pod_key(obj)),
+        lambda items, *_: listed.append([pod_key(i) for i in items]), lambda obj: seen.append(pod_key(obj)),
         lambda obj: None, stop)
     thread = threading.Thread(target=informer.run, daemon=True)
     thread.start()
@@ -177,14 +177,14 @@ def test_bind_of_a_pod_bound_since_the_watch_copy(
 
     # The first bind went through but its answer was lost; the watch has not shown it yet.
     KubeApi(make_client(str(control_plane.kubeconfig))).bind(namespace, "retried", pod["metadata"]["uid"], node)
-    assert cache.unbound_pod(f"{namespace}/retried") is not None
+    assert cache.unbound_pod(cache.id_for(namespace, "retried")) is not None
 
     # kube-scheduler's retry to the same node is a success, and nothing is undone.
     assert extender.bind(_bind_args(pod, node)) == {"Error": ""}
     after = control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods/retried")
     assert after["spec"]["nodeName"] == node
     assert after["metadata"]["annotations"][keys.VGPU_NODE] == node
-    assert cache.holding(f"{namespace}/retried") is not None
+    assert cache.holding(cache.id_for(namespace, "retried")) is not None
     assert _unlocked(control_plane, node)
 
     # A bind to another node is refused and leaves the pod's decision alone.
@@ -193,7 +193,7 @@ def test_bind_of_a_pod_bound_since_the_watch_copy(
     after = control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods/retried")
     assert after["metadata"]["annotations"][keys.VGPU_NODE] == node
     assert after["spec"]["nodeName"] == node
-    holding = cache.holding(f"{namespace}/retried")
+    holding = cache.holding(cache.id_for(namespace, "retried"))
     assert holding is not None and holding.node == node and holding.bound
     assert _unlocked(control_plane, other)
 

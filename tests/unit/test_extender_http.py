@@ -26,7 +26,7 @@ from hami.annotations.pod_devices import decision_annotations
 from hami.config import HamiConfig
 from hami.model import DeviceInfo
 from hami.scheduler.app import build_app
-from hami.scheduler.cache import ClusterCache
+from hami.scheduler.cache import ClusterCache, pod_id
 from hami.scheduler.engine import PolicyDefaults
 from hami.scheduler.extender import Extender
 from hami.scheduler.metrics import SchedulerCollector
@@ -106,7 +106,7 @@ def test_filter_returns_fitting_nodes_and_reasons(server: tuple[str, ClusterCach
     assert status == 200 and result["Error"] == ""
     assert result["NodeNames"] == ["n1"]
     assert result["FailedNodes"] == {"n2": "1/1 CardInsufficientMemory", "cpu": "node unregistered"}
-    holding = cache.holding("t/a")
+    holding = cache.holding(cache.id_for("t", "a"))
     assert holding is not None and holding.node == "n1"  # counted at once
     # A second filter of the same pod does not count its own first decision against it.
     status, again = post(url + "/filter", {"Pod": pod("a", 12000), "NodeNames": ["n1", "n2"]})
@@ -220,7 +220,7 @@ def test_unbound_decisions_expire_and_bound_ones_do_not() -> None:
     cache.replace_pods([pending, bound])
     assert int(cache.state().usedmem[0]) == 8000
     assert cache.expire_unbound(now=1200, ttl=300) == []
-    assert cache.expire_unbound(now=1400, ttl=300) == ["t/p"]
+    assert cache.expire_unbound(now=1400, ttl=300) == ["t/p/"]
     assert int(cache.state().usedmem[0]) == 4000
     cache.upsert_pod({"metadata": bound["metadata"], "spec": bound["spec"], "status": {"phase": "Succeeded"}})
     assert int(cache.state().usedmem[0]) == 0
@@ -232,7 +232,7 @@ def test_an_older_copy_from_the_watch_does_not_free_an_assumed_decision() -> Non
     first = pod("first", 6000)
     cache.replace_pods([first])
     decision = cache.decide(first, None, PolicyDefaults())
-    cache.assume("t/first", decision, 0, "uid-first", now=1000)
+    cache.assume(pod_id(first), decision, 0, "uid-first", now=1000)
     assert int(cache.state().usedmem[0]) == 6000
 
     # The watch brings a copy written before our decision (kube-scheduler's late status update):
@@ -246,10 +246,10 @@ def test_an_older_copy_from_the_watch_does_not_free_an_assumed_decision() -> Non
     # (a failed bind undone by another replica, say) frees the devices.
     annotations = dict(decision_annotations("n1", decision.allocation, datetime.now(UTC)))
     cache.upsert_pod({**first, "metadata": {**first["metadata"], "annotations": annotations}})
-    holding = cache.holding("t/first")
+    holding = cache.holding(pod_id(first))
     assert holding is not None and not holding.assumed
     cache.upsert_pod(stale)
-    assert cache.holding("t/first") is None
+    assert cache.holding(pod_id(first)) is None
     assert int(cache.state().usedmem[0]) == 0
 
 

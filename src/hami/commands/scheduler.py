@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     from hami.config import load_config
     from hami.scheduler.app import build_app
-    from hami.scheduler.cache import ClusterCache, pod_key
+    from hami.scheduler.cache import ClusterCache
     from hami.scheduler.engine import PolicyDefaults
     from hami.scheduler.extender import Extender, ExtenderOptions
     from hami.scheduler.handshake import HandshakeKeeper
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     start(lambda: resizer.run(stop), "resizer")
     start(Informer(client, Pod, resizer.replace_hook(preemptor.replace_hook(cache.replace_pods)),
                    resizer.upsert_hook(preemptor.upsert_hook(cache.upsert_pod)),
-                   preemptor.delete_hook(lambda p: cache.delete_pod(pod_key(p))), stop).run, "informer-pods")
+                   preemptor.delete_hook(cache.delete_pod), stop).run, "informer-pods")
     quotas = QuotaWatch(quota, api, extender.is_leader)
     start(Informer(client, ResourceQuota, quotas.replace, quotas.upsert, quotas.delete, stop).run,
           "informer-resourcequotas")

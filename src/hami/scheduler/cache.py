@@ -4,6 +4,10 @@ Holds node registrations and the pods that carry a decision; builds the engine's
 ClusterState from them. Thread-safe: informer threads write, HTTP handlers read.
 Only pods with a decision count; a pod that ends (Succeeded, Failed) or is deleted frees
 its devices at once.
+
+Pods are known by UID (pod_id: `namespace/name/uid`), not by name: a pod deleted and created
+again under the same name is another pod, and a late event about the old one must not touch
+the new one's decision.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +40,10 @@ log = logging.getLogger(__name__)
 ENDED = ("Succeeded", "Failed")
 
 
+# Deleted pods remembered, so that a late /filter for one of them holds nothing.
+REMEMBERED_DELETIONS = 10_000
+
+
 def sidecars_of(pod: dict[str, Any]) -> frozenset[int]:
     """Positions of the init containers that keep running beside the app containers."""
     init = (pod.get("spec") or {}).get("initContainers") or []
@@ -41,8 +51,19 @@ def sidecars_of(pod: dict[str, Any]) -> frozenset[int]:
 
 
 def pod_key(pod: dict[str, Any]) -> str:
+    """`namespace/name`, for messages and API calls."""
     metadata = pod.get("metadata") or {}
     return f"{metadata.get('namespace') or 'default'}/{metadata.get('name')}"
+
+
+def _names(pod: dict[str, Any]) -> tuple[str, str]:
+    metadata = pod.get("metadata") or {}
+    return str(metadata.get("namespace") or "default"), str(metadata.get("name"))
+
+
+def pod_id(pod: dict[str, Any]) -> str:
+    """`namespace/name/uid`: one incarnation of a pod (the uid part is empty for pods without one)."""
+    return f"{pod_key(pod)}/{(pod.get('metadata') or {}).get('uid') or ''}"
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,8 @@ class Holding:
     allocation: PodAllocation
     init_count: int
     uid: str
+    namespace: str = ""
+    name: str = ""
     # Init containers that keep running beside the app containers (restartPolicy: Always).
     sidecars: frozenset[int] = frozenset()
     # Bound pods hold their devices until they end; a decision on a pod that was never
@@ -64,6 +87,7 @@ class Holding:
     assumed: bool = False
     # The pod annotations its vendors mark devices with (MetaX sGPU: app class, QoS).
     annotations: tuple[tuple[str, str], ...] = ()
+    assumed_at: float = 0.0  # time.monotonic() of the assumption
     # Not a decision: devices kept for a preempting pod while its victims terminate
     # (hami.scheduler.preemption). Counted like a decision; its own expiry.
     held: bool = False
@@ -83,9 +107,12 @@ class ClusterCache:
         self._node_objects: dict[str, dict[str, Any]] = {}
         # Per node, the resources whose pods its device plugin tells apart without HAMi's lock.
         self._matched_by_kubelet: dict[str, frozenset[str]] = {}
-        self._holdings: dict[str, Holding] = {}
+        self._holdings: dict[str, Holding] = {}  # by pod_id
         # The latest copy of each pod still waiting for a node, so that /bind needs no GET.
         self._unbound: dict[str, dict[str, Any]] = {}
+        # `namespace/name` -> pod_id of the pod known by that name now.
+        self._by_name: dict[str, str] = {}
+        self._deleted: OrderedDict[str, None] = OrderedDict()
         self._state: ClusterState | None = None
         # Told of every change of what a pod holds: (key, before, after), under the cache's lock.
         self.listeners: list[Callable[[str, Holding | None, Holding | None], None]] = []
@@ -129,7 +156,7 @@ class ClusterCache:
             if self._nodes.pop(name, None) is not None:
                 self._state = None
 
-    def replace_nodes(self, nodes: Iterable[dict[str, Any]]) -> None:
+    def replace_nodes(self, nodes: Iterable[dict[str, Any]], listed_at: float | None = None) -> None:
         """A full list (first sync or a relist): nodes not in it are gone."""
         with self._lock:
             seen = set()
@@ -143,7 +170,7 @@ class ClusterCache:
     # ---- pods --------------------------------------------------------------------------
 
     def upsert_pod(self, pod: dict[str, Any]) -> None:
-        key = pod_key(pod)
+        key = pod_id(pod)
         metadata = pod.get("metadata") or {}
         spec = pod.get("spec") or {}
         holding = None
@@ -152,7 +179,7 @@ class ClusterCache:
             try:
                 decision = pod_decision(pod, self.vendors)
             except AnnotationError as exc:
-                log.warning("pod %s: malformed decision annotation (%s); not counted", key, exc)
+                log.warning("pod %s: malformed decision annotation (%s); not counted", pod_key(pod), exc)
                 decision = None
             if decision is not None:
                 try:
@@ -160,10 +187,13 @@ class ClusterCache:
                 except ValueError:
                     decided_at = 0
                 holding = Holding(decision[0], decision[1], len(spec.get("initContainers") or []),
-                                  str(metadata.get("uid") or ""), sidecars=sidecars_of(pod),
+                                  str(metadata.get("uid") or ""), *_names(pod), sidecars=sidecars_of(pod),
                                   bound=bool(spec.get("nodeName")), decided_at=decided_at,
                                   annotations=self.vendors.usage_annotations(metadata.get("annotations")))
         with self._lock:
+            if key in self._deleted:
+                return  # a copy read before the deletion we saw: the pod is gone
+            self._by_name[pod_key(pod)] = key
             current = self._holdings.get(key)
             behind = current is not None and current.assumed and (holding is None or not holding.same_place(current))
             if ended or not behind:
@@ -173,33 +203,57 @@ class ClusterCache:
             else:
                 self._unbound[key] = pod
 
-    def delete_pod(self, key: str) -> None:
+    def delete_pod(self, pod: dict[str, Any]) -> None:
+        """The pod (this UID) is gone; another pod of the same name is not touched."""
+        key = pod_id(pod)
         with self._lock:
-            self._set_holding(key, None)
-            self._unbound.pop(key, None)
+            self._forget_pod(key)
+            self._deleted[key] = None
+            while len(self._deleted) > REMEMBERED_DELETIONS:
+                self._deleted.popitem(last=False)
 
-    def replace_pods(self, pods: Iterable[dict[str, Any]]) -> None:
+    def _forget_pod(self, key: str) -> None:
+        self._set_holding(key, None)
+        self._unbound.pop(key, None)
+        name = key.rpartition("/")[0]
+        if self._by_name.get(name) == key:
+            del self._by_name[name]
+
+    def replace_pods(self, pods: Iterable[dict[str, Any]], listed_at: float | None = None) -> None:
+        """A full list (first sync or a relist): pods not in it are gone, except those we
+        decided after the list was asked for (`listed_at`, time.monotonic()): they may have been
+        created since."""
         with self._lock:
             seen = set()
             for pod in pods:
-                seen.add(pod_key(pod))
+                seen.add(pod_id(pod))
                 self.upsert_pod(pod)
-            for key in set(self._holdings) - seen:
-                self._set_holding(key, None)
-            for key in set(self._unbound) - seen:
-                del self._unbound[key]
+            for key in (set(self._holdings) | set(self._unbound)) - seen:
+                holding = self._holdings.get(key)
+                if holding is not None and holding.assumed and listed_at is not None \
+                        and holding.assumed_at >= listed_at:
+                    continue
+                self._forget_pod(key)
             self.pods_synced = True
 
     def assume(self, key: str, decision: Decision, init_count: int, uid: str = "", now: int = 0,
-               sidecars: frozenset[int] = frozenset(), annotations: dict[str, Any] | None = None) -> None:
+               sidecars: frozenset[int] = frozenset(), annotations: dict[str, Any] | None = None) -> bool:
         """Count a decision at once, before the watch brings the annotated pod back. It stays
-        counted until the watch shows it, the pod ends or goes, it is forgotten, or it expires."""
+        counted until the watch shows it, the pod ends or goes, it is forgotten, or it expires.
+        False (nothing counted) for a pod that was deleted already."""
         if decision.node is None:
-            return
+            return False
+        namespace, _, rest = key.partition("/")
+        name = rest.rpartition("/")[0]
         with self._lock:
-            self._set_holding(key, Holding(decision.node, decision.allocation, init_count, uid, sidecars=sidecars,
-                                           decided_at=now, assumed=True,
-                                           annotations=self.vendors.usage_annotations(annotations)))
+            if key in self._deleted:
+                return False
+            self._by_name.setdefault(f"{namespace}/{name}", key)
+            self._set_holding(key, Holding(decision.node, decision.allocation, init_count, uid, namespace, name,
+                                           sidecars=sidecars, decided_at=now, assumed=True,
+                                           annotations=self.vendors.usage_annotations(annotations),
+                                           assumed_at=time.monotonic()))
+            return True
 
     def hold(self, key: str, node: str, allocation: PodAllocation, init_count: int, uid: str = "", now: int = 0,
              sidecars: frozenset[int] = frozenset(), annotations: Mapping[str, str] | None = None) -> None:
@@ -222,6 +276,17 @@ class ClusterCache:
     def forget(self, key: str) -> None:
         with self._lock:
             self._set_holding(key, None)
+
+    def id_for(self, namespace: str, name: str, uid: str = "") -> str:
+        """The pod_id of a pod: from its UID when given, else of the pod known by that name now."""
+        if uid:
+            return f"{namespace}/{name}/{uid}"
+        with self._lock:
+            return self._by_name.get(f"{namespace}/{name}", f"{namespace}/{name}/")
+
+    def deleted(self, key: str) -> bool:
+        with self._lock:
+            return key in self._deleted
 
     def _set_holding(self, key: str, holding: Holding | None) -> None:
         old = self._holdings.get(key)
@@ -310,7 +375,7 @@ class ClusterCache:
         Raises HamiError for a pod whose requests or annotations are malformed.
         """
         request = self.request_of(pod)
-        key = request.key
+        key = pod_id(pod)
         with self._lock:
             previous = self._holdings.get(key)
             state = self.state()
@@ -321,7 +386,7 @@ class ClusterCache:
                 decision = schedule(state, request, defaults, nodes=node_names, explain=explain,
                                     with_scores=with_scores, quota=quota)
             except AnnotationError as exc:
-                raise HamiError(f"pod {key}: {exc}") from None
+                raise HamiError(f"pod {pod_key(pod)}: {exc}") from None
             finally:
                 if previous is not None:
                     self._add(state, key, previous)

@@ -29,7 +29,7 @@ from hami.annotations.pod_devices import BindPhase, bind_annotations
 from hami.annotations.selectors import Policy
 from hami.errors import HamiError
 from hami.scheduler import reasons as R
-from hami.scheduler.cache import ClusterCache, pod_key, sidecars_of
+from hami.scheduler.cache import ClusterCache, pod_id, pod_key, sidecars_of
 from hami.scheduler.engine import PolicyDefaults
 from hami.scheduler.kube import KubeApi
 from hami.scheduler.nodelock import NodeLocker, NodeLockError
@@ -103,15 +103,16 @@ class DecisionWriter:
         self.api = api
         # One worker: writes for the same pod land in the order they were decided.
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decision-writer")
-        self._pending: dict[str, tuple[concurrent.futures.Future[str], dict[str, str | None]]] = {}
+        # By pod_id: the write, its annotations, and `namespace/name` for messages.
+        self._pending: dict[str, tuple[concurrent.futures.Future[str], dict[str, str | None], str]] = {}
         self._lock = threading.Lock()
 
-    def submit(self, key: str, annotations: dict[str, str | None], resource_version: str | None) -> None:
-        namespace, _, name = key.partition("/")
+    def submit(self, key: str, namespace: str, name: str, annotations: dict[str, str | None],
+               resource_version: str | None) -> None:
         future = self._pool.submit(self.api.patch_pod_annotations, namespace, name, annotations,
                                    resource_version or None)
         with self._lock:
-            self._pending[key] = (future, annotations)
+            self._pending[key] = (future, annotations, f"{namespace}/{name}")
 
     def take(self, key: str, timeout: float = 10.0) -> WriteOutcome:
         """The outcome of the pod's latest write, waiting for it if it is running."""
@@ -119,16 +120,16 @@ class DecisionWriter:
             pending = self._pending.pop(key, None)
         if pending is None:
             return WriteOutcome(pending=False)
-        future, annotations = pending
+        future, annotations, pod = pending
         if future.cancel():
             return WriteOutcome(pending=True, unwritten=annotations)
         try:
             return WriteOutcome(pending=True, version=future.result(timeout))
         except ApiError as exc:
-            return WriteOutcome(pending=True, error=f"writing the decision on pod {key} failed: {exc.status.message}")
+            return WriteOutcome(pending=True, error=f"writing the decision on pod {pod} failed: {exc.status.message}")
         except Exception as exc:  # noqa: BLE001 - a timeout or transport error: report, bind decides again
             return WriteOutcome(pending=True,
-                                error=f"writing the decision on pod {key} failed: {type(exc).__name__}: {exc}")
+                                error=f"writing the decision on pod {pod} failed: {type(exc).__name__}: {exc}")
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class Extender:
             return {"NodeNames": names, "FailedNodes": {}, "Error": ""}
         if not self.is_leader.is_set():
             return {"NodeNames": [], "FailedNodes": {}, "Error": "this hami-scheduler replica is not the leader"}
-        key = pod_key(pod)
+        key = pod_id(pod)
         with self._decide_lock:
             try:
                 decision = self.cache.decide(pod, names, self.options.defaults)
@@ -202,13 +203,16 @@ class Extender:
                     self.preemptor.request(pod, names)
                 return {"NodeNames": [], "FailedNodes": failed, "Error": ""}
             now = datetime.now(UTC)
-            self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
-                              str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()),
-                              sidecars_of(pod), (pod.get("metadata") or {}).get("annotations"))
-            if self.writer is not None and decision.node is not None:
+            metadata = pod.get("metadata") or {}
+            if not self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
+                                     str(metadata.get("uid") or ""), int(now.timestamp()), sidecars_of(pod),
+                                     metadata.get("annotations")):
+                return {"NodeNames": [], "FailedNodes": {}, "Error": f"pod {pod_key(pod)} was deleted"}
+            if self.writer is not None:
                 cleared = self.preemptor.cleared(pod) if self.preemptor is not None else {}
-                version = (pod.get("metadata") or {}).get("resourceVersion")
-                self.writer.submit(key, {**self.cache.decision_annotations(pod, decision, now), **cleared},
+                version = metadata.get("resourceVersion")
+                self.writer.submit(key, str(metadata.get("namespace") or "default"), str(metadata.get("name")),
+                                   {**self.cache.decision_annotations(pod, decision, now), **cleared},
                                    str(version) if version else None)
         fitting = [decision.node] if self.options.only_best_node else [n for n in names if n not in failed]
         return {"NodeNames": fitting, "FailedNodes": failed, "Error": ""}
@@ -220,7 +224,7 @@ class Extender:
         names = candidate_names(args)
         if not self.cache.vendors.wants_devices(pod):
             return [{"Host": n, "Score": 0} for n in names]
-        holding = self.cache.holding(pod_key(pod))
+        holding = self.cache.holding(pod_id(pod))
         try:
             decision = self.cache.decide(pod, names, self.options.defaults, with_scores=True, explain=False)
         except HamiError:
@@ -294,10 +298,11 @@ class Extender:
         if self.api is None or self.locker is None:
             return {"Error": "binding needs a Kubernetes API connection"}
         key = f"{namespace}/{name}"
+        pid = self.cache.id_for(namespace, name, uid if isinstance(uid, str) else "")
         # The watch's copy of the pod saves a GET. It may lag (a bind whose answer was lost may
         # have bound the pod since), so the phase is then written only if the pod is still at
         # the copy's version; otherwise the bind starts again from a fresh read.
-        pod = self.cache.unbound_pod(key) if use_watch_copy else None
+        pod = self.cache.unbound_pod(pid) if use_watch_copy else None
         if pod is not None and uid and (pod.get("metadata") or {}).get("uid") != uid:
             pod = None
         from_watch = pod is not None
@@ -307,10 +312,11 @@ class Extender:
             except ApiError as exc:
                 return {"Error": f"reading pod {key}: {exc.status.message}"}
         if pod is None:
-            self.cache.forget(key)
+            self.cache.forget(pid)
             return {"Error": f"pod {key} not found"}
         if uid and (pod.get("metadata") or {}).get("uid") not in (None, uid):
             return {"Error": f"pod {key} was replaced (uid changed)"}
+        pid = pod_id(pod)
         bound_to = (pod.get("spec") or {}).get("nodeName")
         if bound_to:
             # A retry of a bind that went through (its answer was lost, e.g. we restarted):
@@ -322,7 +328,7 @@ class Extender:
         decision_to_write: dict[str, str | None] = {}
         expected_version = str((pod.get("metadata") or {}).get("resourceVersion") or "") if from_watch else ""
         if managed:
-            error, decision_to_write, written_version = self._settle_decision(pod, key, node)
+            error, decision_to_write, written_version = self._settle_decision(pod, pid, node)
             if error:
                 self._event(pod, "BindFailed", error)
                 return {"Error": error}
@@ -366,15 +372,15 @@ class Extender:
         self._event(pod, "BindFailed", message)
         return {"Error": message}
 
-    def _settle_decision(self, pod: dict[str, Any], key: str, node: str) -> tuple[str, dict[str, str | None], str]:
+    def _settle_decision(self, pod: dict[str, Any], pid: str, node: str) -> tuple[str, dict[str, str | None], str]:
         """Make sure the pod's decision is for `node` (kube-scheduler may pick another fitting node).
 
         Returns an error text (or ""), the decision annotations still to be written, and the
         pod's resourceVersion after our background write of the decision (or "").
         """
-        write = (self.writer.take(key, self.options.decision_write_wait) if self.writer is not None
+        write = (self.writer.take(pid, self.options.decision_write_wait) if self.writer is not None
                  else WriteOutcome(pending=False))
-        holding = self.cache.holding(key)
+        holding = self.cache.holding(pid)
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
         on_pod = write.pending or annotations.get(keys.VGPU_NODE) == node
         if not write.error and holding is not None and holding.node == node and on_pod:
@@ -385,11 +391,13 @@ class Extender:
             except HamiError as exc:
                 return str(exc), {}, ""
             if decision.node is None:
-                return f"pod {key} no longer fits node {node}: {decision.reasons.get(node, 'unknown node')}", {}, ""
+                reason = decision.reasons.get(node, "unknown node")
+                return f"pod {pod_key(pod)} no longer fits node {node}: {reason}", {}, ""
             now = datetime.now(UTC)
-            self.cache.assume(key, decision, len((pod.get("spec") or {}).get("initContainers") or []),
-                              str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()),
-                              sidecars_of(pod), (pod.get("metadata") or {}).get("annotations"))
+            if not self.cache.assume(pid, decision, len((pod.get("spec") or {}).get("initContainers") or []),
+                                     str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()),
+                                     sidecars_of(pod), (pod.get("metadata") or {}).get("annotations")):
+                return f"pod {pod_key(pod)} was deleted", {}, ""
         return "", dict(self.cache.decision_annotations(pod, decision, now)), write.version
 
     def _bind_running(self, namespace: str, name: str) -> bool:
@@ -426,7 +434,7 @@ class Extender:
             )
         except ApiError as exc:
             log.warning("pod %s: could not clear the decision after a failed bind: %s", key, exc.status.message)
-        self.cache.forget(key)
+        self.cache.forget(pod_id(pod))
         return None
 
     def _event(self, pod: dict[str, Any], reason: str, message: str) -> None:

@@ -1,13 +1,15 @@
 """List + watch, resuming from the last resourceVersion, relisting on 410 Gone, backing off on errors.
 
-One thread per resource kind; every event goes to the cache as a plain dict.
+One thread per resource kind; every event goes to the cache as a plain dict (a full list with
+the time.monotonic() at which it was asked for, when `list_time`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
 from typing import Any
 
 from lightkube import ApiError, Client
@@ -22,12 +24,13 @@ class Informer:
         self,
         client: Client,
         resource: type[GlobalResource] | type[NamespacedResource],
-        replace: Callable[[Iterable[dict[str, Any]]], None],
+        replace: Callable[..., None],
         upsert: Callable[[dict[str, Any]], None],
         delete: Callable[[dict[str, Any]], None],
         stop: threading.Event,
         max_backoff: float = 30.0,
         fields: dict[str, str] | None = None,
+        list_time: bool = False,
     ):
         self.client = client
         self.resource: Any = resource
@@ -37,14 +40,20 @@ class Informer:
         self.stop = stop
         self.max_backoff = max_backoff
         self.fields = fields  # a field selector, e.g. {"spec.nodeName": node}
+        self.list_time = list_time  # replace(items, time asked) instead of replace(items)
         self.kind = resource.__name__
         self.relists = 0
 
     def _list(self) -> str:
         kwargs = self._scope()
+        # When the list was asked for: what the cache did after it is not in the list.
+        asked = time.monotonic()
         listing: Any = self.client.list(self.resource, **kwargs)
         items = [obj.to_dict() for obj in listing]
-        self.replace(items)
+        if self.list_time:
+            self.replace(items, asked)
+        else:
+            self.replace(items)
         self.relists += 1
         return str(listing.resourceVersion)
 

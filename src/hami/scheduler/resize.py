@@ -36,7 +36,7 @@ from hami.annotations.pod_devices import encode_pod_devices
 from hami.errors import HamiError
 from hami.model.allocation import ContainerDevice, PodAllocation
 from hami.scheduler import reasons as R
-from hami.scheduler.cache import ClusterCache, pod_key
+from hami.scheduler.cache import ClusterCache, pod_id, pod_key
 from hami.scheduler.engine import Decision
 from hami.scheduler.kube import KubeApi
 from hami.scheduler.state import ClusterState, footprint_of
@@ -255,11 +255,10 @@ class Resizer:
             self.observe(pod)
         return hooked
 
-    def replace_hook(self, replace_all: Callable[[Iterable[dict[str, Any]]], None]
-                     ) -> Callable[[Iterable[dict[str, Any]]], None]:
-        def hooked(pods: Iterable[dict[str, Any]]) -> None:
+    def replace_hook(self, replace_all: Callable[..., None]) -> Callable[..., None]:
+        def hooked(pods: Iterable[dict[str, Any]], *more: Any) -> None:
             listed = list(pods)
-            replace_all(listed)
+            replace_all(listed, *more)
             for pod in listed:
                 self.observe(pod)
         return hooked
@@ -301,6 +300,7 @@ class Resizer:
             return "conflict; asked again"
 
     def _handle(self, key: str, pod: dict[str, Any], request: str) -> str:
+        key = pod_id(pod)  # the cache knows pods by UID
         annotations = _annotations(pod)
         if not (pod.get("spec") or {}).get("nodeName") or annotations.get(keys.BIND_PHASE) != "success":
             return "waiting for the pod to be allocated"  # asked again when the bind phase changes
