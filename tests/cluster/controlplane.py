@@ -559,6 +559,15 @@ class ControlPlane:
         self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
         self.kubeconfig.chmod(0o600)
 
+    def kubeconfig_through(self, port: int, path: Path) -> Path:
+        """A copy of the admin kubeconfig that reaches the API server through 127.0.0.1:`port`
+        (a proxy such as tests.cluster.proxy.TcpProxy); written to `path`, returned."""
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{port}"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path.chmod(0o600)
+        return path
+
     def _ensure_system_namespaces(self) -> None:
         for ns in ("default", "kube-system", NODE_LEASE_NAMESPACE):
             try:

@@ -54,6 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-namespace", default="kube-system")
     parser.add_argument("--lease-name", default="hami-scheduler")
     parser.add_argument("--identity", default=None, help="this replica's name in the Lease (default: hostname-pid)")
+    parser.add_argument("--lease-duration", type=int, default=15, metavar="SECONDS",
+                        help="how long the other replica waits, by its own clock, after the lease last changed "
+                             "before it takes over (default 15)")
+    parser.add_argument("--lease-renew-deadline", type=float, default=10.0, metavar="SECONDS",
+                        help="the leader stops leading this long after it sent its last successful renewal "
+                             "(default 10; shorter than --lease-duration)")
+    parser.add_argument("--lease-retry-period", type=float, default=2.0, metavar="SECONDS",
+                        help="how often the lease is renewed or tried (default 2)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -127,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     # switch interval (not Python's 5 ms) bounds each wait for it. bench/extender showed no
     # difference beyond run-to-run noise on 2 shared cores, where waiting for a core dominates.
     sys.setswitchinterval(0.001)
+    if args.leader_elect and not 0 < args.lease_renew_deadline < args.lease_duration:
+        raise HamiError("--lease-renew-deadline must be positive and shorter than --lease-duration")
     config = load_config(args.config)
     extender_clients, webhook_clients, limits = edge_settings(args)
     client_cas = [r.ca_file for r in (extender_clients, webhook_clients) if r is not None]
@@ -173,7 +183,11 @@ def run(args: argparse.Namespace) -> int:
     if args.leader_elect:
         extender.is_leader.clear()
         identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"
-        elector = LeaderElector(client, args.lease_namespace, args.lease_name, identity, extender.is_leader)
+        # Its own client, whose calls time out well within the renew deadline.
+        elector = LeaderElector(make_client(args.kubeconfig, timeout=args.lease_renew_deadline / 2),
+                                args.lease_namespace, args.lease_name, identity, extender.is_leader,
+                                lease_seconds=args.lease_duration, renew_deadline=args.lease_renew_deadline,
+                                retry_period=args.lease_retry_period)
         start(lambda: elector.run(stop), "leader-election")
     def expire() -> None:
         while not stop.wait(15):

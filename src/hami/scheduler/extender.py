@@ -32,6 +32,7 @@ from hami.scheduler import reasons as R
 from hami.scheduler.cache import ClusterCache, pod_id, pod_key, sidecars_of
 from hami.scheduler.engine import PolicyDefaults
 from hami.scheduler.kube import KubeApi
+from hami.scheduler.leader import Leadership
 from hami.scheduler.nodelock import NodeLocker, NodeLockError
 from hami.scheduler.preemption import Preemptor
 from hami.vendors.base import LockKind
@@ -160,7 +161,8 @@ class Extender:
         self.writer = DecisionWriter(api) if api is not None else None
         # Told how long each bind held its node (the bind's own work, without queueing).
         self.on_bind_held: Callable[[float], None] | None = None
-        self.is_leader = threading.Event()
+        # Leading until told otherwise; with --leader-elect, the elector grants it with a deadline.
+        self.is_leader = Leadership()
         self.is_leader.set()
         # Pods are decided one at a time, so that two decisions never count the same free share.
         self._decide_lock = threading.Lock()
@@ -341,6 +343,11 @@ class Extender:
                 message = str(exc.status.message) if isinstance(exc, ApiError) else str(exc)
                 self._event(pod, "BindFailed", message)
                 return {"Error": message}
+        if not self.is_leader.is_set():
+            # Leadership ran out while we waited: leave the pod to the new leader untouched.
+            if locking:
+                self.locker.release(node, namespace, name, lock_version)
+            return {"Error": "this hami-scheduler replica is no longer the leader"}
         try:
             if managed:
                 # One PATCH: the decision (when its background write had not run yet) and the phase.
