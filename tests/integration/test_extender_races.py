@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -87,3 +88,37 @@ def test_a_decision_write_that_lands_after_bind_gave_up_on_it_changes_nothing(
     assert device.uuid == f"GPU-{second}-0"
     holding = cache.holding(cache.id_for(namespace, "p"))
     assert holding is not None and holding.node == second
+
+
+@pytest.mark.timeout(120)
+def test_hamis_bare_timestamp_lock_is_honoured_until_it_expires(
+    control_plane: ControlPlane, namespace: str, add_node: Any
+) -> None:
+    # Older HAMi writes the lock as a bare RFC3339 time, naming no pod.
+    (node,) = _nodes(control_plane, namespace, add_node, 1, matched_by_kubelet=False)
+    cache = _cache(control_plane, [node])
+    api = KubeApi(make_client(str(control_plane.kubeconfig)))
+    extender = Extender(cache, api, NodeLocker(api, stale_after=4))
+    locked_at = datetime.now(UTC)
+    control_plane.api("PATCH", f"/api/v1/nodes/{node}",
+                      {"metadata": {"annotations": {keys.NODE_LOCK: locked_at.strftime("%Y-%m-%dT%H:%M:%SZ")}}},
+                      content_type="application/merge-patch+json")
+    pod = create_pod(control_plane, namespace, gpu_pod("p", "nobody", memory=1000, cores=10))
+    cache.upsert_pod(pod)
+    assert extender.filter({"Pod": pod, "NodeNames": [node]})["NodeNames"] == [node]
+    assert extender.bind(_bind_args(pod, node)) == {"Error": ""}
+    # Taken only once older than stale_after (the lock's time has whole seconds).
+    assert datetime.now(UTC) - locked_at.replace(microsecond=0) > timedelta(seconds=4)
+    held = control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"]["annotations"][keys.NODE_LOCK]
+    assert held.endswith(f",{namespace},p")
+
+    # An expired one is taken over at once.
+    control_plane.api("PATCH", f"/api/v1/nodes/{node}",
+                      {"metadata": {"annotations": {keys.NODE_LOCK: "2026-01-01T00:00:00Z"}}},
+                      content_type="application/merge-patch+json")
+    second = create_pod(control_plane, namespace, gpu_pod("q", "nobody", memory=1000, cores=10))
+    cache.upsert_pod(second)
+    assert extender.filter({"Pod": second, "NodeNames": [node]})["NodeNames"] == [node]
+    started = time.monotonic()
+    assert extender.bind(_bind_args(second, node)) == {"Error": ""}
+    assert time.monotonic() - started < 2

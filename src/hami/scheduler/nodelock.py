@@ -43,9 +43,10 @@ def encode_lock(at: datetime, namespace: str, name: str) -> str:
 
 
 def decode_lock(value: str) -> LockValue | None:
-    """None for a value that is not a lock (it is then treated as stale)."""
+    """None for a value that is not a lock (it is then treated as stale). Older HAMi writes a
+    bare RFC3339 time, naming no pod: namespace and name are then empty (HAMi's ParseNodeLock)."""
     parts = value.split(",")
-    if len(parts) != 3:
+    if len(parts) not in (1, 3):
         return None
     try:
         at = datetime.fromisoformat(parts[0].replace("Z", "+00:00"))
@@ -53,6 +54,8 @@ def decode_lock(value: str) -> LockValue | None:
         return None
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
+    if len(parts) == 1:
+        return LockValue(at=at, namespace="", name="")
     return LockValue(at=at, namespace=parts[1], name=parts[2])
 
 
@@ -106,8 +109,10 @@ class NodeLocker:
         if (lock.namespace, lock.name) == (namespace, name):
             return True
         if (self.now() - lock.at).total_seconds() > self.stale_after:
-            log.info("node %s: lock of %s/%s is stale, taken over", node_name, lock.namespace, lock.name)
+            log.info("node %s: lock %r is stale, taken over", node_name, value)
             return True
+        if not lock.name:
+            return False  # a lock naming no pod is honoured until it expires, as HAMi does
         owner = self.api.get_pod(lock.namespace, lock.name)
         if owner is None:
             log.info("node %s: lock owner %s/%s is gone, taken over", node_name, lock.namespace, lock.name)
