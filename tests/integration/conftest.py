@@ -9,6 +9,8 @@
   creates a fake Ready node (kept Ready by heartbeats) and removes it after the test.
 - ``start_scheduler`` : ``start_scheduler(config_yaml_or_dict, name=None)`` starts a
   kube-scheduler with that KubeSchedulerConfiguration and stops it after the test.
+- ``loop`` : an asyncio event loop in a thread (LoopThread: run(coro), call(fn, *args)), for
+  the extender's binds and informers, which are coroutines.
 
 The cluster is shared, so tests must not depend on being alone: use unique node
 names, and give test schedulers their own ``schedulerName`` profiles.
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.cluster import ControlPlane, Scheduler
+from tests.integration.event_loop import LoopThread
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +70,14 @@ def add_node(control_plane: ControlPlane) -> Iterator[AddNode]:
     yield _add
     for name in added:
         control_plane.remove_node(name)
+
+
+@pytest.fixture
+def loop() -> Iterator[LoopThread]:
+    """An event loop in its own thread, for the extender's coroutines."""
+    thread = LoopThread()
+    yield thread
+    thread.close()
 
 
 StartScheduler = Callable[..., Scheduler]

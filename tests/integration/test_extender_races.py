@@ -4,6 +4,7 @@ relists, and HAMi's older node locks."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -16,30 +17,31 @@ from hami.annotations.pod_devices import pod_allocation_from_annotations
 from hami.config import HamiConfig
 from hami.scheduler.cache import ClusterCache
 from hami.scheduler.extender import Extender, ExtenderOptions
-from hami.scheduler.kube import KubeApi, make_client
+from hami.scheduler.kube import AsyncKubeApi, make_async_client
 from hami.scheduler.nodelock import NodeLocker
 from tests.cluster import ControlPlane
+from tests.integration.event_loop import LoopThread
 from tests.integration.hami_stack import create_pod, gpu_node_annotations, gpu_pod
 
 
-class SlowDecisionWrites(KubeApi):
-    """The real API, but the background decision writes reach it `delay` seconds late, as when
-    the API server is slow to answer."""
+class SlowDecisionWrites(AsyncKubeApi):
+    """The real API, but the background decision writes (a decision without a bind phase) reach
+    it `delay` seconds late, as when the API server is slow to answer."""
 
     def __init__(self, client: Any, delay: float) -> None:
         super().__init__(client)
         self.delay = delay
         self.late_writes_done = threading.Event()
 
-    def patch_pod_annotations(self, namespace: str, name: str, annotations: dict[str, str | None],
-                              resource_version: str | None = None) -> str:
-        if threading.current_thread().name.startswith("decision-writer"):
-            time.sleep(self.delay)
+    async def patch_pod_annotations(self, namespace: str, name: str, annotations: dict[str, str | None],
+                                    resource_version: str | None = None) -> str:
+        if keys.VGPU_NODE in annotations and keys.BIND_PHASE not in annotations:
+            await asyncio.sleep(self.delay)
             try:
-                return super().patch_pod_annotations(namespace, name, annotations, resource_version)
+                return await super().patch_pod_annotations(namespace, name, annotations, resource_version)
             finally:
                 self.late_writes_done.set()
-        return super().patch_pod_annotations(namespace, name, annotations, resource_version)
+        return await super().patch_pod_annotations(namespace, name, annotations, resource_version)
 
 
 def _nodes(control_plane: ControlPlane, namespace: str, add_node: Any, count: int, **kwargs: Any) -> list[str]:
@@ -64,21 +66,21 @@ def _bind_args(pod: dict[str, Any], node: str) -> dict[str, Any]:
 
 @pytest.mark.timeout(120)
 def test_a_decision_write_that_lands_after_bind_gave_up_on_it_changes_nothing(
-    control_plane: ControlPlane, namespace: str, add_node: Any
+    control_plane: ControlPlane, namespace: str, add_node: Any, loop: LoopThread
 ) -> None:
     first, second = _nodes(control_plane, namespace, add_node, 2)
     cache = _cache(control_plane, [first, second])
-    api = SlowDecisionWrites(make_client(str(control_plane.kubeconfig)), delay=3.0)
+    api = SlowDecisionWrites(make_async_client(str(control_plane.kubeconfig)), delay=3.0)
     extender = Extender(cache, api, NodeLocker(api), ExtenderOptions(decision_write_wait=0.5))
     pod = create_pod(control_plane, namespace, gpu_pod("p", "nobody", memory=1000, cores=10))
     cache.upsert_pod(pod)
-    answer = extender.filter({"Pod": pod, "NodeNames": [first, second]})
+    answer = loop.call(extender.filter, {"Pod": pod, "NodeNames": [first, second]})
     assert answer["NodeNames"] == [first, second]
     assert cache.holding(cache.id_for(namespace, "p")).node == first  # type: ignore[union-attr]
 
     # kube-scheduler picks the other fitting node. /bind stops waiting for the slow write of our
     # decision for `first`, decides again for `second` and binds.
-    assert extender.bind(_bind_args(pod, second)) == {"Error": ""}
+    assert loop.run(extender.bind(_bind_args(pod, second))) == {"Error": ""}
     assert api.late_writes_done.wait(10)
     after = control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods/p")
     assert after["spec"]["nodeName"] == second
@@ -92,12 +94,12 @@ def test_a_decision_write_that_lands_after_bind_gave_up_on_it_changes_nothing(
 
 @pytest.mark.timeout(120)
 def test_hamis_bare_timestamp_lock_is_honoured_until_it_expires(
-    control_plane: ControlPlane, namespace: str, add_node: Any
+    control_plane: ControlPlane, namespace: str, add_node: Any, loop: LoopThread
 ) -> None:
     # Older HAMi writes the lock as a bare RFC3339 time, naming no pod.
     (node,) = _nodes(control_plane, namespace, add_node, 1, matched_by_kubelet=False)
     cache = _cache(control_plane, [node])
-    api = KubeApi(make_client(str(control_plane.kubeconfig)))
+    api = AsyncKubeApi(make_async_client(str(control_plane.kubeconfig)))
     extender = Extender(cache, api, NodeLocker(api, stale_after=4))
     locked_at = datetime.now(UTC)
     control_plane.api("PATCH", f"/api/v1/nodes/{node}",
@@ -105,8 +107,8 @@ def test_hamis_bare_timestamp_lock_is_honoured_until_it_expires(
                       content_type="application/merge-patch+json")
     pod = create_pod(control_plane, namespace, gpu_pod("p", "nobody", memory=1000, cores=10))
     cache.upsert_pod(pod)
-    assert extender.filter({"Pod": pod, "NodeNames": [node]})["NodeNames"] == [node]
-    assert extender.bind(_bind_args(pod, node)) == {"Error": ""}
+    assert loop.call(extender.filter, {"Pod": pod, "NodeNames": [node]})["NodeNames"] == [node]
+    assert loop.run(extender.bind(_bind_args(pod, node))) == {"Error": ""}
     # Taken only once older than stale_after (the lock's time has whole seconds).
     assert datetime.now(UTC) - locked_at.replace(microsecond=0) > timedelta(seconds=4)
     held = control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"]["annotations"][keys.NODE_LOCK]
@@ -118,7 +120,7 @@ def test_hamis_bare_timestamp_lock_is_honoured_until_it_expires(
                       content_type="application/merge-patch+json")
     second = create_pod(control_plane, namespace, gpu_pod("q", "nobody", memory=1000, cores=10))
     cache.upsert_pod(second)
-    assert extender.filter({"Pod": second, "NodeNames": [node]})["NodeNames"] == [node]
+    assert loop.call(extender.filter, {"Pod": second, "NodeNames": [node]})["NodeNames"] == [node]
     started = time.monotonic()
-    assert extender.bind(_bind_args(second, node)) == {"Error": ""}
+    assert loop.run(extender.bind(_bind_args(second, node))) == {"Error": ""}
     assert time.monotonic() - started < 2

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,14 +15,15 @@ from hami.config import HamiConfig
 from hami.scheduler.cache import ClusterCache, pod_key
 from hami.scheduler.engine import PolicyDefaults
 from hami.scheduler.extender import Extender
-from hami.scheduler.informer import Informer
-from hami.scheduler.kube import KubeApi, make_client
+from hami.scheduler.informer import AsyncInformer
+from hami.scheduler.kube import AsyncKubeApi, KubeApi, make_async_client, make_client
 from hami.scheduler.nodelock import NodeLocker
 from tests.cluster import ControlPlane, wait_for
+from tests.integration.event_loop import LoopThread
 from tests.integration.hami_stack import create_pod, gpu_node_annotations, gpu_pod
 
 
-class CountingApi(KubeApi):
+class CountingApi(AsyncKubeApi):
     """The real API, counting the reads the scheduler makes."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -31,21 +31,21 @@ class CountingApi(KubeApi):
         self.node_reads = 0
         self.pod_reads = 0
 
-    def get_node(self, name: str) -> dict[str, Any] | None:
+    async def get_node(self, name: str) -> dict[str, Any] | None:
         self.node_reads += 1
-        return super().get_node(name)
+        return await super().get_node(name)
 
-    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.pod_reads += 1
-        return super().get_pod(namespace, name)
+        return await super().get_pod(namespace, name)
 
 
 @pytest.fixture
 def api(control_plane: ControlPlane) -> CountingApi:
-    return CountingApi(make_client(str(control_plane.kubeconfig)))
+    return CountingApi(make_async_client(str(control_plane.kubeconfig)))
 
 
-class CompactedAfterFirstList(Informer):
+class CompactedAfterFirstList(AsyncInformer):
     """An informer whose first list is followed by more writes and an etcd compaction, as when
     a watch was down for longer than the API server keeps history."""
 
@@ -53,8 +53,8 @@ class CompactedAfterFirstList(Informer):
         super().__init__(*args)
         self.control_plane, self.namespace = control_plane, namespace
 
-    def _list(self) -> str:
-        version = super()._list()
+    async def _list(self) -> str:
+        version = await super()._list()
         if self.relists == 1:
             # Two writes, so that the first event after `version` is compacted away too.
             for name in ("written-meanwhile", "and-another"):
@@ -65,16 +65,16 @@ class CompactedAfterFirstList(Informer):
 
 
 @pytest.mark.timeout(120)
-def test_informer_relists_on_410_gone_and_keeps_watching(control_plane: ControlPlane, namespace: str) -> None:
+def test_informer_relists_on_410_gone_and_keeps_watching(
+    control_plane: ControlPlane, namespace: str, loop: LoopThread
+) -> None:
     listed: list[list[str]] = []
     seen: list[str] = []
-    stop = threading.Event()
     informer = CompactedAfterFirstList(
-        control_plane, namespace, make_client(str(control_plane.kubeconfig)), ConfigMap,
-        lambda items, *_: listed.append([pod_key(i) for i in items]), lambda obj: seen.append(pod_key(obj)),
-        lambda obj: None, stop)
-    thread = threading.Thread(target=informer.run, daemon=True)
-    thread.start()
+        control_plane, namespace, make_async_client(str(control_plane.kubeconfig)), ConfigMap,
+        lambda items, _: listed.append([pod_key(i) for i in items]), lambda obj: seen.append(pod_key(obj)),
+        lambda obj: None)
+    running = loop.start(informer.run())
     try:
         # The watch from the compacted version is answered 410 Gone: the informer lists again
         # (which brings what was written meanwhile) and watches on from the new list.
@@ -84,41 +84,37 @@ def test_informer_relists_on_410_gone_and_keeps_watching(control_plane: ControlP
         wait_for(lambda: f"{namespace}/after" in seen, timeout=30, message="the new object from the watch")
         assert informer.relists == 2
     finally:
-        stop.set()
-        # The informer looks at `stop` between events: one more event ends its watch now.
-        control_plane.api("POST", f"/api/v1/namespaces/{namespace}/configmaps", {"metadata": {"name": "wake-up"}})
-        thread.join(timeout=30)
-    assert not thread.is_alive()
+        loop.loop.call_soon_threadsafe(running.cancel)
 
 
 @pytest.mark.timeout(120)
 def test_node_lock_after_our_release_needs_no_read_unless_the_node_changed(
-    control_plane: ControlPlane, namespace: str, add_node: Any, api: CountingApi
+    control_plane: ControlPlane, namespace: str, add_node: Any, api: CountingApi, loop: LoopThread
 ) -> None:
     node = f"{namespace}-n"
     add_node(node, annotations=gpu_node_annotations(node, gpus=1))
     locker = NodeLocker(api)
 
-    version = locker.lock(node, namespace, "first")
-    locker.release(node, namespace, "first", version)
+    version = loop.run(locker.lock(node, namespace, "first"))
+    loop.run(locker.release(node, namespace, "first", version))
     assert api.node_reads == 1
 
     # The node is as our release left it: the next lock is one conditional PATCH.
-    version = locker.lock(node, namespace, "second")
+    version = loop.run(locker.lock(node, namespace, "second"))
     assert api.node_reads == 1
     held = control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"]["annotations"][keys.NODE_LOCK]
     assert held.endswith(f",{namespace},second")
-    locker.release(node, namespace, "second", version)
+    loop.run(locker.release(node, namespace, "second", version))
 
     # Someone else changed the node since (the device plugin's handshake): the saved version
     # conflicts, the lock reads the node and still takes it.
     control_plane.api("PATCH", f"/api/v1/nodes/{node}", {"metadata": {"annotations": {keys.NODE_HANDSHAKE: "x"}}},
                       content_type="application/merge-patch+json")
-    version = locker.lock(node, namespace, "third")
+    version = loop.run(locker.lock(node, namespace, "third"))
     assert api.node_reads == 2
     held = control_plane.api("GET", f"/api/v1/nodes/{node}")["metadata"]["annotations"][keys.NODE_LOCK]
     assert held.endswith(f",{namespace},third")
-    locker.release(node, namespace, "third", version)
+    loop.run(locker.release(node, namespace, "third", version))
     assert _unlocked(control_plane, node)
 
 
@@ -157,11 +153,11 @@ def _bind_args(pod: dict[str, Any], node: str) -> dict[str, Any]:
 
 @pytest.mark.timeout(120)
 def test_bind_starts_from_the_watch_copy_of_the_pod(
-    control_plane: ControlPlane, namespace: str, add_node: Any, api: CountingApi
+    control_plane: ControlPlane, namespace: str, add_node: Any, api: CountingApi, loop: LoopThread
 ) -> None:
     extender, _, pod, (node,) = _extender_with_pod(control_plane, namespace, add_node, api, "p")
 
-    assert extender.bind(_bind_args(pod, node)) == {"Error": ""}
+    assert loop.run(extender.bind(_bind_args(pod, node))) == {"Error": ""}
     assert api.pod_reads == 0
     bound = control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods/p")
     assert bound["spec"]["nodeName"] == node
@@ -171,7 +167,7 @@ def test_bind_starts_from_the_watch_copy_of_the_pod(
 
 @pytest.mark.timeout(120)
 def test_bind_of_a_pod_bound_since_the_watch_copy(
-    control_plane: ControlPlane, namespace: str, add_node: Any, api: CountingApi
+    control_plane: ControlPlane, namespace: str, add_node: Any, api: CountingApi, loop: LoopThread
 ) -> None:
     extender, cache, pod, (node, other) = _extender_with_pod(control_plane, namespace, add_node, api, "retried", 2)
 
@@ -180,7 +176,7 @@ def test_bind_of_a_pod_bound_since_the_watch_copy(
     assert cache.unbound_pod(cache.id_for(namespace, "retried")) is not None
 
     # kube-scheduler's retry to the same node is a success, and nothing is undone.
-    assert extender.bind(_bind_args(pod, node)) == {"Error": ""}
+    assert loop.run(extender.bind(_bind_args(pod, node))) == {"Error": ""}
     after = control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods/retried")
     assert after["spec"]["nodeName"] == node
     assert after["metadata"]["annotations"][keys.VGPU_NODE] == node
@@ -188,7 +184,7 @@ def test_bind_of_a_pod_bound_since_the_watch_copy(
     assert _unlocked(control_plane, node)
 
     # A bind to another node is refused and leaves the pod's decision alone.
-    result = extender.bind(_bind_args(pod, other))
+    result = loop.run(extender.bind(_bind_args(pod, other)))
     assert result["Error"] == f"pod {namespace}/retried is already bound to {node}"
     after = control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods/retried")
     assert after["metadata"]["annotations"][keys.VGPU_NODE] == node
@@ -200,13 +196,13 @@ def test_bind_of_a_pod_bound_since_the_watch_copy(
 
 @pytest.mark.timeout(120)
 def test_bind_rereads_a_pod_changed_since_the_watch_copy(
-    control_plane: ControlPlane, namespace: str, add_node: Any, api: CountingApi
+    control_plane: ControlPlane, namespace: str, add_node: Any, api: CountingApi, loop: LoopThread
 ) -> None:
     extender, _, pod, (node,) = _extender_with_pod(control_plane, namespace, add_node, api, "changed")
     control_plane.api("PATCH", f"/api/v1/namespaces/{namespace}/pods/changed",
                       {"metadata": {"labels": {"touched": "yes"}}}, content_type="application/merge-patch+json")
 
-    assert extender.bind(_bind_args(pod, node)) == {"Error": ""}
+    assert loop.run(extender.bind(_bind_args(pod, node))) == {"Error": ""}
     assert api.pod_reads >= 1  # the conditional write failed on the stale copy; the pod was read
     after = control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods/changed")
     assert after["spec"]["nodeName"] == node

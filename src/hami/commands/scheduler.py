@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     from hami.scheduler.engine import PolicyDefaults
     from hami.scheduler.extender import Extender, ExtenderOptions
     from hami.scheduler.handshake import HandshakeKeeper
-    from hami.scheduler.informer import Informer
-    from hami.scheduler.kube import KubeApi, make_client
+    from hami.scheduler.informer import AsyncInformer, Informer
+    from hami.scheduler.kube import AsyncKubeApi, KubeApi, make_async_client, make_client
     from hami.scheduler.leader import LeaderElector
     from hami.scheduler.metrics import SchedulerCollector
     from hami.scheduler.nodelock import NodeLocker
@@ -131,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per API call otherwise
-    # /filter runs on the event loop while informer and bind threads also want the GIL; a 1 ms
-    # switch interval (not Python's 5 ms) bounds each wait for it. bench/extender showed no
-    # difference beyond run-to-run noise on 2 shared cores, where waiting for a core dominates.
+    # /filter, binds, decision writes and the informers share the event loop; the threads left
+    # (leader election, handshake, expiry, certificate reload) wake rarely. A 1 ms switch
+    # interval (not Python's 5 ms) bounds the loop's wait for the GIL when one of them runs.
     sys.setswitchinterval(0.001)
     if args.leader_elect and not 0 < args.lease_renew_deadline < args.lease_duration:
         raise HamiError("--lease-renew-deadline must be positive and shorter than --lease-duration")
@@ -142,14 +142,16 @@ def run(args: argparse.Namespace) -> int:
     client_cas = [r.ca_file for r in (extender_clients, webhook_clients) if r is not None]
     sock = listen(args.host, args.port)  # a taken port fails now, before the informers start
     metrics_sock = listen(args.host, args.metrics_port) if args.metrics_port else None
-    client = make_client(args.kubeconfig)
+    client = make_client(args.kubeconfig)  # for the threads: handshake, resizer
     api = KubeApi(client)
+    async_client = make_async_client(args.kubeconfig)  # for the event loop: informers, binds, writes
+    async_api = AsyncKubeApi(async_client)
     cache = ClusterCache(config)
     defaults = PolicyDefaults(
         node_policy=Policy(args.node_policy) if args.node_policy else config.scheduler.node_policy,
         gpu_policy=Policy(args.gpu_policy) if args.gpu_policy else config.scheduler.gpu_policy,
     )
-    extender = Extender(cache, api, NodeLocker(api, stale_after=args.lock_stale_seconds),
+    extender = Extender(cache, async_api, NodeLocker(async_api, stale_after=args.lock_stale_seconds),
                         ExtenderOptions(defaults=defaults, only_best_node=args.only_best_node,
                                         hold_lock_until_allocated=args.hold_lock_until_allocated))
     # GPU quotas count what decisions hold (a preemption's hold is not a decision).
@@ -167,14 +169,16 @@ def run(args: argparse.Namespace) -> int:
     def start(target: object, name: str) -> None:
         threading.Thread(target=target, daemon=True, name=name).start()  # type: ignore[arg-type]
 
-    start(Informer(client, Node, cache.replace_nodes, cache.upsert_node,
-                   lambda n: cache.delete_node(n["metadata"]["name"]), stop).run, "informer-nodes")
     # Live resizing (hami.io/vgpu-resize) sees every pod update after the cache has.
     resizer = Resizer(cache, api, extender.decide_lock, extender.is_leader)
     start(lambda: resizer.run(stop), "resizer")
-    start(Informer(client, Pod, resizer.replace_hook(preemptor.replace_hook(cache.replace_pods)),
-                   resizer.upsert_hook(preemptor.upsert_hook(cache.upsert_pod)),
-                   preemptor.delete_hook(cache.delete_pod), stop).run, "informer-pods")
+    informers = [
+        AsyncInformer(async_client, Node, cache.replace_nodes, cache.upsert_node,
+                      lambda n: cache.delete_node(n["metadata"]["name"])),
+        AsyncInformer(async_client, Pod, resizer.replace_hook(preemptor.replace_hook(cache.replace_pods)),
+                      resizer.upsert_hook(preemptor.upsert_hook(cache.upsert_pod)),
+                      preemptor.delete_hook(cache.delete_pod)),
+    ]
     quotas = QuotaWatch(quota, api, extender.is_leader)
     start(Informer(client, ResourceQuota, quotas.replace, quotas.upsert, quotas.delete, stop).run,
           "informer-resourcequotas")
@@ -209,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
         scheduler_name=args.scheduler_name, overwrite_default_scheduler=not args.no_overwrite_default_scheduler,
         quota=quota)
     app = build_app(extender, registry, webhook, ready=ready, limits=limits,
-                    extender_clients=extender_clients, webhook_clients=webhook_clients)
+                    extender_clients=extender_clients, webhook_clients=webhook_clients,
+                    background=[informer.run for informer in informers])
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logging.getLogger("hami").info("serving on %s:%d (%s%s)", args.host, args.port,
                                    "https" if args.tls_cert else "http", ", client certificates" if client_cas else "")

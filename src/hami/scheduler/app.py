@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +103,8 @@ def _handler(work: Callable[[dict[str, Any]], Any], error_shape: Callable[[str, 
              clients: ClientCertRule | None = None, latency: Histogram | None = None,
              inline: bool = False) -> Callable[[Request], Awaitable[Response]]:
     """`inline` work runs on the event loop: short CPU work (filter, prioritize) must not queue
-    behind binds, which wait on the API and on node locks in the thread pool. `clients`: who may
-    call the route (checked before the body is read)."""
+    behind other work in the thread pool; a coroutine function (bind) is awaited on the loop.
+    `clients`: who may call the route (checked before the body is read)."""
 
     async def handle(request: Request) -> Response:
         started = time.perf_counter()
@@ -112,7 +114,10 @@ def _handler(work: Callable[[dict[str, Any]], Any], error_shape: Callable[[str, 
                 if refused is not None:
                     raise BadRequest(refused[1], refused[0])
             body = await _json_body(request, limits)
-            result = work(body) if inline else await run_in_threadpool(work, body)
+            if inspect.iscoroutinefunction(work):
+                result = await work(body)
+            else:
+                result = work(body) if inline else await run_in_threadpool(work, body)
             payload = msgspec.json.encode(result)
             if latency is not None:
                 latency.labels(request.url.path.strip("/")).observe(time.perf_counter() - started)
@@ -149,10 +154,12 @@ def build_app(extender: Extender | None, registry: CollectorRegistry | None, web
               ready: Callable[[], bool], vendors: HamiConfig | VendorSet | None = None,
               limits: RequestLimits = RequestLimits(),
               extender_clients: ClientCertRule | None = None, webhook_clients: ClientCertRule | None = None,
+              background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
               ) -> Starlette:
     """The routes; `vendors`: what the webhook mutates (default: the extender's, else every vendor
     with HAMi's defaults). `extender_clients` / `webhook_clients`: who may call the extender routes
-    and /webhook (None: anyone who reaches the port). Health, readiness and metrics stay open."""
+    and /webhook (None: anyone who reaches the port). Health, readiness and metrics stay open.
+    `background`: coroutines run on the server's event loop while it serves (the informers)."""
     routes: list[Route] = []
     latency = None
     if registry is not None and extender is not None:
@@ -201,4 +208,14 @@ def build_app(extender: Extender | None, registry: CollectorRegistry | None, web
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
     routes += [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
-    return Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(run()) for run in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    return Starlette(routes=routes, lifespan=lifespan)

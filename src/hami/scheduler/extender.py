@@ -10,7 +10,8 @@ Bind re-decides when kube-scheduler picked another fitting node, then binds unde
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
+import contextlib
 import itertools
 import logging
 import threading
@@ -31,7 +32,7 @@ from hami.errors import HamiError
 from hami.scheduler import reasons as R
 from hami.scheduler.cache import ClusterCache, pod_id, pod_key, sidecars_of
 from hami.scheduler.engine import PolicyDefaults
-from hami.scheduler.kube import KubeApi
+from hami.scheduler.kube import AsyncKubeApi
 from hami.scheduler.leader import Leadership
 from hami.scheduler.nodelock import NodeLocker, NodeLockError
 from hami.scheduler.preemption import Preemptor
@@ -91,8 +92,8 @@ def pod_of(args: dict[str, Any]) -> dict[str, Any]:
 
 
 class DecisionWriter:
-    """Writes decisions on pods in the background, in order, so /filter answers without an API
-    round trip; /bind waits for the pod's write before it binds.
+    """Writes decisions on pods in the background, on the event loop, so /filter answers without
+    an API round trip; /bind waits for the pod's write before it binds.
 
     Each write is conditional on the resourceVersion of the pod copy it was decided from. A
     write that /bind stopped waiting for may still reach the API server later; by then the bind
@@ -100,37 +101,42 @@ class DecisionWriter:
     bind replaced (the pod bound to one node, its annotations naming another).
     """
 
-    def __init__(self, api: KubeApi):
+    def __init__(self, api: AsyncKubeApi):
         self.api = api
-        # One worker: writes for the same pod land in the order they were decided.
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decision-writer")
-        # By pod_id: the write, its annotations, and `namespace/name` for messages.
-        self._pending: dict[str, tuple[concurrent.futures.Future[str], dict[str, str | None], str]] = {}
-        self._lock = threading.Lock()
+        # By pod_id: the write (None: not started, the bind writes it), its annotations, and
+        # `namespace/name` for messages. Only touched on the event loop's thread.
+        self._pending: dict[str, tuple[asyncio.Task[str] | None, dict[str, str | None], str]] = {}
 
     def submit(self, key: str, namespace: str, name: str, annotations: dict[str, str | None],
                resource_version: str | None) -> None:
-        future = self._pool.submit(self.api.patch_pod_annotations, namespace, name, annotations,
-                                   resource_version or None)
-        with self._lock:
-            self._pending[key] = (future, annotations, f"{namespace}/{name}")
+        task: asyncio.Task[str] | None = None
+        with contextlib.suppress(RuntimeError):  # no event loop here: the bind writes the decision
+            task = asyncio.get_running_loop().create_task(
+                self.api.patch_pod_annotations(namespace, name, annotations, resource_version or None))
+            task.add_done_callback(_retrieve)
+        self._pending[key] = (task, annotations, f"{namespace}/{name}")
 
-    def take(self, key: str, timeout: float = 10.0) -> WriteOutcome:
+    async def take(self, key: str, timeout: float = 10.0) -> WriteOutcome:
         """The outcome of the pod's latest write, waiting for it if it is running."""
-        with self._lock:
-            pending = self._pending.pop(key, None)
+        pending = self._pending.pop(key, None)
         if pending is None:
             return WriteOutcome(pending=False)
-        future, annotations, pod = pending
-        if future.cancel():
+        task, annotations, pod = pending
+        if task is None:
             return WriteOutcome(pending=True, unwritten=annotations)
         try:
-            return WriteOutcome(pending=True, version=future.result(timeout))
+            return WriteOutcome(pending=True, version=await asyncio.wait_for(asyncio.shield(task), timeout))
         except ApiError as exc:
             return WriteOutcome(pending=True, error=f"writing the decision on pod {pod} failed: {exc.status.message}")
         except Exception as exc:  # noqa: BLE001 - a timeout or transport error: report, bind decides again
             return WriteOutcome(pending=True,
                                 error=f"writing the decision on pod {pod} failed: {type(exc).__name__}: {exc}")
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a background task's failure as seen: the bind that needs it reports it."""
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,7 @@ class ExtenderOptions:
 
 
 class Extender:
-    def __init__(self, cache: ClusterCache, api: KubeApi | None, locker: NodeLocker | None,
+    def __init__(self, cache: ClusterCache, api: AsyncKubeApi | None, locker: NodeLocker | None,
                  options: ExtenderOptions | None = None):
         self.cache = cache
         self.api = api
@@ -166,11 +172,11 @@ class Extender:
         self.is_leader.set()
         # Pods are decided one at a time, so that two decisions never count the same free share.
         self._decide_lock = threading.Lock()
-        # kube-scheduler binds in parallel; binds to one node queue here first, so the API lock
-        # (which guards against other replicas and the device plugin) is rarely contended.
-        self._node_locks: dict[str, threading.Lock] = {}
-        self._node_locks_guard = threading.Lock()
-        self._binding: set[tuple[str, str]] = set()  # (namespace, name) of binds running now
+        # Binds run on the event loop (so do these, without further locking): per node needing
+        # HAMi's lock, a queue; the binds running now by (namespace, name); background tasks.
+        self._node_locks: dict[str, asyncio.Lock] = {}
+        self._binding: set[tuple[str, str]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         # Plans preemptions for pods that fit nowhere (hami.scheduler.preemption); None: off.
         self.preemptor: Preemptor | None = None
 
@@ -249,18 +255,16 @@ class Extender:
 
     # ---- /bind -------------------------------------------------------------------------
 
-    def bind(self, args: dict[str, Any]) -> dict[str, Any]:
+    async def bind(self, args: dict[str, Any]) -> dict[str, Any]:
         name, namespace, node = field(args, "PodName"), field(args, "PodNamespace"), field(args, "Node")
         if not all(isinstance(v, str) and v for v in (name, namespace, node)):
             raise BadRequest("ExtenderBindingArgs needs PodName, PodNamespace and Node")
         if not self._uses_node_lock(node):
-            return self._timed_bind(args, name, namespace, node)
+            return await self._timed_bind(args, name, namespace, node)
         # Binds to a node that needs HAMi's lock queue here first, so the API lock (which guards
         # against other replicas and the device plugin) is rarely contended.
-        with self._node_locks_guard:
-            node_lock = self._node_locks.setdefault(node, threading.Lock())
-        with node_lock:
-            return self._timed_bind(args, name, namespace, node)
+        async with self._node_locks.setdefault(node, asyncio.Lock()):
+            return await self._timed_bind(args, name, namespace, node)
 
     def _uses_node_lock(self, node: str, pod: dict[str, Any] | None = None) -> bool:
         """HAMi's node lock is needed unless, for every vendor the pod asks (that has a lock),
@@ -280,20 +284,18 @@ class Extender:
         vendors = [self.cache.vendors.get(name) for name in asked]
         return any(v is None or (v.lock is not LockKind.NONE and v.resources.count not in matched) for v in vendors)
 
-    def _timed_bind(self, args: dict[str, Any], name: str, namespace: str, node: str) -> dict[str, Any]:
+    async def _timed_bind(self, args: dict[str, Any], name: str, namespace: str, node: str) -> dict[str, Any]:
         started = time.perf_counter()
-        with self._node_locks_guard:
-            self._binding.add((namespace, name))
+        self._binding.add((namespace, name))
         try:
-            return self._bind(args, name, namespace, node)
+            return await self._bind(args, name, namespace, node)
         finally:
-            with self._node_locks_guard:
-                self._binding.discard((namespace, name))
+            self._binding.discard((namespace, name))
             if self.on_bind_held is not None:
                 self.on_bind_held(time.perf_counter() - started)
 
-    def _bind(self, args: dict[str, Any], name: str, namespace: str, node: str,
-              use_watch_copy: bool = True) -> dict[str, Any]:
+    async def _bind(self, args: dict[str, Any], name: str, namespace: str, node: str,
+                    use_watch_copy: bool = True) -> dict[str, Any]:
         uid = field(args, "PodUID")
         if not self.is_leader.is_set():
             return {"Error": "this hami-scheduler replica is not the leader"}
@@ -310,9 +312,9 @@ class Extender:
         from_watch = pod is not None
         if pod is None:
             try:
-                pod = self.api.get_pod(namespace, name)
-            except ApiError as exc:
-                return {"Error": f"reading pod {key}: {exc.status.message}"}
+                pod = await self.api.get_pod(namespace, name)
+            except Exception as exc:  # noqa: BLE001 - nothing was written yet: kube-scheduler retries
+                return {"Error": f"reading pod {key}: {_reason(exc)}"}
         if pod is None:
             self.cache.forget(pid)
             return {"Error": f"pod {key} not found"}
@@ -330,7 +332,7 @@ class Extender:
         decision_to_write: dict[str, str | None] = {}
         expected_version = str((pod.get("metadata") or {}).get("resourceVersion") or "") if from_watch else ""
         if managed:
-            error, decision_to_write, written_version = self._settle_decision(pod, pid, node)
+            error, decision_to_write, written_version = await self._settle_decision(pod, pid, node)
             if error:
                 self._event(pod, "BindFailed", error)
                 return {"Error": error}
@@ -338,54 +340,73 @@ class Extender:
                 expected_version = written_version  # our own write is newer than the watch's copy
         if locking:
             try:
-                lock_version = self.locker.lock(node, namespace, name, in_flight=self._bind_running)
-            except (NodeLockError, ApiError) as exc:
-                message = str(exc.status.message) if isinstance(exc, ApiError) else str(exc)
+                lock_version = await self.locker.lock(node, namespace, name, in_flight=self._bind_running)
+            except Exception as exc:  # noqa: BLE001 - NodeLockError, API trouble: nothing written yet
+                message = _reason(exc)
                 self._event(pod, "BindFailed", message)
                 return {"Error": message}
         if not self.is_leader.is_set():
             # Leadership ran out while we waited: leave the pod to the new leader untouched.
             if locking:
-                self.locker.release(node, namespace, name, lock_version)
+                await self.locker.release(node, namespace, name, lock_version)
             return {"Error": "this hami-scheduler replica is no longer the leader"}
         try:
             if managed:
                 # One PATCH: the decision (when its background write had not run yet) and the phase.
-                self.api.patch_pod_annotations(
+                await self.api.patch_pod_annotations(
                     namespace, name, {**decision_to_write, **bind_annotations(BindPhase.ALLOCATING, datetime.now(UTC))},
                     resource_version=expected_version or None,
                 )
-            self.api.bind(namespace, name, uid if isinstance(uid, str) else None, node)
+            await self.api.bind(namespace, name, uid if isinstance(uid, str) else None, node)
         except ApiError as exc:
-            if managed and from_watch and exc.status.code == 409 and not self._bound_node(namespace, name):
+            if managed and from_watch and exc.status.code == 409 and not await self._bound_node(namespace, name):
                 # The pod changed since the watch's copy (and nothing was bound): read it and redo.
                 if locking:
-                    self.locker.release(node, namespace, name, lock_version)
-                return self._bind(args, name, namespace, node, use_watch_copy=False)
-            return self._bind_failed(pod, key, node, managed, str(exc.status.message), locking)
-        except Exception as exc:  # noqa: BLE001 - whatever failed, never keep the lock or the decision
-            return self._bind_failed(pod, key, node, managed, f"{type(exc).__name__}: {exc}", locking)
+                    await self.locker.release(node, namespace, name, lock_version)
+                return await self._bind(args, name, namespace, node, use_watch_copy=False)
+            return await self._bind_failed(pod, node, managed, str(exc.status.message), locking, certain=True)
+        except Exception as exc:  # noqa: BLE001 - a lost answer: the binding may or may not have happened
+            return await self._bind_failed(pod, node, managed, f"{type(exc).__name__}: {exc}", locking,
+                                           certain=False)
         # A node lock stays until the device plugin has allocated the pod: it tells HAMi's plugin
         # (or ours without kubelet's pod-resources API) which pod kubelet is starting.
         return {"Error": ""}
 
-    def _bind_failed(self, pod: dict[str, Any], key: str, node: str, managed: bool, detail: str,
-                     locked: bool) -> dict[str, Any]:
-        namespace, _, name = key.partition("/")
-        bound_to = self._undo(pod, key, node, locked) if managed else self._bound_node(namespace, name)
+    async def _bind_failed(self, pod: dict[str, Any], node: str, managed: bool, detail: str, locked: bool,
+                           certain: bool) -> dict[str, Any]:
+        """After a failed write or binding. `certain`: the API server answered with an error,
+        so the binding did not happen; otherwise (no answer) it may have."""
+        metadata = pod.get("metadata") or {}
+        namespace, name = str(metadata.get("namespace") or "default"), str(metadata.get("name"))
+        try:
+            current = await self.api.get_pod(namespace, name) if self.api is not None else None
+        except Exception:  # noqa: BLE001 - the API server does not answer
+            current = None
+            if not certain:
+                # Whether the pod got bound is unknown: keep counting its devices (and the lock)
+                # until the watch shows it, or the pod is retried, or its decision expires unbound.
+                message = f"binding pod {pod_key(pod)} to {node}: no answer from the API server ({detail})"
+                log.warning("%s", message)
+                return {"Error": message}
+        if current is not None:
+            self.cache.upsert_pod(current)
+        bound_to = ((current or {}).get("spec") or {}).get("nodeName")
         if bound_to == node:
             return {"Error": ""}  # bound already (a retry whose first answer was lost): done
-        message = f"binding pod {key} to {node} failed: {detail}"
+        if managed and not bound_to and current is not None:
+            await self._undo(pod, node, locked)
+        message = f"binding pod {pod_key(pod)} to {node} failed: {detail}"
         self._event(pod, "BindFailed", message)
         return {"Error": message}
 
-    def _settle_decision(self, pod: dict[str, Any], pid: str, node: str) -> tuple[str, dict[str, str | None], str]:
+    async def _settle_decision(self, pod: dict[str, Any], pid: str,
+                               node: str) -> tuple[str, dict[str, str | None], str]:
         """Make sure the pod's decision is for `node` (kube-scheduler may pick another fitting node).
 
         Returns an error text (or ""), the decision annotations still to be written, and the
         pod's resourceVersion after our background write of the decision (or "").
         """
-        write = (self.writer.take(pid, self.options.decision_write_wait) if self.writer is not None
+        write = (await self.writer.take(pid, self.options.decision_write_wait) if self.writer is not None
                  else WriteOutcome(pending=False))
         holding = self.cache.holding(pid)
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
@@ -408,46 +429,51 @@ class Extender:
         return "", dict(self.cache.decision_annotations(pod, decision, now)), write.version
 
     def _bind_running(self, namespace: str, name: str) -> bool:
-        with self._node_locks_guard:
-            return (namespace, name) in self._binding
+        return (namespace, name) in self._binding
 
-    def _bound_node(self, namespace: str, name: str) -> str | None:
+    async def _bound_node(self, namespace: str, name: str) -> str | None:
         """Where the pod is bound now (read from the API server); its copy refreshes our cache."""
         try:
-            current = self.api.get_pod(namespace, name) if self.api is not None else None
-        except ApiError:
+            current = await self.api.get_pod(namespace, name) if self.api is not None else None
+        except Exception:  # noqa: BLE001 - unknown: treated as not bound
             return None
         if current is None:
             return None
         self.cache.upsert_pod(current)
         return (current.get("spec") or {}).get("nodeName")
 
-    def _undo(self, pod: dict[str, Any], key: str, node: str, locked: bool) -> str | None:
-        """After a failed bind: unless the pod got bound after all, release the lock, clear what
-        we wrote and free its devices. Returns the node the pod is bound to, if any."""
+    async def _undo(self, pod: dict[str, Any], node: str, locked: bool) -> None:
+        """After a bind that did not happen: release the lock, clear what we wrote, free its devices."""
         metadata = pod.get("metadata") or {}
         namespace = metadata.get("namespace") or "default"
         assert self.api is not None and self.locker is not None
-        bound_to = self._bound_node(namespace, metadata["name"])
-        if bound_to:
-            return bound_to  # the binding went through: the decision is what the pod holds
         if locked:
-            self.locker.release(node, namespace, metadata["name"])
+            await self.locker.release(node, namespace, metadata["name"])
         try:
-            self.api.patch_pod_annotations(
+            await self.api.patch_pod_annotations(
                 namespace, metadata["name"],
                 {**dict.fromkeys(self.cache.decision_keys()), keys.BIND_PHASE: BindPhase.FAILED.value,
                  keys.BIND_TIME: str(int(datetime.now(UTC).timestamp()))},
             )
-        except ApiError as exc:
-            log.warning("pod %s: could not clear the decision after a failed bind: %s", key, exc.status.message)
+        except Exception as exc:  # noqa: BLE001 - the decision expires unbound if it stays
+            log.warning("pod %s: could not clear the decision after a failed bind: %s", pod_key(pod), _reason(exc))
         self.cache.forget(pod_id(pod))
-        return None
 
     def _event(self, pod: dict[str, Any], reason: str, message: str) -> None:
+        """Log, and record an Event on the pod in the background (when an event loop runs here)."""
         log.info("pod %s: %s: %s", pod_key(pod), reason, message)
-        if self.api is not None:
-            self.api.event(pod, reason, message)
+        if self.api is None:
+            return
+        with contextlib.suppress(RuntimeError):  # no event loop here: the log line has it
+            task = asyncio.get_running_loop().create_task(self.api.event(pod, reason, message))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ApiError):
+        return str(exc.status.message)
+    return str(exc) if isinstance(exc, NodeLockError) else f"{type(exc).__name__}: {exc}"
 
 
 def _summary(failed: dict[str, str]) -> str:

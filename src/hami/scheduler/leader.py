@@ -25,11 +25,13 @@ from lightkube.resources.coordination_v1 import Lease
 log = logging.getLogger(__name__)
 
 
-class Leadership:
-    """Whether this replica leads now. Like threading.Event (set, clear, is_set), plus a
-    deadline: leadership granted with hold_until() ends by itself at that monotonic time."""
+class Leadership(threading.Event):
+    """Whether this replica leads now: a threading.Event (set, clear, is_set; the parts that
+    read it take it as one) plus a deadline: leadership granted with hold_until() ends by itself
+    at that monotonic time. Do not wait() on it: the deadline does not wake waiters."""
 
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self._monotonic = monotonic
         self._until: float | None = None  # None: not leading; inf: leading without a deadline
         self._lock = threading.Lock()

@@ -8,6 +8,7 @@ or whose owner pod no longer needs it, is taken over.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ from lightkube import ApiError
 
 from hami.annotations import keys
 from hami.annotations.pod_devices import BindPhase
-from hami.scheduler.kube import KubeApi
+from hami.scheduler.kube import AsyncKubeApi
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def _no_longer_holds(owner: dict[str, Any], in_flight: Callable[[str, str], bool
 
 class NodeLocker:
     def __init__(
-        self, api: KubeApi, stale_after: float = 60.0, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self, api: AsyncKubeApi, stale_after: float = 60.0, now: Callable[[], datetime] = lambda: datetime.now(UTC)
     ):
         self.api = api
         self.stale_after = stale_after
@@ -89,7 +90,7 @@ class NodeLocker:
         self._released_at: dict[str, str] = {}
         self._released_guard = threading.Lock()
 
-    def _free_or_takeable(self, node: dict[str, Any], namespace: str, name: str,
+    async def _free_or_takeable(self, node: dict[str, Any], namespace: str, name: str,
                           in_flight: Callable[[str, str], bool] | None = None) -> bool:
         """Whether the node's lock is free, ours, or may be taken over.
 
@@ -113,7 +114,7 @@ class NodeLocker:
             return True
         if not lock.name:
             return False  # a lock naming no pod is honoured until it expires, as HAMi does
-        owner = self.api.get_pod(lock.namespace, lock.name)
+        owner = await self.api.get_pod(lock.namespace, lock.name)
         if owner is None:
             log.info("node %s: lock owner %s/%s is gone, taken over", node_name, lock.namespace, lock.name)
             return True
@@ -123,7 +124,7 @@ class NodeLocker:
             return True
         return False
 
-    def lock(self, node_name: str, namespace: str, name: str, wait: float = 10.0,
+    async def lock(self, node_name: str, namespace: str, name: str, wait: float = 10.0,
              in_flight: Callable[[str, str], bool] | None = None) -> str:
         """Take the lock, waiting up to `wait` seconds while another pod's bind holds it.
 
@@ -133,7 +134,7 @@ class NodeLocker:
             known = self._released_at.pop(node_name, None)
         if known:
             try:
-                return self.api.patch_node_annotations(
+                return await self.api.patch_node_annotations(
                     node_name, {keys.NODE_LOCK: encode_lock(self.now(), namespace, name)}, resource_version=known)
             except ApiError as exc:
                 if exc.status.code not in (404, 409):
@@ -141,12 +142,12 @@ class NodeLocker:
         deadline = time.monotonic() + wait
         pause = 0.02
         while True:
-            node = self.api.get_node(node_name)
+            node = await self.api.get_node(node_name)
             if node is None:
                 raise NodeLockError(f"node {node_name} not found")
-            if self._free_or_takeable(node, namespace, name, in_flight):
+            if await self._free_or_takeable(node, namespace, name, in_flight):
                 try:
-                    return self.api.patch_node_annotations(
+                    return await self.api.patch_node_annotations(
                         node_name, {keys.NODE_LOCK: encode_lock(self.now(), namespace, name)},
                         resource_version=node["metadata"].get("resourceVersion"),
                     )
@@ -156,10 +157,10 @@ class NodeLocker:
             if time.monotonic() > deadline:
                 holder = ((node.get("metadata") or {}).get("annotations") or {}).get(keys.NODE_LOCK)
                 raise NodeLockError(f"node {node_name} is locked by another pod ({holder}) for more than {wait:g}s")
-            time.sleep(pause)
+            await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
 
-    def release(self, node_name: str, namespace: str, name: str, resource_version: str | None = None) -> None:
+    async def release(self, node_name: str, namespace: str, name: str, resource_version: str | None = None) -> None:
         """Remove the lock if this pod holds it; never raises for a lock already gone.
 
         With the resourceVersion our lock write returned, one PATCH does it when nothing else
@@ -167,8 +168,8 @@ class NodeLocker:
         """
         if resource_version:
             try:
-                released = self.api.patch_node_annotations(node_name, {keys.NODE_LOCK: None},
-                                                           resource_version=resource_version)
+                released = await self.api.patch_node_annotations(node_name, {keys.NODE_LOCK: None},
+                                                                 resource_version=resource_version)
                 with self._released_guard:
                     self._released_at[node_name] = released
                 return
@@ -177,16 +178,19 @@ class NodeLocker:
                     log.warning("node %s: could not release lock of %s/%s: %s", node_name, namespace, name,
                                 exc.status.message)
                     return
+            except Exception as exc:  # noqa: BLE001 - unreachable API: a lock left behind is taken over later
+                log.warning("node %s: could not release lock of %s/%s: %s", node_name, namespace, name, exc)
+                return
         try:
-            node = self.api.get_node(node_name)
+            node = await self.api.get_node(node_name)
             if node is None:
                 return
             value = ((node.get("metadata") or {}).get("annotations") or {}).get(keys.NODE_LOCK)
             lock = decode_lock(value) if value else None
             if lock is None or (lock.namespace, lock.name) != (namespace, name):
                 return
-            self.api.patch_node_annotations(node_name, {keys.NODE_LOCK: None},
-                                            resource_version=node["metadata"].get("resourceVersion"))
-        except ApiError as exc:
+            await self.api.patch_node_annotations(node_name, {keys.NODE_LOCK: None},
+                                                  resource_version=node["metadata"].get("resourceVersion"))
+        except Exception as exc:  # noqa: BLE001 - a lock left behind is taken over later; never fail here
             log.warning("node %s: could not release lock of %s/%s: %s", node_name, namespace, name,
-                        exc.status.message)
+                        exc.status.message if isinstance(exc, ApiError) else exc)

@@ -205,11 +205,10 @@ class Preemptor:
             self.observe(pod)
         return hooked
 
-    def replace_hook(self, replace_all: Callable[[Iterable[dict[str, Any]]], None]
-                     ) -> Callable[[Iterable[dict[str, Any]]], None]:
-        def hooked(pods: Iterable[dict[str, Any]]) -> None:
+    def replace_hook(self, replace_all: Callable[..., None]) -> Callable[..., None]:
+        def hooked(pods: Iterable[dict[str, Any]], *more: Any) -> None:
             listed = list(pods)
-            replace_all(listed)
+            replace_all(listed, *more)
             with self._lock:
                 self._facts.clear()
                 self._by_uid.clear()

@@ -39,6 +39,7 @@ from hami.scheduler import reasons as R
 from hami.scheduler.cache import ClusterCache, pod_id, pod_key
 from hami.scheduler.engine import Decision
 from hami.scheduler.kube import KubeApi
+from hami.scheduler.leader import Leadership
 from hami.scheduler.state import ClusterState, footprint_of
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,8 @@ class Resizer:
     (`ClusterCache.assume`), before the watch brings the patched pod back."""
 
     def __init__(self, cache: ClusterCache, api: KubeApi, decide_lock: threading.Lock | None = None,
-                 is_leader: threading.Event | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 is_leader: threading.Event | Leadership | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.cache = cache
         self.api = api
         self.decide_lock = decide_lock
