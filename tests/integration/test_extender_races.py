@@ -5,7 +5,6 @@ relists, and HAMi's older node locks."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +15,7 @@ from hami.annotations import keys
 from hami.annotations.pod_devices import pod_allocation_from_annotations
 from hami.config import HamiConfig
 from hami.scheduler.cache import ClusterCache
-from hami.scheduler.extender import Extender, ExtenderOptions
+from hami.scheduler.extender import Extender
 from hami.scheduler.kube import AsyncKubeApi, make_async_client
 from hami.scheduler.nodelock import NodeLocker
 from tests.cluster import ControlPlane
@@ -24,24 +23,21 @@ from tests.integration.event_loop import LoopThread
 from tests.integration.hami_stack import create_pod, gpu_node_annotations, gpu_pod
 
 
-class SlowDecisionWrites(AsyncKubeApi):
-    """The real API, but the background decision writes (a decision without a bind phase) reach
-    it `delay` seconds late, as when the API server is slow to answer."""
+class SlowFirstBinding(AsyncKubeApi):
+    """The real API, but the first binding reaches it `delay` seconds late, as when the API
+    server is slow to answer and kube-scheduler has moved on."""
 
     def __init__(self, client: Any, delay: float) -> None:
         super().__init__(client)
         self.delay = delay
-        self.late_writes_done = threading.Event()
+        self.delayed = False
 
-    async def patch_pod_annotations(self, namespace: str, name: str, annotations: dict[str, str | None],
-                                    resource_version: str | None = None) -> str:
-        if keys.VGPU_NODE in annotations and keys.BIND_PHASE not in annotations:
+    async def bind(self, namespace: str, name: str, uid: str | None, node: str,
+                   annotations: dict[str, str] | None = None, resource_version: str | None = None) -> None:
+        if not self.delayed:
+            self.delayed = True
             await asyncio.sleep(self.delay)
-            try:
-                return await super().patch_pod_annotations(namespace, name, annotations, resource_version)
-            finally:
-                self.late_writes_done.set()
-        return await super().patch_pod_annotations(namespace, name, annotations, resource_version)
+        await super().bind(namespace, name, uid, node, annotations, resource_version)
 
 
 def _nodes(control_plane: ControlPlane, namespace: str, add_node: Any, count: int, **kwargs: Any) -> list[str]:
@@ -65,27 +61,37 @@ def _bind_args(pod: dict[str, Any], node: str) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(120)
-def test_a_decision_write_that_lands_after_bind_gave_up_on_it_changes_nothing(
+def test_a_slow_bind_and_its_retry_to_another_node_leave_one_consistent_decision(
     control_plane: ControlPlane, namespace: str, add_node: Any, loop: LoopThread
 ) -> None:
+    # The defect: a decision written apart from the binding (in the background at /filter)
+    # could land after a later bind for another node, leaving the pod bound to one node while
+    # its annotations named another. Now the decision travels in the Binding itself.
     first, second = _nodes(control_plane, namespace, add_node, 2)
     cache = _cache(control_plane, [first, second])
-    api = SlowDecisionWrites(make_async_client(str(control_plane.kubeconfig)), delay=3.0)
-    extender = Extender(cache, api, NodeLocker(api), ExtenderOptions(decision_write_wait=0.5))
+    api = SlowFirstBinding(make_async_client(str(control_plane.kubeconfig)), delay=3.0)
+    extender = Extender(cache, api, NodeLocker(api))
     pod = create_pod(control_plane, namespace, gpu_pod("p", "nobody", memory=1000, cores=10))
     cache.upsert_pod(pod)
     answer = loop.call(extender.filter, {"Pod": pod, "NodeNames": [first, second]})
     assert answer["NodeNames"] == [first, second]
-    assert cache.holding(cache.id_for(namespace, "p")).node == first  # type: ignore[union-attr]
+    holding = cache.holding(cache.id_for(namespace, "p"))
+    assert holding is not None and holding.node == first
+    after_filter = control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods/p")
+    assert keys.VGPU_NODE not in (after_filter["metadata"].get("annotations") or {})  # no write at /filter
 
-    # kube-scheduler picks the other fitting node. /bind stops waiting for the slow write of our
-    # decision for `first`, decides again for `second` and binds.
+    # kube-scheduler binds to our node; the API server is slow, kube-scheduler gives up and
+    # binds the pod to the other fitting node while the first binding is still on its way.
+    slow = loop.start(extender.bind(_bind_args(pod, first)))
+    time.sleep(0.5)
     assert loop.run(extender.bind(_bind_args(pod, second))) == {"Error": ""}
-    assert api.late_writes_done.wait(10)
+    late = loop.run(asyncio.wait_for(slow, 30))
+    assert late == {"Error": f"pod {namespace}/p is already bound to {second}"}
+
     after = control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods/p")
     assert after["spec"]["nodeName"] == second
     annotations = after["metadata"]["annotations"]
-    assert annotations[keys.VGPU_NODE] == second
+    assert annotations[keys.VGPU_NODE] == second and annotations[keys.BIND_PHASE] == "allocating"
     ((device,),) = pod_allocation_from_annotations(annotations) or ()
     assert device.uuid == f"GPU-{second}-0"
     holding = cache.holding(cache.id_for(namespace, "p"))

@@ -369,12 +369,13 @@ class ClusterCache:
         return (keys.VGPU_NODE, keys.VGPU_TIME, *self.vendors.decision_keys())
 
     def decide(self, pod: dict[str, Any], node_names: Sequence[str] | None, defaults: PolicyDefaults,
-               with_scores: bool = False, explain: bool = True) -> Decision:
+               with_scores: bool = False, explain: bool = True, request: PodRequest | None = None) -> Decision:
         """Schedule a pod on the current state. Its own earlier decision does not count against it.
 
-        Raises HamiError for a pod whose requests or annotations are malformed.
+        `request`: the pod's request when the caller has read it already. Raises HamiError for a
+        pod whose requests or annotations are malformed.
         """
-        request = self.request_of(pod)
+        request = request if request is not None else self.request_of(pod)
         key = pod_id(pod)
         with self._lock:
             previous = self._holdings.get(key)

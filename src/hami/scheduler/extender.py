@@ -2,23 +2,23 @@
 k8s.io/kube-scheduler/extender/v1 (ExtenderArgs, ExtenderFilterResult, HostPriorityList,
 ExtenderBindingArgs, ExtenderBindingResult). Field names are Go's, without JSON tags.
 
-Filter decides with the engine, writes the decision on the pod (HAMi's annotations) and
-counts it at once. By default it returns every node that fits, so kube-scheduler can weigh
-our /prioritize score with its own plugins; `only_best_node` returns just our choice, as HAMi.
-Bind re-decides when kube-scheduler picked another fitting node, then binds under the node lock.
+Filter decides with the engine and counts the decision at once (no API call). By default it
+returns every node that fits, so kube-scheduler can weigh our /prioritize score with its own
+plugins; `only_best_node` returns just our choice, as HAMi. Bind re-decides when kube-scheduler
+picked another fitting node, then binds with one API call: a Binding that carries the
+decision's annotations, applied by the API server together with the node name, or not at all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +41,7 @@ from hami.wire import ShapeError, check_pod, node_names
 
 log = logging.getLogger(__name__)
 MAX_EXTENDER_PRIORITY = 10
+REMEMBERED_SCORES = 1000  # /filter answers whose /prioritize has not come yet
 
 
 class BadRequest(Exception):
@@ -91,70 +92,11 @@ def pod_of(args: dict[str, Any]) -> dict[str, Any]:
     return pod
 
 
-class DecisionWriter:
-    """Writes decisions on pods in the background, on the event loop, so /filter answers without
-    an API round trip; /bind waits for the pod's write before it binds.
-
-    Each write is conditional on the resourceVersion of the pod copy it was decided from. A
-    write that /bind stopped waiting for may still reach the API server later; by then the bind
-    has changed the pod, so the late write fails instead of putting back a decision that the
-    bind replaced (the pod bound to one node, its annotations naming another).
-    """
-
-    def __init__(self, api: AsyncKubeApi):
-        self.api = api
-        # By pod_id: the write (None: not started, the bind writes it), its annotations, and
-        # `namespace/name` for messages. Only touched on the event loop's thread.
-        self._pending: dict[str, tuple[asyncio.Task[str] | None, dict[str, str | None], str]] = {}
-
-    def submit(self, key: str, namespace: str, name: str, annotations: dict[str, str | None],
-               resource_version: str | None) -> None:
-        task: asyncio.Task[str] | None = None
-        with contextlib.suppress(RuntimeError):  # no event loop here: the bind writes the decision
-            task = asyncio.get_running_loop().create_task(
-                self.api.patch_pod_annotations(namespace, name, annotations, resource_version or None))
-            task.add_done_callback(_retrieve)
-        self._pending[key] = (task, annotations, f"{namespace}/{name}")
-
-    async def take(self, key: str, timeout: float = 10.0) -> WriteOutcome:
-        """The outcome of the pod's latest write, waiting for it if it is running."""
-        pending = self._pending.pop(key, None)
-        if pending is None:
-            return WriteOutcome(pending=False)
-        task, annotations, pod = pending
-        if task is None:
-            return WriteOutcome(pending=True, unwritten=annotations)
-        try:
-            return WriteOutcome(pending=True, version=await asyncio.wait_for(asyncio.shield(task), timeout))
-        except ApiError as exc:
-            return WriteOutcome(pending=True, error=f"writing the decision on pod {pod} failed: {exc.status.message}")
-        except Exception as exc:  # noqa: BLE001 - a timeout or transport error: report, bind decides again
-            return WriteOutcome(pending=True,
-                                error=f"writing the decision on pod {pod} failed: {type(exc).__name__}: {exc}")
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    """Mark a background task's failure as seen: the bind that needs it reports it."""
-    if not task.cancelled():
-        task.exception()
-
-
-@dataclass(frozen=True)
-class WriteOutcome:
-    pending: bool  # whether a write was queued for the pod
-    error: str = ""
-    # Annotations the caller must write itself: the write had not started and was withdrawn.
-    unwritten: dict[str, str | None] = dataclass_field(default_factory=dict)
-    version: str = ""  # the pod's resourceVersion after the write
-
-
 @dataclass
 class ExtenderOptions:
     defaults: PolicyDefaults = PolicyDefaults()
     only_best_node: bool = False
     hold_lock_until_allocated: bool = False
-    # How long /bind waits for the background write of the pod's decision before deciding again.
-    decision_write_wait: float = 10.0
 
 
 class Extender:
@@ -164,7 +106,6 @@ class Extender:
         self.api = api
         self.locker = locker
         self.options = options or ExtenderOptions()
-        self.writer = DecisionWriter(api) if api is not None else None
         # Told how long each bind held its node (the bind's own work, without queueing).
         self.on_bind_held: Callable[[float], None] | None = None
         # Leading until told otherwise; with --leader-elect, the elector grants it with a deadline.
@@ -176,9 +117,13 @@ class Extender:
         # HAMi's lock, a queue; the binds running now by (namespace, name); background tasks.
         self._node_locks: dict[str, asyncio.Lock] = {}
         self._binding: set[tuple[str, str]] = set()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         # Plans preemptions for pods that fit nowhere (hami.scheduler.preemption); None: off.
         self.preemptor: Preemptor | None = None
+        # By pod_id, from the pod's last /filter: our choice and the node scores (for /prioritize),
+        # and the decision's annotations (for /bind).
+        self._scores: OrderedDict[str, tuple[str | None, dict[str, float]]] = OrderedDict()
+        self._decided: OrderedDict[str, tuple[str, dict[str, str]]] = OrderedDict()
 
     @property
     def decide_lock(self) -> threading.Lock:
@@ -190,14 +135,20 @@ class Extender:
     def filter(self, args: dict[str, Any]) -> dict[str, Any]:
         pod = pod_of(args)
         names = candidate_names(args)
-        if not self.cache.vendors.wants_devices(pod):
+        try:
+            request = self.cache.request_of(pod)
+        except HamiError as exc:
+            if not self.cache.vendors.names_managed_resource(pod):
+                return {"NodeNames": names, "FailedNodes": {}, "Error": ""}
+            return {"NodeNames": [], "FailedNodes": {}, "Error": str(exc)}
+        if not request.wants_devices:
             return {"NodeNames": names, "FailedNodes": {}, "Error": ""}
         if not self.is_leader.is_set():
             return {"NodeNames": [], "FailedNodes": {}, "Error": "this hami-scheduler replica is not the leader"}
         key = pod_id(pod)
         with self._decide_lock:
             try:
-                decision = self.cache.decide(pod, names, self.options.defaults)
+                decision = self.cache.decide(pod, names, self.options.defaults, with_scores=True, request=request)
             except HamiError as exc:
                 return {"NodeNames": [], "FailedNodes": {}, "Error": str(exc)}
             failed = dict(decision.reasons)
@@ -216,12 +167,12 @@ class Extender:
                                      str(metadata.get("uid") or ""), int(now.timestamp()), sidecars_of(pod),
                                      metadata.get("annotations")):
                 return {"NodeNames": [], "FailedNodes": {}, "Error": f"pod {pod_key(pod)} was deleted"}
-            if self.writer is not None:
-                cleared = self.preemptor.cleared(pod) if self.preemptor is not None else {}
-                version = metadata.get("resourceVersion")
-                self.writer.submit(key, str(metadata.get("namespace") or "default"), str(metadata.get("name")),
-                                   {**self.cache.decision_annotations(pod, decision, now), **cleared},
-                                   str(version) if version else None)
+            # kube-scheduler asks /prioritize next, over the nodes that passed: answered from these.
+            self._scores[key] = (decision.node, decision.scores or {})
+            self._decided[key] = (decision.node, dict(self.cache.decision_annotations(pod, decision, now)))
+            for remembered in (self._scores, self._decided):
+                while len(remembered) > REMEMBERED_SCORES:
+                    remembered.popitem(last=False)
         fitting = [decision.node] if self.options.only_best_node else [n for n in names if n not in failed]
         return {"NodeNames": fitting, "FailedNodes": failed, "Error": ""}
 
@@ -230,25 +181,36 @@ class Extender:
     def prioritize(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         pod = pod_of(args)
         names = candidate_names(args)
-        if not self.cache.vendors.wants_devices(pod):
-            return [{"Host": n, "Score": 0} for n in names]
-        holding = self.cache.holding(pod_id(pod))
-        try:
-            decision = self.cache.decide(pod, names, self.options.defaults, with_scores=True, explain=False)
-        except HamiError:
-            return [{"Host": n, "Score": 0} for n in names]
-        chosen = holding.node if holding is not None else decision.node
+        key = pod_id(pod)
+        remembered = self._scores.pop(key, None)
+        holding = self.cache.holding(key)
+        if remembered is not None and holding is not None and holding.node == remembered[0] \
+                and all(n in remembered[1] for n in names):
+            # The scores our /filter computed for this pod, on the state it decided on.
+            chosen, scores = remembered
+        else:
+            try:
+                request = self.cache.request_of(pod)
+                if not request.wants_devices:
+                    return [{"Host": n, "Score": 0} for n in names]
+                decision = self.cache.decide(pod, names, self.options.defaults, with_scores=True, explain=False,
+                                             request=request)
+            except HamiError:
+                return [{"Host": n, "Score": 0} for n in names]
+            chosen = holding.node if holding is not None else decision.node
+            scores = decision.scores or {}
+        wanted = [n for n in names if n in scores]
         # Our node score mapped linearly onto 0..9 over the fitting nodes; our own choice gets 10.
         points: dict[str, int] = {}
-        if decision.scores:
-            values = np.fromiter(decision.scores.values(), dtype=np.float64, count=len(decision.scores))
+        if wanted:
+            values = np.fromiter((scores[n] for n in wanted), dtype=np.float64, count=len(wanted))
             low, high = values.min(), values.max()
             if high > low:
                 fraction = (values - low) / (high - low)
                 if self.options.defaults.node_policy is Policy.SPREAD:
                     fraction = 1 - fraction
                 scaled = np.rint(fraction * (MAX_EXTENDER_PRIORITY - 1)).astype(np.int64)
-                points = dict(zip(decision.scores, scaled.tolist(), strict=True))
+                points = dict(zip(wanted, scaled.tolist(), strict=True))
         if chosen is not None:
             points[chosen] = MAX_EXTENDER_PRIORITY
         return [{"Host": name, "Score": points.get(name, 0)} for name in names]
@@ -304,8 +266,8 @@ class Extender:
         key = f"{namespace}/{name}"
         pid = self.cache.id_for(namespace, name, uid if isinstance(uid, str) else "")
         # The watch's copy of the pod saves a GET. It may lag (a bind whose answer was lost may
-        # have bound the pod since), so the phase is then written only if the pod is still at
-        # the copy's version; otherwise the bind starts again from a fresh read.
+        # have bound the pod since), so the binding is made only if the pod is still at the
+        # copy's resourceVersion; otherwise the bind starts again from a fresh read.
         pod = self.cache.unbound_pod(pid) if use_watch_copy else None
         if pod is not None and uid and (pod.get("metadata") or {}).get("uid") != uid:
             pod = None
@@ -328,16 +290,14 @@ class Extender:
             return {"Error": "" if bound_to == node else f"pod {key} is already bound to {bound_to}"}
         managed = self.cache.vendors.wants_devices(pod)
         locking = managed and self._uses_node_lock(node, pod)
-        lock_version = ""
-        decision_to_write: dict[str, str | None] = {}
-        expected_version = str((pod.get("metadata") or {}).get("resourceVersion") or "") if from_watch else ""
+        annotations: dict[str, str] = {}
         if managed:
-            error, decision_to_write, written_version = await self._settle_decision(pod, pid, node)
+            error, annotations = self._settle_decision(pod, pid, node)
             if error:
                 self._event(pod, "BindFailed", error)
                 return {"Error": error}
-            if from_watch and written_version:
-                expected_version = written_version  # our own write is newer than the watch's copy
+            annotations.update(bind_annotations(BindPhase.ALLOCATING, datetime.now(UTC)))
+        lock_version = ""
         if locking:
             try:
                 lock_version = await self.locker.lock(node, namespace, name, in_flight=self._bind_running)
@@ -351,37 +311,47 @@ class Extender:
                 await self.locker.release(node, namespace, name, lock_version)
             return {"Error": "this hami-scheduler replica is no longer the leader"}
         try:
-            if managed:
-                # One PATCH: the decision (when its background write had not run yet) and the phase.
-                await self.api.patch_pod_annotations(
-                    namespace, name, {**decision_to_write, **bind_annotations(BindPhase.ALLOCATING, datetime.now(UTC))},
-                    resource_version=expected_version or None,
-                )
-            await self.api.bind(namespace, name, uid if isinstance(uid, str) else None, node)
+            # One call: the API server sets the node name and our annotations together, only
+            # if the pod is still the one we read (UID, and resourceVersion for a watch copy).
+            version = str((pod.get("metadata") or {}).get("resourceVersion") or "") if from_watch else ""
+            await self.api.bind(namespace, name, uid if isinstance(uid, str) else None, node,
+                                annotations=annotations, resource_version=version or None)
         except ApiError as exc:
-            if managed and from_watch and exc.status.code == 409 and not await self._bound_node(namespace, name):
-                # The pod changed since the watch's copy (and nothing was bound): read it and redo.
+            if exc.status.code == 409 and from_watch:
+                # The pod changed since the watch's copy: bound meanwhile, or only touched.
+                bound_to = await self._bound_node(namespace, name)
+                if bound_to == node:
+                    return {"Error": ""}  # an earlier attempt whose answer was lost went through
                 if locking:
                     await self.locker.release(node, namespace, name, lock_version)
+                if bound_to:
+                    return {"Error": f"pod {key} is already bound to {bound_to}"}
                 return await self._bind(args, name, namespace, node, use_watch_copy=False)
             return await self._bind_failed(pod, node, managed, str(exc.status.message), locking, certain=True)
         except Exception as exc:  # noqa: BLE001 - a lost answer: the binding may or may not have happened
             return await self._bind_failed(pod, node, managed, f"{type(exc).__name__}: {exc}", locking,
                                            certain=False)
+        self._decided.pop(pid, None)
+        if self.preemptor is not None:
+            # A preemption's hold written on the pod is over now that it is placed (a Binding can
+            # set annotations, not remove them: one more write, for preempting pods only).
+            cleared = self.preemptor.cleared(pod)
+            if cleared:
+                self._spawn(self.api.patch_pod_annotations(namespace, name, cleared))
         # A node lock stays until the device plugin has allocated the pod: it tells HAMi's plugin
         # (or ours without kubelet's pod-resources API) which pod kubelet is starting.
         return {"Error": ""}
 
     async def _bind_failed(self, pod: dict[str, Any], node: str, managed: bool, detail: str, locked: bool,
                            certain: bool) -> dict[str, Any]:
-        """After a failed write or binding. `certain`: the API server answered with an error,
-        so the binding did not happen; otherwise (no answer) it may have."""
+        """After a binding that failed. `certain`: the API server refused it, so nothing was
+        written; otherwise (no answer) it may have gone through."""
         metadata = pod.get("metadata") or {}
         namespace, name = str(metadata.get("namespace") or "default"), str(metadata.get("name"))
+        current: dict[str, Any] | None = None
         try:
             current = await self.api.get_pod(namespace, name) if self.api is not None else None
         except Exception:  # noqa: BLE001 - the API server does not answer
-            current = None
             if not certain:
                 # Whether the pod got bound is unknown: keep counting its devices (and the lock)
                 # until the watch shows it, or the pod is retried, or its decision expires unbound.
@@ -393,40 +363,41 @@ class Extender:
         bound_to = ((current or {}).get("spec") or {}).get("nodeName")
         if bound_to == node:
             return {"Error": ""}  # bound already (a retry whose first answer was lost): done
-        if managed and not bound_to and current is not None:
-            await self._undo(pod, node, locked)
+        if managed and not bound_to:
+            # Not bound: nothing of ours is on the pod; free its devices (a retry decides again).
+            if locked and self.locker is not None:
+                await self.locker.release(node, namespace, name)
+            self.cache.forget(pod_id(pod))
         message = f"binding pod {pod_key(pod)} to {node} failed: {detail}"
         self._event(pod, "BindFailed", message)
         return {"Error": message}
 
-    async def _settle_decision(self, pod: dict[str, Any], pid: str,
-                               node: str) -> tuple[str, dict[str, str | None], str]:
+    def _settle_decision(self, pod: dict[str, Any], pid: str, node: str) -> tuple[str, dict[str, str]]:
         """Make sure the pod's decision is for `node` (kube-scheduler may pick another fitting node).
 
-        Returns an error text (or ""), the decision annotations still to be written, and the
-        pod's resourceVersion after our background write of the decision (or "").
+        Returns an error text (or "") and the decision's annotations to bind with.
         """
-        write = (await self.writer.take(pid, self.options.decision_write_wait) if self.writer is not None
-                 else WriteOutcome(pending=False))
         holding = self.cache.holding(pid)
-        annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        on_pod = write.pending or annotations.get(keys.VGPU_NODE) == node
-        if not write.error and holding is not None and holding.node == node and on_pod:
-            return "", write.unwritten, write.version
+        decided = self._decided.get(pid)
+        if holding is not None and holding.node == node:
+            if decided is not None and decided[0] == node:
+                return "", dict(decided[1])
+            if ((pod.get("metadata") or {}).get("annotations") or {}).get(keys.VGPU_NODE) == node:
+                return "", {}  # the pod carries this decision already
         with self._decide_lock:
             try:
                 decision = self.cache.decide(pod, [node], self.options.defaults)
             except HamiError as exc:
-                return str(exc), {}, ""
+                return str(exc), {}
             if decision.node is None:
                 reason = decision.reasons.get(node, "unknown node")
-                return f"pod {pod_key(pod)} no longer fits node {node}: {reason}", {}, ""
+                return f"pod {pod_key(pod)} no longer fits node {node}: {reason}", {}
             now = datetime.now(UTC)
             if not self.cache.assume(pid, decision, len((pod.get("spec") or {}).get("initContainers") or []),
                                      str((pod.get("metadata") or {}).get("uid") or ""), int(now.timestamp()),
                                      sidecars_of(pod), (pod.get("metadata") or {}).get("annotations")):
-                return f"pod {pod_key(pod)} was deleted", {}, ""
-        return "", dict(self.cache.decision_annotations(pod, decision, now)), write.version
+                return f"pod {pod_key(pod)} was deleted", {}
+        return "", dict(self.cache.decision_annotations(pod, decision, now))
 
     def _bind_running(self, namespace: str, name: str) -> bool:
         return (namespace, name) in self._binding
@@ -442,32 +413,30 @@ class Extender:
         self.cache.upsert_pod(current)
         return (current.get("spec") or {}).get("nodeName")
 
-    async def _undo(self, pod: dict[str, Any], node: str, locked: bool) -> None:
-        """After a bind that did not happen: release the lock, clear what we wrote, free its devices."""
-        metadata = pod.get("metadata") or {}
-        namespace = metadata.get("namespace") or "default"
-        assert self.api is not None and self.locker is not None
-        if locked:
-            await self.locker.release(node, namespace, metadata["name"])
-        try:
-            await self.api.patch_pod_annotations(
-                namespace, metadata["name"],
-                {**dict.fromkeys(self.cache.decision_keys()), keys.BIND_PHASE: BindPhase.FAILED.value,
-                 keys.BIND_TIME: str(int(datetime.now(UTC).timestamp()))},
-            )
-        except Exception as exc:  # noqa: BLE001 - the decision expires unbound if it stays
-            log.warning("pod %s: could not clear the decision after a failed bind: %s", pod_key(pod), _reason(exc))
-        self.cache.forget(pod_id(pod))
-
     def _event(self, pod: dict[str, Any], reason: str, message: str) -> None:
         """Log, and record an Event on the pod in the background (when an event loop runs here)."""
         log.info("pod %s: %s: %s", pod_key(pod), reason, message)
         if self.api is None:
             return
-        with contextlib.suppress(RuntimeError):  # no event loop here: the log line has it
-            task = asyncio.get_running_loop().create_task(self.api.event(pod, reason, message))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        self._spawn(self.api.event(pod, reason, message))
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` in the background on the event loop (dropped when no loop runs here); a
+        failure is logged."""
+        try:
+            task = asyncio.get_running_loop().create_task(work)
+        except RuntimeError:
+            work.close()
+            return
+        self._background.add(task)  # kept until done (the loop holds tasks weakly)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_settled)
+
+
+def _settled(task: asyncio.Task[Any]) -> None:
+    failure = None if task.cancelled() else task.exception()
+    if isinstance(failure, Exception):
+        log.warning("background API call failed: %s", _reason(failure))
 
 
 def _reason(exc: Exception) -> str:

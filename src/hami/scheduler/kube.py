@@ -66,11 +66,21 @@ def _annotations_patch(annotations: dict[str, str | None], resource_version: str
     return {"metadata": metadata}
 
 
-def _binding(namespace: str, name: str, uid: str | None, node: str) -> Any:
+def _binding(namespace: str, name: str, uid: str | None, node: str, annotations: dict[str, str] | None = None,
+             resource_version: str | None = None) -> Any:
+    """A Binding. The API server applies its annotations to the pod together with the node
+    name, and its UID and resourceVersion as preconditions (409 Conflict when they differ)."""
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if uid:
+        metadata["uid"] = uid
+    if resource_version:
+        metadata["resourceVersion"] = resource_version
+    if annotations:
+        metadata["annotations"] = annotations
     return Pod.Binding.from_dict({
         "apiVersion": "v1",
         "kind": "Binding",
-        "metadata": {"name": name, "namespace": namespace, **({"uid": uid} if uid else {})},
+        "metadata": metadata,
         "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     })
 
@@ -133,11 +143,14 @@ class AsyncKubeApi:
         return _version(await self.client.patch(Node, name, _annotations_patch(annotations, resource_version),
                                                 patch_type=PatchType.MERGE))
 
-    async def bind(self, namespace: str, name: str, uid: str | None, node: str) -> None:
+    async def bind(self, namespace: str, name: str, uid: str | None, node: str,
+                   annotations: dict[str, str] | None = None, resource_version: str | None = None) -> None:
+        """Bind the pod to `node`, setting `annotations` in the same write (see _binding)."""
         # The API server answers a binding with a Status, which lightkube tries to read as a
         # Binding; an error status would have raised ApiError before, so this is a success.
         with contextlib.suppress(msgspec.ValidationError):
-            await self.client.create(_binding(namespace, name, uid, node), name=name, namespace=namespace)
+            await self.client.create(_binding(namespace, name, uid, node, annotations, resource_version),
+                                     name=name, namespace=namespace)
 
     async def event(self, pod: dict[str, Any], reason: str, message: str, warning: bool = True) -> None:
         """Record an Event on the pod; failures are logged, never raised."""
