@@ -130,15 +130,16 @@ class HamiScheduler:
         except OSError:
             return ""
 
-    def extender_config(self, weight: int = 10) -> dict[str, Any]:
-        """A KubeSchedulerConfiguration with one profile that calls us, as HAMi's chart does."""
+    def extender_config(self, weight: int = 10, prioritize: bool = True) -> dict[str, Any]:
+        """A KubeSchedulerConfiguration with one profile that calls us, as HAMi's chart does
+        (HAMi's chart has no prioritize verb: `prioritize=False`)."""
         return {
             "profiles": [{"schedulerName": self.scheduler_name}],
             "extenders": [
                 {
                     "urlPrefix": self.url,
                     "filterVerb": "filter",
-                    "prioritizeVerb": "prioritize",
+                    **({"prioritizeVerb": "prioritize"} if prioritize else {}),
                     "bindVerb": "bind",
                     "weight": weight,
                     "enableHTTPS": True,

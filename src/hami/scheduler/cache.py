@@ -352,14 +352,16 @@ class ClusterCache:
     def request_of(self, pod: dict[str, Any]) -> PodRequest:
         return self.vendors.pod_request(pod)
 
-    def decision_annotations(self, pod: dict[str, Any], decision: Decision, now: datetime) -> dict[str, str]:
-        """Every annotation of a decision: where and when, and each vendor's devices (HAMi's keys)."""
+    def decision_annotations(self, pod: dict[str, Any], decision: Decision, now: datetime,
+                             request: PodRequest | None = None) -> dict[str, str]:
+        """Every annotation of a decision: where and when, and each vendor's devices (HAMi's keys).
+        `request`: the pod's request when the caller has read it already."""
         assert decision.node is not None
         with self._lock:
             node = self._nodes.get(decision.node)
         annotations = {keys.VGPU_NODE: decision.node, keys.VGPU_TIME: str(int(now.timestamp()))}
         if node is not None:
-            request = self.request_of(pod)
+            request = request if request is not None else self.request_of(pod)
             annotations.update(self.vendors.decision_annotations(node, request, decision.allocation,
                                                                  int(now.timestamp() * 1e9)))
         return annotations

@@ -169,7 +169,7 @@ class Extender:
                 return {"NodeNames": [], "FailedNodes": {}, "Error": f"pod {pod_key(pod)} was deleted"}
             # kube-scheduler asks /prioritize next, over the nodes that passed: answered from these.
             self._scores[key] = (decision.node, decision.scores or {})
-            self._decided[key] = (decision.node, dict(self.cache.decision_annotations(pod, decision, now)))
+            self._decided[key] = (decision.node, dict(self.cache.decision_annotations(pod, decision, now, request)))
             for remembered in (self._scores, self._decided):
                 while len(remembered) > REMEMBERED_SCORES:
                     remembered.popitem(last=False)
