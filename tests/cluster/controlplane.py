@@ -213,6 +213,15 @@ class Process:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; waits until the process is gone."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
+
     def stop(self, timeout: float = 15.0) -> None:
         proc = self._proc
         if proc is not None and proc.poll() is None:
@@ -351,6 +360,7 @@ class ControlPlane:
         self._heartbeat: threading.Thread | None = None
         self._client: Any = None
         self._counter = itertools.count()
+        self._etcd_peer_port = 0
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -368,7 +378,7 @@ class ControlPlane:
     def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         etcd_port = self._etcd_port_wanted or free_port()
-        etcd_peer_port = free_port()
+        etcd_peer_port = self._etcd_peer_port = free_port()
         self.apiserver_port = self._apiserver_port_wanted or free_port()
         ensure_port_free(etcd_port, "etcd client port")
         ensure_port_free(etcd_peer_port, "etcd peer port")
@@ -456,9 +466,9 @@ class ControlPlane:
                         for name in ("MutatingAdmissionWebhook", "ValidatingAdmissionWebhook")],
         }))
 
-    def _start_etcd(self, port: int, peer_port: int) -> None:
+    def _start_etcd(self, port: int, peer_port: int, fresh: bool = True) -> None:
         data_dir = self.workdir / "etcd"
-        if data_dir.exists():
+        if fresh and data_dir.exists():
             shutil.rmtree(data_dir)
         self.etcd_url = f"http://127.0.0.1:{port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
@@ -473,7 +483,7 @@ class ControlPlane:
                 f"--listen-peer-urls={peer_url}",
                 f"--initial-advertise-peer-urls={peer_url}",
                 f"--initial-cluster=hami-test={peer_url}",
-                "--initial-cluster-state=new",
+                f"--initial-cluster-state={'new' if fresh else 'existing'}",
                 "--unsafe-no-fsync",
                 "--log-level=warn",
             ],
@@ -576,6 +586,21 @@ class ControlPlane:
             except ApiCallError as e:
                 if e.status != 409:
                     raise
+
+    def stop_api(self) -> None:
+        """Stop kube-apiserver and etcd, as an outage would (etcd's data is kept). Clients see
+        refused connections until start_api(); schedulers and fake-node heartbeats keep running."""
+        if self.apiserver is not None:
+            self.apiserver.kill()
+        if self.etcd is not None:
+            self.etcd.kill()
+
+    def start_api(self) -> None:
+        """Start etcd (on its data) and kube-apiserver again, on the same ports; returns when
+        /readyz is ok."""
+        port = int(self.etcd_url.rsplit(":", 1)[1])
+        self._start_etcd(port, self._etcd_peer_port, fresh=False)
+        self._start_apiserver()
 
     # ----------------------------------------------------------------- clients
 

@@ -105,6 +105,7 @@ class KubeletStandIn:
         self._registered_event = threading.Condition(self._lock)
         self._server: grpc.Server | None = None
         self.serve_pod_resources = True
+        self.registrations = 0  # Register calls so far (a plugin registers again after a restart)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -139,6 +140,8 @@ class KubeletStandIn:
     def _registered(self, resource: str, endpoint: str, preferred: bool) -> None:
         with self._lock:
             self._endpoints[resource] = (endpoint, preferred)
+            self._devices.pop(resource, None)  # until the new ListAndWatch answers
+            self.registrations += 1
             self._registered_event.notify_all()
         threading.Thread(target=self._watch, args=(resource, endpoint), daemon=True,
                          name=f"kubelet-standin-watch-{resource}").start()
@@ -156,10 +159,12 @@ class KubeletStandIn:
             except grpc.RpcError:
                 return  # the plugin went away; it registers again when it comes back
 
-    def wait_for_devices(self, resource: str, timeout: float = 30.0) -> int:
-        """Wait until a plugin for `resource` has registered and listed devices; returns their count."""
+    def wait_for_devices(self, resource: str, timeout: float = 30.0, registrations: int = 1) -> int:
+        """Wait until a plugin for `resource` has registered (at least `registrations` times in
+        all) and listed devices; returns their count."""
         with self._lock:
-            if not self._registered_event.wait_for(lambda: self._devices.get(resource), timeout):
+            if not self._registered_event.wait_for(
+                    lambda: self.registrations >= registrations and self._devices.get(resource), timeout):
                 raise TimeoutError(f"no device plugin for {resource} registered and listed devices in {timeout:g}s")
             return len(self._devices[resource])
 

@@ -2,6 +2,9 @@
 stay open but no byte moves either way, as when a network path or a server hangs. TLS passes
 through untouched, so clients keep verifying the real server's certificate.
 
+With a function as its target, it picks the server for each new connection, as a Service
+routes to the replicas that report ready.
+
     with TcpProxy("127.0.0.1", cp.apiserver_port) as proxy:
         kubeconfig = cp.kubeconfig_through(proxy.port, path)
         proxy.freeze()   # calls through the proxy hang from now on
@@ -13,12 +16,18 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from types import TracebackType
+
+Target = tuple[str, int]
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
+    def __init__(self, target_host: str, target_port: int = 0,
+                 pick: Callable[[], Target | None] | None = None) -> None:
+        """Forward to target_host:target_port, or to what `pick` returns for each connection
+        (None: refuse it, as a Service without ready endpoints does)."""
+        self.pick = pick or (lambda: (target_host, target_port))
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self._flowing = threading.Event()
@@ -42,7 +51,10 @@ class TcpProxy:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(self.target, timeout=10)
+                target = self.pick()
+                if target is None:
+                    raise OSError("no ready backend")
+                upstream = socket.create_connection(target, timeout=10)
             except OSError:
                 client.close()
                 continue

@@ -27,7 +27,7 @@ from hami.annotations.node_register import encode_node_devices
 from hami.model import DeviceInfo
 from hami.scheduler.nodelock import ALLOCATE_BY_POD_RESOURCES
 from tests.cluster import ControlPlane, free_port, wait_for
-from tests.cluster.kubelet import Admitted, KubeletStandIn
+from tests.cluster.kubelet import AdmissionError, Admitted, KubeletStandIn
 from tests.cluster.pki import CertificateAuthority, cert_pem, key_pem
 
 MANAGED = [
@@ -42,19 +42,26 @@ MANAGED = [
 class HamiScheduler:
     """`hami scheduler` in its own process, serving HTTPS on loopback with a certificate of our own CA."""
 
-    def __init__(self, cp: ControlPlane, workdir: Path, scheduler_name: str, extra_args: Iterable[str] = ()):
+    def __init__(self, cp: ControlPlane, workdir: Path, scheduler_name: str, extra_args: Iterable[str] = (),
+                 tls_from: HamiScheduler | None = None):
+        """`tls_from`: serve with that replica's certificate (replicas behind one Service)."""
         self.cp = cp
         self.workdir = workdir
         self.scheduler_name = scheduler_name
         self.extra_args = list(extra_args)
         self.port = free_port()
-        self.ca = CertificateAuthority.create("hami-scheduler-test-ca")
-        key, cert = self.ca.issue("hami-scheduler", ip_addresses=("127.0.0.1",), server=True)
         workdir.mkdir(parents=True, exist_ok=True)
         self.cert_file = workdir / "tls.crt"
         self.key_file = workdir / "tls.key"
-        self.cert_file.write_bytes(cert_pem(cert))
-        self.key_file.write_bytes(key_pem(key))
+        if tls_from is not None:
+            self.ca = tls_from.ca
+            self.cert_file.write_bytes(tls_from.cert_file.read_bytes())
+            self.key_file.write_bytes(tls_from.key_file.read_bytes())
+        else:
+            self.ca = CertificateAuthority.create("hami-scheduler-test-ca")
+            key, cert = self.ca.issue("hami-scheduler", ip_addresses=("127.0.0.1",), server=True)
+            self.cert_file.write_bytes(cert_pem(cert))
+            self.key_file.write_bytes(key_pem(key))
         self.log_file = workdir / "hami-scheduler.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"https://127.0.0.1:{self.port}"
@@ -201,7 +208,8 @@ class GpuNode:
     stand-in that registers it and admits pods (tests/cluster/kubelet.py)."""
 
     def __init__(self, cp: ControlPlane, node: str, gpus: int = 2, memory: int = 24000,
-                 pod_resources: bool = True, extra_args: Iterable[str] = ()):
+                 pod_resources: bool = True, extra_args: Iterable[str] = (), kubeconfig: Path | None = None):
+        """`kubeconfig`: the plugin's (e.g. through a proxy); the admin one by default."""
         self.cp = cp
         self.node = node
         # Short: unix socket paths are limited to about 107 bytes.
@@ -216,6 +224,7 @@ class GpuNode:
         self.kubelet = KubeletStandIn(self.root / "k", self.root / "pr" / "kubelet.sock")
         self.kubelet.serve_pod_resources = pod_resources
         self.log_file = self.root / "device-plugin.log"
+        self.kubeconfig = kubeconfig or cp.kubeconfig
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> GpuNode:
@@ -223,18 +232,21 @@ class GpuNode:
         self.start_plugin()
         return self
 
-    def start_plugin(self) -> None:
+    def start_plugin(self, wait: bool = True) -> None:
+        registered_before = self.kubelet.registrations
         log = open(self.log_file, "ab")  # noqa: SIM115 - the child owns it
         self.process = subprocess.Popen(
             [sys.executable, "-m", "hami", "device-plugin", "--node-name", self.node,
-             "--fake-devices", str(self.devices_file), "--kubeconfig", str(self.cp.kubeconfig),
+             "--fake-devices", str(self.devices_file), "--kubeconfig", str(self.kubeconfig),
              "--device-plugin-path", str(self.root / "k"), "--socket-name", "hami.sock",
              "--cache-dir", str(self.root / "c"), "--register-interval", "1",
              "--pod-resources-socket", str(self.root / "pr" / "kubelet.sock") if self.pod_resources else "",
              *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        self.kubelet.wait_for_devices("nvidia.com/gpu")
+        if not wait:
+            return
+        self.kubelet.wait_for_devices("nvidia.com/gpu", registrations=registered_before + 1)
 
         def registered() -> bool:
             annotations = self.cp.api("GET", f"/api/v1/nodes/{self.node}")["metadata"].get("annotations") or {}
@@ -244,7 +256,14 @@ class GpuNode:
         wait_for(registered, timeout=30, message=f"device plugin registration of {self.node}\n{self.log_tail()}")
 
     def admit(self, namespace: str, name: str) -> Admitted:
-        return self.kubelet.admit(self.cp.api("GET", f"/api/v1/namespaces/{namespace}/pods/{name}"))
+        """Admit the pod as kubelet would; a rejected pod is marked Failed, as kubelet does."""
+        try:
+            return self.kubelet.admit(self.cp.api("GET", f"/api/v1/namespaces/{namespace}/pods/{name}"))
+        except AdmissionError as exc:
+            self.cp.api("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+                        {"status": {"phase": "Failed", "reason": "UnexpectedAdmissionError", "message": str(exc)}},
+                        content_type="application/merge-patch+json")
+            raise
 
     def kill_plugin(self) -> None:
         """SIGKILL, as a crash would."""
