@@ -61,6 +61,11 @@ def _names(pod: dict[str, Any]) -> tuple[str, str]:
     return str(metadata.get("namespace") or "default"), str(metadata.get("name"))
 
 
+def pod_name_of(key: str) -> str:
+    """`namespace/name` of a pod_id (the engine state's pod keys), for people to read."""
+    return key.rsplit("/", 1)[0] if key.count("/") == 2 else key
+
+
 def pod_id(pod: dict[str, Any]) -> str:
     """`namespace/name/uid`: one incarnation of a pod (the uid part is empty for pods without one)."""
     return f"{pod_key(pod)}/{(pod.get('metadata') or {}).get('uid') or ''}"
