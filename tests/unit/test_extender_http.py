@@ -220,7 +220,7 @@ def test_unbound_decisions_expire_and_bound_ones_do_not() -> None:
     cache.replace_pods([pending, bound])
     assert int(cache.state().usedmem[0]) == 8000
     assert cache.expire_unbound(now=1200, ttl=300) == []
-    assert cache.expire_unbound(now=1400, ttl=300) == ["t/p/"]
+    assert cache.expire_unbound(now=1400, ttl=300) == ["t/p"]
     assert int(cache.state().usedmem[0]) == 4000
     cache.upsert_pod({"metadata": bound["metadata"], "spec": bound["spec"], "status": {"phase": "Succeeded"}})
     assert int(cache.state().usedmem[0]) == 0

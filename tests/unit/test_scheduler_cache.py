@@ -1,6 +1,6 @@
-"""The scheduler's cache knows pods by UID: events about one incarnation of a pod never touch
-another of the same name, a relist keeps what was decided after it was asked for, and a pod
-already deleted holds nothing."""
+"""The scheduler's cache matches pods by UID: events about one pod never touch another of the
+same name, a relist keeps what was decided after it was asked for, and a pod already deleted
+holds nothing."""
 
 from __future__ import annotations
 
@@ -58,12 +58,15 @@ def test_a_late_deleted_event_of_an_old_pod_keeps_the_new_pods_decision() -> Non
     cache.upsert_pod(old)
     assert used(cache) == 6000
 
-    # The pod is deleted and created again under the same name; kube-scheduler sees the new one
-    # before our watch delivers the deletion of the old one. The old pod's share still counts.
+    # The pod is deleted and created again under the same name (so the old one is gone from the
+    # API server); kube-scheduler sees the new one before our watch delivers the old one's deletion.
     new = pod("p", "uid-new", mem=2000)
     assert filter_(extender, new)["NodeNames"] == ["n1"]
-    assert used(cache) == 8000
-    cache.delete_pod(old)  # the late DELETED
+    assert used(cache) == 2000
+    # Late events of the old pod: its last update (being deleted), then its deletion.
+    cache.upsert_pod({**old, "metadata": {**old["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}})
+    assert used(cache) == 2000
+    cache.delete_pod(old)
     assert used(cache) == 2000
     holding = cache.holding(pod_id(new))
     assert holding is not None and holding.uid == "uid-new"
@@ -104,12 +107,11 @@ def test_a_filter_for_a_pod_already_deleted_holds_nothing() -> None:
     assert cache.holdings() == {}
 
 
-def test_events_name_pods_by_name_in_metrics_and_lookups() -> None:
+def test_pods_are_kept_by_name_with_their_uid() -> None:
     cache = ClusterCache(HamiConfig())
     cache.replace_nodes([node("n1")])
     p = decided(cache, pod("p", "uid-1"), node_name="n1")
     cache.replace_pods([p])
-    assert cache.id_for("t", "p") == "t/p/uid-1"
-    assert cache.id_for("t", "p", "uid-2") == "t/p/uid-2"
+    assert cache.id_for("t", "p") == "t/p" == pod_id(p)
     (holding,) = cache.holdings().values()
     assert (holding.namespace, holding.name, holding.uid) == ("t", "p", "uid-1")

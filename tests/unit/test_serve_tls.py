@@ -177,7 +177,7 @@ def test_probes_need_no_certificate_but_the_routes_do(mtls: MtlsServer) -> None:
                        ("/bind", {"PodName": "a", "PodNamespace": "t", "Node": "n1"})):
         status, text = mtls.request("POST", path, body)
         assert status == 401 and "client certificate is required" in text, (path, text)
-    assert mtls.cache.holding(mtls.cache.id_for("t", "a")) is None  # nothing was decided
+    assert mtls.cache.holding("t/a") is None  # nothing was decided
 
 
 def test_each_route_group_takes_only_its_own_clients(mtls: MtlsServer) -> None:
@@ -202,7 +202,7 @@ def test_a_certificate_of_another_ca_is_refused_by_tls(mtls: MtlsServer) -> None
     stranger = mtls.client_cert(CertificateAuthority.create("elsewhere"), "kube-scheduler")
     with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
         mtls.request("POST", "/filter", FILTER, cert=stranger)
-    assert mtls.cache.holding(mtls.cache.id_for("t", "a")) is None
+    assert mtls.cache.holding("t/a") is None
 
 
 def test_client_ca_files_are_reloaded(mtls: MtlsServer) -> None:

@@ -12,7 +12,7 @@ from hami.annotations.selectors import Policy
 from hami.config import HamiConfig
 from hami.errors import HamiError
 from hami.model import ContainerDevice, ContainerRequest, DeviceInfo, NodeDevices, PodRequest
-from hami.scheduler.cache import ClusterCache, pod_id
+from hami.scheduler.cache import ClusterCache
 from hami.scheduler.engine import Decision, PodContext, PolicyDefaults, commit, fit_pod_on_node
 from hami.scheduler.state import ClusterState
 from hami.vendors.base import PodDecisionInput
@@ -581,7 +581,7 @@ def test_the_extenders_cache_keeps_pods_marks_from_the_watch_and_its_own_decisio
     mine = pod_obj("mine", ctr(limits={COUNT: "1", CORES: "10", MEM: "1"}), annotations={QOS: "fixed-share"})
     decision = cache.decide(mine, ["a"], PolicyDefaults())
     assert uuids(decision) == [["GPU-2"]]  # a normal pod never joins the offline pod's device
-    cache.assume(pod_id(mine), decision, 0, annotations=mine["metadata"]["annotations"])
+    cache.assume("t/mine", decision, 0, annotations=mine["metadata"]["annotations"])
     assert marks_of(cache.state(), "GPU-2") == {"qos=fixed-share": 1}
     cache.delete_pod(watched)
     assert marks_of(cache.state(), "GPU-1") == {}

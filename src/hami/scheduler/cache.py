@@ -5,9 +5,9 @@ ClusterState from them. Thread-safe: informer threads write, HTTP handlers read.
 Only pods with a decision count; a pod that ends (Succeeded, Failed) or is deleted frees
 its devices at once.
 
-Pods are known by UID (pod_id: `namespace/name/uid`), not by name: a pod deleted and created
-again under the same name is another pod, and a late event about the old one must not touch
-the new one's decision.
+Pods are kept under `namespace/name` (at most one pod has a name at a time in the API server)
+and every event is matched on the pod's UID: a pod deleted and created again under the same name
+is another pod, and a late event about the old one must not touch the new one's decision.
 """
 
 from __future__ import annotations
@@ -61,14 +61,18 @@ def _names(pod: dict[str, Any]) -> tuple[str, str]:
     return str(metadata.get("namespace") or "default"), str(metadata.get("name"))
 
 
-def pod_name_of(key: str) -> str:
-    """`namespace/name` of a pod_id (the engine state's pod keys), for people to read."""
-    return key.rsplit("/", 1)[0] if key.count("/") == 2 else key
-
-
 def pod_id(pod: dict[str, Any]) -> str:
-    """`namespace/name/uid`: one incarnation of a pod (the uid part is empty for pods without one)."""
-    return f"{pod_key(pod)}/{(pod.get('metadata') or {}).get('uid') or ''}"
+    """The cache's (and the engine state's) key of a pod: `namespace/name`."""
+    return pod_key(pod)
+
+
+def _uid(pod: dict[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("uid") or "")
+
+
+def _other_pod(uid: str, than: str) -> bool:
+    """Whether two UIDs name two pods (an empty one, from a caller that had none, matches any)."""
+    return bool(uid and than and uid != than)
 
 
 @dataclass(frozen=True)
@@ -115,8 +119,7 @@ class ClusterCache:
         self._holdings: dict[str, Holding] = {}  # by pod_id
         # The latest copy of each pod still waiting for a node, so that /bind needs no GET.
         self._unbound: dict[str, dict[str, Any]] = {}
-        # `namespace/name` -> pod_id of the pod known by that name now.
-        self._by_name: dict[str, str] = {}
+        # UIDs of deleted pods (the last REMEMBERED_DELETIONS).
         self._deleted: OrderedDict[str, None] = OrderedDict()
         self._state: ClusterState | None = None
         # Told of every change of what a pod holds: (key, before, after), under the cache's lock.
@@ -195,11 +198,16 @@ class ClusterCache:
                                   str(metadata.get("uid") or ""), *_names(pod), sidecars=sidecars_of(pod),
                                   bound=bool(spec.get("nodeName")), decided_at=decided_at,
                                   annotations=self.vendors.usage_annotations(metadata.get("annotations")))
+        uid = _uid(pod)
         with self._lock:
-            if key in self._deleted:
+            if uid in self._deleted:
                 return  # a copy read before the deletion we saw: the pod is gone
-            self._by_name[pod_key(pod)] = key
             current = self._holdings.get(key)
+            if current is not None and current.assumed and _other_pod(current.uid, uid):
+                # Our decision for a newer pod of the name: the watch brings the events of the one
+                # deleted before it (its deletion last) before any event of the new one.
+                return
+            # Our own decision for this very pod, not yet seen on it: an older copy must not undo it.
             behind = current is not None and current.assumed and (holding is None or not holding.same_place(current))
             if ended or not behind:
                 self._set_holding(key, holding)
@@ -210,19 +218,22 @@ class ClusterCache:
 
     def delete_pod(self, pod: dict[str, Any]) -> None:
         """The pod (this UID) is gone; another pod of the same name is not touched."""
-        key = pod_id(pod)
+        key, uid = pod_id(pod), _uid(pod)
         with self._lock:
-            self._forget_pod(key)
-            self._deleted[key] = None
-            while len(self._deleted) > REMEMBERED_DELETIONS:
-                self._deleted.popitem(last=False)
+            holding = self._holdings.get(key)
+            if holding is not None and not _other_pod(holding.uid, uid):
+                self._set_holding(key, None)
+            unbound = self._unbound.get(key)
+            if unbound is not None and not _other_pod(_uid(unbound), uid):
+                del self._unbound[key]
+            if uid:
+                self._deleted[uid] = None
+                while len(self._deleted) > REMEMBERED_DELETIONS:
+                    self._deleted.popitem(last=False)
 
     def _forget_pod(self, key: str) -> None:
         self._set_holding(key, None)
         self._unbound.pop(key, None)
-        name = key.rpartition("/")[0]
-        if self._by_name.get(name) == key:
-            del self._by_name[name]
 
     def replace_pods(self, pods: Iterable[dict[str, Any]], listed_at: float | None = None) -> None:
         """A full list (first sync or a relist): pods not in it are gone, except those we
@@ -248,12 +259,10 @@ class ClusterCache:
         False (nothing counted) for a pod that was deleted already."""
         if decision.node is None:
             return False
-        namespace, _, rest = key.partition("/")
-        name = rest.rpartition("/")[0]
+        namespace, _, name = key.partition("/")
         with self._lock:
-            if key in self._deleted:
+            if uid in self._deleted:
                 return False
-            self._by_name.setdefault(f"{namespace}/{name}", key)
             self._set_holding(key, Holding(decision.node, decision.allocation, init_count, uid, namespace, name,
                                            sidecars=sidecars, decided_at=now, assumed=True,
                                            annotations=self.vendors.usage_annotations(annotations),
@@ -282,16 +291,14 @@ class ClusterCache:
         with self._lock:
             self._set_holding(key, None)
 
-    def id_for(self, namespace: str, name: str, uid: str = "") -> str:
-        """The pod_id of a pod: from its UID when given, else of the pod known by that name now."""
-        if uid:
-            return f"{namespace}/{name}/{uid}"
-        with self._lock:
-            return self._by_name.get(f"{namespace}/{name}", f"{namespace}/{name}/")
+    def id_for(self, namespace: str, name: str) -> str:
+        """The key of the pod `namespace/name`."""
+        return f"{namespace}/{name}"
 
-    def deleted(self, key: str) -> bool:
+    def deleted(self, uid: str) -> bool:
+        """Whether the pod with this UID was deleted (as far as we remember)."""
         with self._lock:
-            return key in self._deleted
+            return uid in self._deleted
 
     def _set_holding(self, key: str, holding: Holding | None) -> None:
         old = self._holdings.get(key)

@@ -264,7 +264,7 @@ class Extender:
         if self.api is None or self.locker is None:
             return {"Error": "binding needs a Kubernetes API connection"}
         key = f"{namespace}/{name}"
-        pid = self.cache.id_for(namespace, name, uid if isinstance(uid, str) else "")
+        pid = self.cache.id_for(namespace, name)
         # The watch's copy of the pod saves a GET. It may lag (a bind whose answer was lost may
         # have bound the pod since), so the binding is made only if the pod is still at the
         # copy's resourceVersion; otherwise the bind starts again from a fresh read.

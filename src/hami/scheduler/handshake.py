@@ -16,14 +16,13 @@ from lightkube import ApiError
 
 from hami.scheduler.cache import ClusterCache
 from hami.scheduler.kube import KubeApi
-from hami.scheduler.leader import Leadership
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 15.0
 
 
 class HandshakeKeeper:
-    def __init__(self, api: KubeApi, cache: ClusterCache, is_leader: threading.Event | Leadership,
+    def __init__(self, api: KubeApi, cache: ClusterCache, is_leader: threading.Event,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.api = api
         self.cache = cache

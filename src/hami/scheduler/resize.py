@@ -36,10 +36,9 @@ from hami.annotations.pod_devices import encode_pod_devices
 from hami.errors import HamiError
 from hami.model.allocation import ContainerDevice, PodAllocation
 from hami.scheduler import reasons as R
-from hami.scheduler.cache import ClusterCache, pod_id, pod_key
+from hami.scheduler.cache import ClusterCache, pod_key
 from hami.scheduler.engine import Decision
 from hami.scheduler.kube import KubeApi
-from hami.scheduler.leader import Leadership
 from hami.scheduler.state import ClusterState, footprint_of
 
 log = logging.getLogger(__name__)
@@ -227,8 +226,7 @@ class Resizer:
     (`ClusterCache.assume`), before the watch brings the patched pod back."""
 
     def __init__(self, cache: ClusterCache, api: KubeApi, decide_lock: threading.Lock | None = None,
-                 is_leader: threading.Event | Leadership | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 is_leader: threading.Event | None = None, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self.cache = cache
         self.api = api
         self.decide_lock = decide_lock
@@ -302,7 +300,6 @@ class Resizer:
             return "conflict; asked again"
 
     def _handle(self, key: str, pod: dict[str, Any], request: str) -> str:
-        key = pod_id(pod)  # the cache knows pods by UID
         annotations = _annotations(pod)
         if not (pod.get("spec") or {}).get("nodeName") or annotations.get(keys.BIND_PHASE) != "success":
             return "waiting for the pod to be allocated"  # asked again when the bind phase changes

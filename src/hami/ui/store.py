@@ -148,7 +148,7 @@ class UiStore:
     def delete_pod(self, pod: dict[str, Any]) -> None:
         key = pod_key(pod)
         with self._lock:
-            self.cache.delete_pod(pod)  # this UID only: a pod created again under the name stays
+            self.cache.delete_pod(pod)  # this pod's UID only: one created again under the name stays
             self._pods.pop(key, None)
             self.version += 1
 
@@ -174,8 +174,7 @@ class UiStore:
             yield StoreView(
                 version=self.version,
                 state=self.cache.state(),
-                # The cache knows pods by UID; pages by namespace/name.
-                holdings={f"{h.namespace}/{h.name}": h for h in self.cache.holdings().values()},
+                holdings=self.cache.holdings(),
                 nodes=dict(self._nodes),
                 pods=dict(self._pods),
             )
@@ -197,8 +196,7 @@ class UiStore:
         the pod left out is counted again on the way out."""
         with self._lock, self.cache.lock():
             state = self.cache.state()
-            holdings = self.cache.holdings()  # by the engine state's keys (pod_id)
-            without = self.cache.id_for(*without.split("/", 1)) if without else ""
+            holdings = self.cache.holdings()
             own = holdings.pop(without, None) if without else None
             if own is not None:
                 state.remove_pod(without)

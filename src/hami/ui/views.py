@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hami.model.requests import NO_PERCENTAGE, PodRequest
-from hami.scheduler.cache import pod_name_of
 from hami.ui.prometheus import Usage
 from hami.ui.store import PodInfo, StoreView
 
@@ -150,7 +149,7 @@ def holders_by_device(view: StoreView, nodes: set[str]) -> dict[tuple[str, str],
         node = state.names[footprint.node]
         for r, slots, memory, cores in zip(footprint.rows.tolist(), footprint.used.tolist(), footprint.mem.tolist(),
                                            footprint.cores.tolist(), strict=True):
-            result.setdefault((node, state.uuids[r]), []).append(Holder(pod_name_of(key), memory, cores, slots))
+            result.setdefault((node, state.uuids[r]), []).append(Holder(key, memory, cores, slots))
     return result
 
 

@@ -19,7 +19,6 @@ from hami.annotations.errors import AnnotationError
 from hami.errors import HamiError
 from hami.model.requests import NO_PERCENTAGE, ContainerRequest, PodRequest
 from hami.scheduler import reasons as R
-from hami.scheduler.cache import pod_name_of
 from hami.scheduler.engine import Decision, PolicyDefaults, schedule
 from hami.scheduler.state import ClusterState
 from hami.ui.store import Allocation
@@ -279,9 +278,7 @@ def _pod_ends(asker: _Asker, pod: PodRequest, failing: list[str], allocations: d
         finally:
             state.add_pod(key, node, allocation, init_count, sidecars=sidecars)
         if fits:
-            shown = pod_name_of(key)
-            out.append(Suggestion("pod-ends", f"Node {name} frees up enough when pod {shown} ends", node=name,
-                                  pod=shown))
+            out.append(Suggestion("pod-ends", f"Node {name} frees up enough when pod {key} ends", node=name, pod=key))
     return out
 
 
