@@ -228,6 +228,6 @@ def test_the_cache_counts_decisions_not_holds_and_decides_within_the_quota() -> 
     refused = cache.decide(gpu_pod("large", 4001), ["n1"], PolicyDefaults())
     assert refused.node is None and refused.reasons["n1"] == "2/2 ResourceQuotaNotFit"
     # Deleting the running pod frees its share.
-    cache.delete_pod("team/running")
+    cache.delete_pod(running)
     assert book.snapshot()["team"]["nvidia.com/gpumem"] == (0, 10000)
     assert cache.decide(gpu_pod("large", 4001), ["n1"], PolicyDefaults()).node == "n1"
