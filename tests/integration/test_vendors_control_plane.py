@@ -122,3 +122,46 @@ def test_mixed_cluster_places_each_vendor_by_its_rules(
         assert bound(cp, namespace, "dcu-b")["spec"]["nodeName"] == both
     finally:
         hami.stop()
+
+
+def test_cambricon_binds_under_its_own_lock_and_lockless_vendors_take_none(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, start_scheduler: Any, add_node: Any
+) -> None:
+    cp = control_plane
+    name = f"hami-locks-{namespace}"[:60]
+    hami = HamiScheduler(cp, tmp_path / "hami", scheduler_name=name).start()
+    start_scheduler(extender_config(hami))
+    mlu = {"cambricon.com/vmlu": 1, "cambricon.com/mlu.smlu.vmemory": 8, "cambricon.com/mlu.smlu.vcore": 50}
+    try:
+        mlu_node, gcu_node = f"{namespace}-mlu", f"{namespace}-gcu"
+        add_node(mlu_node, capacity={"cambricon.com/mlu.smlu.vcore": "200", "cambricon.com/mlu.smlu.vmemory": "128"})
+        add_node(gcu_node, capacity={"enflame.com/gcu": "2"})
+
+        # The MLU pod is bound under Cambricon's lock (an RFC 3339 time), not HAMi's shared one;
+        # it stays for Cambricon's device plugin to delete once it has allocated the pod.
+        before = datetime.now(UTC).replace(microsecond=0)
+        create_pod(cp, namespace, pod("mlu-a", name, mlu))
+        assert bound(cp, namespace, "mlu-a")["spec"]["nodeName"] == mlu_node
+        node_annotations = cp.api("GET", f"/api/v1/nodes/{mlu_node}")["metadata"]["annotations"]
+        taken = datetime.fromisoformat(node_annotations["cambricon.com/dsmlu.lock"].replace("Z", "+00:00"))
+        assert before <= taken <= datetime.now(UTC)
+        assert "hami.io/mutex.lock" not in node_annotations
+
+        # While the lock is younger than two minutes the next MLU pod is refused with HAMi's text...
+        create_pod(cp, namespace, pod("mlu-b", name, mlu))
+        wait_for(lambda: any("has been locked within 2 minutes" in m for m in events_of(cp, namespace, "mlu-b")),
+                 timeout=60, poll=0.5, message="mlu-b's bind refused while the node is locked")
+        assert not cp.api("GET", f"/api/v1/namespaces/{namespace}/pods/mlu-b")["spec"].get("nodeName")
+        # ... and bound once Cambricon's plugin has released it.
+        cp.api("PATCH", f"/api/v1/nodes/{mlu_node}",
+               {"metadata": {"annotations": {"cambricon.com/dsmlu.lock": None}}},
+               content_type="application/merge-patch+json")
+        assert bound(cp, namespace, "mlu-b")["spec"]["nodeName"] == mlu_node
+
+        # A vendor without a node lock (Enflame) binds without writing one.
+        create_pod(cp, namespace, pod("gcu-a", name, {"enflame.com/gcu": 1}))
+        assert bound(cp, namespace, "gcu-a")["spec"]["nodeName"] == gcu_node
+        gcu_annotations = cp.api("GET", f"/api/v1/nodes/{gcu_node}")["metadata"].get("annotations") or {}
+        assert not any(key.endswith(".lock") for key in gcu_annotations)
+    finally:
+        hami.stop()

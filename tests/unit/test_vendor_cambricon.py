@@ -9,13 +9,8 @@ import pytest
 from hami.errors import HamiError
 from hami.model import ContainerDevice, ContainerRequest, DeviceInfo
 from hami.vendors.base import LockKind, PodDecisionInput
-from hami.vendors.cambricon import (
-    LOCK_KEY,
-    decode_lock,
-    encode_lock,
-    lock_error,
-    lock_is_free,
-)
+from hami.vendors.cambricon import LOCK_KEY
+from hami.vendors.ownlock import decode_lock, encode_lock, lock_error, lock_is_free
 
 from .vendor_scenarios import (
     VENDORS,

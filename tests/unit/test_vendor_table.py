@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 from hami.annotations.node_register import decode_node_devices
+from hami.config import HamiConfig
 from hami.scheduler.engine import schedule
+from hami.vendors.base import LockKind
 from hami.vendors.registry import VendorSet
 from hami.webhook.mutate import mutate
 from tests.unit.vendor_helpers import (
@@ -192,3 +194,14 @@ def test_handshake_health_follows_hami() -> None:
     assert VENDORS.registered_node(stale_gone)[0] is not None  # a snapshot is judged without a clock
     # No handshake is asked of a node that does not register the vendor (HAMi asks every node).
     assert dcu.handshake_request(node_obj("plain"), now) is None
+
+
+def test_every_vendor_takes_the_node_lock_hami_takes() -> None:
+    """HAMi-VENDORS §2.0: Cambricon its own, the capacity-built vendors (and Enflame's slices,
+    Metax's whole GPUs) none, every other vendor HAMi's shared `hami.io/mutex.lock`."""
+    locks = {vendor.name: vendor.lock for vendor in VendorSet.from_config(HamiConfig())}
+    without = {"AWSNeuron", "Enflame", "GCU", "Metax-GPU", "Mthreads", "kunlun"}
+    assert {name for name, lock in locks.items() if lock is LockKind.NONE} == without
+    assert {name for name, lock in locks.items() if lock is LockKind.OWN} == {"MLU"}
+    assert all(lock is LockKind.SHARED for name, lock in locks.items() if name not in without | {"MLU"})
+    assert len(locks) == 25

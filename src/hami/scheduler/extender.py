@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +36,7 @@ from hami.scheduler.kube import AsyncKubeApi
 from hami.scheduler.leader import Leadership
 from hami.scheduler.nodelock import NodeLocker, NodeLockError
 from hami.scheduler.preemption import Preemptor
-from hami.vendors.base import LockKind
+from hami.vendors.base import LockKind, Vendor
 from hami.wire import ShapeError, check_pod, node_names
 
 log = logging.getLogger(__name__)
@@ -229,22 +229,41 @@ class Extender:
             return await self._timed_bind(args, name, namespace, node)
 
     def _uses_node_lock(self, node: str, pod: dict[str, Any] | None = None) -> bool:
-        """HAMi's node lock is needed unless, for every vendor the pod asks (that has a lock),
+        """HAMi's shared node lock is needed unless, for every vendor the pod asks that uses it,
         the node's device plugin tells pods apart without it: it asks kubelet which pod it is
-        starting (see docs/device-plugin.md). Without the pod: unless the node's plugin does so
-        for some vendor."""
-        if self.options.hold_lock_until_allocated:
+        starting (see docs/device-plugin.md). Vendors with their own lock or none never need it.
+        Without the pod: unless the node's plugin does so for some vendor."""
+        if pod is None:
+            return self.options.hold_lock_until_allocated or not self.cache.matched_by_kubelet(node)
+        vendors = self._asked_vendors(pod)
+        if vendors is None:
             return True
-        matched = self.cache.matched_by_kubelet(node)
-        if pod is None or not matched:
-            return not matched
+        matched = frozenset() if self.options.hold_lock_until_allocated else self.cache.matched_by_kubelet(node)
+        return any(v is None or (v.lock is LockKind.SHARED and v.resources.count not in matched) for v in vendors)
+
+    def _own_locks(self, pod: dict[str, Any]) -> list[str]:
+        """The node annotations of the vendors' own locks the pod needs (Cambricon's), sorted:
+        every scheduler takes them in one order."""
+        return sorted({v.lock_key for v in self._asked_vendors(pod) or []
+                       if v is not None and v.lock is LockKind.OWN and v.lock_key})
+
+    def _asked_vendors(self, pod: dict[str, Any]) -> list[Vendor | None] | None:
+        """The vendors the pod asks (None for one this scheduler does not know); None for a pod
+        whose request cannot be read."""
         try:
             request = self.cache.request_of(pod)
         except HamiError:
-            return True
+            return None
         asked = {ask.vendor for container in request.containers for ask in container.asks}
-        vendors = [self.cache.vendors.get(name) for name in asked]
-        return any(v is None or (v.lock is not LockKind.NONE and v.resources.count not in matched) for v in vendors)
+        return [self.cache.vendors.get(name) for name in sorted(asked)]
+
+    async def _release_locks(self, node: str, namespace: str, name: str, shared: bool, version: str,
+                             own: Sequence[str]) -> None:
+        if shared and self.locker is not None:
+            await self.locker.release(node, namespace, name, version or None)
+        for key in own:
+            if self.locker is not None:
+                await self.locker.release_own(node, key)
 
     async def _timed_bind(self, args: dict[str, Any], name: str, namespace: str, node: str) -> dict[str, Any]:
         started = time.perf_counter()
@@ -305,10 +324,19 @@ class Extender:
                 message = _reason(exc)
                 self._event(pod, "BindFailed", message)
                 return {"Error": message}
+        own_locks: list[str] = []
+        for lock_key in self._own_locks(pod) if managed else []:
+            try:
+                await self.locker.lock_own(node, lock_key)
+            except Exception as exc:  # noqa: BLE001 - NodeLockError, API trouble: nothing bound yet
+                await self._release_locks(node, namespace, name, locking, lock_version, own_locks)
+                message = _reason(exc)
+                self._event(pod, "BindFailed", message)
+                return {"Error": message}
+            own_locks.append(lock_key)
         if not self.is_leader.is_set():
             # Leadership ran out while we waited: leave the pod to the new leader untouched.
-            if locking:
-                await self.locker.release(node, namespace, name, lock_version)
+            await self._release_locks(node, namespace, name, locking, lock_version, own_locks)
             return {"Error": "this hami-scheduler replica is no longer the leader"}
         try:
             # One call: the API server sets the node name and our annotations together, only
@@ -322,15 +350,15 @@ class Extender:
                 bound_to = await self._bound_node(namespace, name)
                 if bound_to == node:
                     return {"Error": ""}  # an earlier attempt whose answer was lost went through
-                if locking:
-                    await self.locker.release(node, namespace, name, lock_version)
+                await self._release_locks(node, namespace, name, locking, lock_version, own_locks)
                 if bound_to:
                     return {"Error": f"pod {key} is already bound to {bound_to}"}
                 return await self._bind(args, name, namespace, node, use_watch_copy=False)
-            return await self._bind_failed(pod, node, managed, str(exc.status.message), locking, certain=True)
+            return await self._bind_failed(pod, node, managed, str(exc.status.message), locking, own_locks,
+                                           certain=True)
         except Exception as exc:  # noqa: BLE001 - a lost answer: the binding may or may not have happened
             return await self._bind_failed(pod, node, managed, f"{type(exc).__name__}: {exc}", locking,
-                                           certain=False)
+                                           own_locks, certain=False)
         self._decided.pop(pid, None)
         if self.preemptor is not None:
             # A preemption's hold written on the pod is over now that it is placed (a Binding can
@@ -339,11 +367,12 @@ class Extender:
             if cleared:
                 self._spawn(self.api.patch_pod_annotations(namespace, name, cleared))
         # A node lock stays until the device plugin has allocated the pod: it tells HAMi's plugin
-        # (or ours without kubelet's pod-resources API) which pod kubelet is starting.
+        # (or ours without kubelet's pod-resources API) which pod kubelet is starting. A vendor's
+        # own lock is the vendor's plugin's to delete (Cambricon's does), as under HAMi.
         return {"Error": ""}
 
     async def _bind_failed(self, pod: dict[str, Any], node: str, managed: bool, detail: str, locked: bool,
-                           certain: bool) -> dict[str, Any]:
+                           own_locks: Sequence[str], certain: bool) -> dict[str, Any]:
         """After a binding that failed. `certain`: the API server refused it, so nothing was
         written; otherwise (no answer) it may have gone through."""
         metadata = pod.get("metadata") or {}
@@ -365,8 +394,7 @@ class Extender:
             return {"Error": ""}  # bound already (a retry whose first answer was lost): done
         if managed and not bound_to:
             # Not bound: nothing of ours is on the pod; free its devices (a retry decides again).
-            if locked and self.locker is not None:
-                await self.locker.release(node, namespace, name)
+            await self._release_locks(node, namespace, name, locked, "", own_locks)
             self.cache.forget(pod_id(pod))
         message = f"binding pod {pod_key(pod)} to {node} failed: {detail}"
         self._event(pod, "BindFailed", message)

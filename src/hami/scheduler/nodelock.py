@@ -22,6 +22,7 @@ from lightkube import ApiError
 from hami.annotations import keys
 from hami.annotations.pod_devices import BindPhase
 from hami.scheduler.kube import AsyncKubeApi
+from hami.vendors import ownlock
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ def decode_lock(value: str) -> LockValue | None:
 
 class NodeLockError(Exception):
     pass
+
+
+OWN_LOCK_ATTEMPTS = 5  # HAMi's retries for a vendor's own lock
 
 
 def _no_longer_holds(owner: dict[str, Any], in_flight: Callable[[str, str], bool] | None) -> str:
@@ -193,4 +197,35 @@ class NodeLocker:
                                                   resource_version=node["metadata"].get("resourceVersion"))
         except Exception as exc:  # noqa: BLE001 - a lock left behind is taken over later; never fail here
             log.warning("node %s: could not release lock of %s/%s: %s", node_name, namespace, name,
+                        exc.status.message if isinstance(exc, ApiError) else exc)
+
+    # ---- a vendor's own lock (LockKind.OWN: Cambricon's `cambricon.com/dsmlu.lock`) ----------
+
+    async def lock_own(self, node_name: str, key: str) -> None:
+        """Take the vendor's lock `key` on the node, or raise NodeLockError with HAMi's text
+        while another bind holds it (younger than two minutes). The write is conditional on the
+        node's resourceVersion, so two schedulers never both take it."""
+        for _ in range(OWN_LOCK_ATTEMPTS):
+            node = await self.api.get_node(node_name)
+            if node is None:
+                raise NodeLockError(f"node {node_name} not found")
+            metadata = node.get("metadata") or {}
+            if not ownlock.lock_is_free((metadata.get("annotations") or {}).get(key), self.now()):
+                raise NodeLockError(ownlock.lock_error(node_name))
+            try:
+                await self.api.patch_node_annotations(node_name, {key: ownlock.encode_lock(self.now())},
+                                                      resource_version=metadata.get("resourceVersion"))
+                return
+            except ApiError as exc:
+                if exc.status.code != 409:
+                    raise
+        raise NodeLockError(f"node {node_name}: {key} kept changing while it was taken ({OWN_LOCK_ATTEMPTS} tries)")
+
+    async def release_own(self, node_name: str, key: str) -> None:
+        """Delete the vendor's lock after a bind that did not happen; never raises (a lock left
+        behind expires after two minutes)."""
+        try:
+            await self.api.patch_node_annotations(node_name, {key: None})
+        except Exception as exc:  # noqa: BLE001
+            log.warning("node %s: could not release %s: %s", node_name, key,
                         exc.status.message if isinstance(exc, ApiError) else exc)

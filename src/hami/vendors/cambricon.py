@@ -5,15 +5,14 @@ Cambricon's device plugin advertises `cambricon.com/mlu.smlu.vcore` (100 per car
 ceil(vcore / 100) cards of them. A container that names no cores asks 100: a whole card,
 exclusively. The decision adds `CAMBRICON_DSMLU_ASSIGNED` and `CAMBRICON_DSMLU_PROFILE` pod
 annotations, which Cambricon's own dsmlu plugin reads, and binding takes the node annotation
-`cambricon.com/dsmlu.lock` (an RFC 3339 time, stale after two minutes) instead of HAMi's shared
-lock; the pure half of that lock lives here, the API calls in the extender.
+`cambricon.com/dsmlu.lock` (an RFC 3339 time, stale after two minutes: hami.vendors.ownlock)
+instead of HAMi's shared lock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hami.model.devices import DeviceInfo
@@ -35,7 +34,6 @@ CORES_PER_CARD = 100
 ASSIGNED = "CAMBRICON_DSMLU_ASSIGNED"
 PROFILE = "CAMBRICON_DSMLU_PROFILE"
 LOCK_KEY = "cambricon.com/dsmlu.lock"
-LOCK_EXPIRY = timedelta(minutes=2)
 
 
 @dataclass
@@ -95,43 +93,3 @@ def cambricon(raw: Any) -> list[Vendor]:
         lock_key=LOCK_KEY,
         default_cores=CORES_PER_CARD,
     )]
-
-
-# ---- the node lock: `cambricon.com/dsmlu.lock: <RFC 3339 time>` ---------------------------
-
-
-def encode_lock(at: datetime) -> str:
-    """The lock value for a lock taken at `at` (RFC 3339 in UTC, whole seconds, as Go formats it)."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def decode_lock(value: str) -> datetime | None:
-    """When the lock was taken; None for a value that is not an RFC 3339 time."""
-    text = value.strip()
-    if "T" not in text:
-        return None
-    try:
-        at = datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError:
-        return None
-    if at.tzinfo is None:  # RFC 3339 always names its offset; Go rejects a bare local time
-        return None
-    return at
-
-
-def lock_is_free(value: str | None, now: datetime) -> bool:
-    """Whether a node whose lock annotation is `value` may be locked now.
-
-    Absent, or taken more than two minutes ago: free (HAMi deletes a stale lock and takes it).
-    A value that is not a time is also free: HAMi refuses to bind to that node until someone
-    edits the annotation by hand, which only strands pods.
-    """
-    if value is None:
-        return True
-    at = decode_lock(value)
-    return at is None or now - at > LOCK_EXPIRY
-
-
-def lock_error(node: str) -> str:
-    """HAMi's error text for a node whose lock is held."""
-    return f"node {node} has been locked within 2 minutes"

@@ -23,6 +23,7 @@ from hami.scheduler import reasons as R
 from hami.vendors.base import (
     AnnotationKeys,
     IntArray,
+    LockKind,
     Need,
     NodeSource,
     Resources,
@@ -69,6 +70,7 @@ class Row:
     devcore_override: int | None = None  # HAMi forces a device's cores ("only for calscore use")
     container_name_env: str | None = None  # the webhook sets this env var to the container's name
     cores_per_device: int | None = None  # the webhook asks count × this cores when count > 1
+    lock: LockKind = LockKind.SHARED
 
 
 @dataclass
@@ -78,7 +80,7 @@ class TableVendor(Vendor):
     @staticmethod
     def of(row: Row) -> TableVendor:
         return TableVendor(name=row.name, resources=row.resources, keys=row.keys, source=row.source,
-                           default_cores=row.default_cores, row=row)
+                           default_cores=row.default_cores, lock=row.lock, row=row)
 
     @property
     def spec(self) -> Row:
@@ -275,6 +277,7 @@ def enflame_gcu(raw: Any) -> list[Vendor]:
         checks=Checks.EXCLUSIVE,
         fixed_ask=(100, 100, 100),
         capacity=Capacity(resource=count, id_word="GCU", count=1, devmem=100, devcore=100),
+        lock=LockKind.NONE,
     ))]
 
 
