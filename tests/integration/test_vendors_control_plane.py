@@ -4,6 +4,7 @@ the real kube-scheduler through our extender, with HAMi's annotations on the pod
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,34 @@ def test_mixed_cluster_places_each_vendor_by_its_rules(
                  annotations={**gpu_node_annotations(both, gpus=1, memory=24000),
                               "hami.io/node-dcu-register": dcu_registration(both, 1)})
         add_node(gcu_node, capacity={"enflame.com/gcu": "2"})
+        npu_node, mlu_node = f"{namespace}-npu", f"{namespace}-mlu"
+        npus = [{"id": f"{npu_node}-npu-{i}", "index": i, "count": 4, "devmem": 65536, "devcore": 20,
+                 "type": "Ascend910B3", "health": True, "custominfo": {"NetworkID": 0}} for i in range(2)]
+        add_node(npu_node, capacity={"huawei.com/Ascend910B3": "2"},
+                 annotations={"hami.io/node-register-Ascend910B3": json.dumps(npus),
+                              "hami.io/node-handshake-Ascend910B3": "Reported 2026-12-01 00:00:00.0 +0000 UTC"})
+        add_node(mlu_node, capacity={"cambricon.com/mlu.smlu.vcore": "200", "cambricon.com/mlu.smlu.vmemory": "128"})
+
+        # Ascend: the chip's smallest template that holds the memory (the webhook, which rounds
+        # the limit itself up to it, is not in this test: the ask stays 12000 MiB).
+        create_pod(cp, namespace, pod("npu-a", name, {"huawei.com/Ascend910B3": 1,
+                                                      "huawei.com/Ascend910B3-memory": 12000}))
+        npu_pod = bound(cp, namespace, "npu-a")
+        assert npu_pod["spec"]["nodeName"] == npu_node
+        (chosen,) = json.loads(npu_pod["metadata"]["annotations"]["huawei.com/Ascend910B3"])
+        assert chosen["temp"] == "vir05_1c_16g"
+        assert npu_pod["metadata"]["annotations"]["hami.io/Ascend910B3-devices-allocated"].endswith(
+            ",Ascend910B3,12000,0:;")
+
+        # Cambricon: memory in 256 MiB units, HAMi's profile annotation for Cambricon's plugin.
+        create_pod(cp, namespace, pod("mlu-a", name, {"cambricon.com/vmlu": 1, "cambricon.com/mlu.smlu.vmemory": 8,
+                                                      "cambricon.com/mlu.smlu.vcore": 50}))
+        mlu_pod = bound(cp, namespace, "mlu-a")
+        assert mlu_pod["spec"]["nodeName"] == mlu_node
+        held = mlu_pod["metadata"]["annotations"]["hami.io/cambricon-mlu-devices-allocated"]
+        card = held.split(",")[0].rpartition("-")[2]
+        assert held == f"{mlu_node}-cambricon-mlu-{card},MLU,2048,50:;" and card in ("0", "1")
+        assert mlu_pod["metadata"]["annotations"]["CAMBRICON_DSMLU_PROFILE"] == f"{card}_50_8"
 
         # Each vendor's pod goes where its devices are, with that vendor's annotations.
         create_pod(cp, namespace, pod("dcu-a", name, {"hygon.com/dcunum": 1, "hygon.com/dcumem": 4000,
