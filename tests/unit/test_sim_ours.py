@@ -11,7 +11,7 @@ from hami.scheduler.state import ClusterState
 from hami.sim.fill import run_sequence
 from hami.sim.frag import Layout
 from hami.sim.policies import POLICIES
-from hami.sim.policies.ours import Pressure, feed_rates, unfed
+from hami.sim.policies.ours import Pressure, cpu_load, feed_rates, unfed
 from hami.sim.workload import Workload, build_cluster, load_workload
 
 
@@ -38,6 +38,21 @@ def test_feed_rates_count_gpu_tasks_only(tmp_path: Path) -> None:
                  "p,4000,2048,1,500,\nq,12000,6144,1,1000,\nc,32000,1024,0,0,\n")
     assert feed_rates(w.tasks) == pytest.approx((16000 / 1500, 8192 / 1500))
 
+
+
+def test_cpu_only_tasks_join_the_feed_rates_when_cpu_runs_short(tmp_path: Path) -> None:
+    # One node: 2 GPUs and 16 CPUs, 8 milli-CPU per milli-GPU. A GPU task: 4 CPUs and 1 GiB for
+    # 1,000 milli-GPU. With a CPU-only task of 20 CPUs (and 3 GiB) the workload needs 24 milli-CPU
+    # per milli-GPU, 3 times what the cluster has: half of the CPU-only task's CPU and memory
+    # joins the rates, 4 + 10 = 14 and 1.024 + 1.536 = 2.56. A CPU-only task of 2 CPUs makes the
+    # load 6 / 8 = 0.75, under 0.9: the GPU tasks' rates alone.
+    heavy = workload(tmp_path, "A,16000,65536,2,T4\n", "g,4000,1024,1,1000,\nc,20000,3072,0,0,\n")
+    layout = Layout.of(ClusterState(build_cluster(heavy.nodes)))
+    assert cpu_load(heavy.tasks, layout) == pytest.approx(3.0)
+    assert feed_rates(heavy.tasks, layout) == pytest.approx((14.0, 2.56))
+    light = workload(tmp_path, "A,16000,65536,2,T4\n", "g,4000,1024,1,1000,\nc,2000,3072,0,0,\n")
+    assert cpu_load(light.tasks, layout) == pytest.approx(0.75)
+    assert feed_rates(light.tasks, layout) == pytest.approx((4.0, 1.024))
 
 def test_kind_pressure_by_hand(tmp_path: Path) -> None:
     # Kinds: T4 (two 2-GPU nodes, 4,000 milli) and V100M32 (one 8-GPU node, 8,000). A task that

@@ -12,7 +12,9 @@ that near-ties still fall to the first node in the fixed order (which is what pa
    min(cpu_free / cpu_per_gpu, mem_free / mem_per_gpu); the rest is unfed. The cost is the
    growth of the unfed GPU, times UNFED_WEIGHT: CPU-hungry tasks (and CPU-only ones) go where
    CPU is plentiful, CPU-light ones where it is short. FGD sees CPU only as a cliff (a node
-   that cannot host a class's CPU at all).
+   that cannot host a class's CPU at all). When the workload's CPU nears the cluster's
+   (openb cpu235, cpu300), the CPU-only tasks compete for the same CPU: half of theirs joins
+   the rates (`feed_rates`).
 2. **Scarce node kinds** (`Pressure`). FGD is local: it does not know that other tasks can run
    only on some node kinds (a GPU model asked for by name, the only nodes with enough CPU for
    a large task). Every task type spreads its share of the demand over the free capacity of
@@ -45,13 +47,38 @@ SUMMARY = "ours: FGD over every class + GPU that CPU/memory cannot feed + demand
 BoolArray = npt.NDArray[np.bool_]
 
 
-def feed_rates(tasks: Tasks) -> tuple[float, float]:
-    """(milli-CPU, MiB) per milli-GPU of the workload's GPU tasks, taken together."""
+def feed_rates(tasks: Tasks, layout: Layout | None = None) -> tuple[float, float]:
+    """(milli-CPU, MiB) per milli-GPU that the free GPU will need from its node.
+
+    The GPU tasks' own rates, taken together. When the workload's CPU, CPU-only tasks included,
+    nears what the cluster has per GPU (`cpu_load`, given the `layout`), the CPU-only tasks
+    compete for the same CPU, so part of their CPU and memory joins the rates: none up to a
+    load of LOAD_FROM, half of it from LOAD_FULL on (tuned on the openb variants: all of it
+    refuses multi-GPU tasks early, see docs/simulation.md).
+    """
     gpu = tasks.num_gpu > 0
     demand = float(tasks.gpu_demand_milli[gpu].sum())
     if demand == 0:
         return float("inf"), float("inf")
-    return float(tasks.cpu_milli[gpu].sum()) / demand, float(tasks.memory_mib[gpu].sum()) / demand
+    cpu, mem = float(tasks.cpu_milli[gpu].sum()) / demand, float(tasks.memory_mib[gpu].sum()) / demand
+    if layout is None:
+        return cpu, mem
+    share = CPU_ONLY_SHARE * float(np.clip((cpu_load(tasks, layout) - LOAD_FROM) / (LOAD_FULL - LOAD_FROM), 0, 1))
+    cpu_all, mem_all = float(tasks.cpu_milli.sum()) / demand, float(tasks.memory_mib.sum()) / demand
+    return cpu + share * (cpu_all - cpu), mem + share * (mem_all - mem)
+
+
+LOAD_FROM, LOAD_FULL, CPU_ONLY_SHARE = 0.9, 1.0, 0.5
+
+
+def cpu_load(tasks: Tasks, layout: Layout) -> float:
+    """The workload's CPU per milli-GPU (every task) over the cluster's: above 1, CPU runs out
+    before GPU does."""
+    demand = float(tasks.gpu_demand_milli.sum())
+    node_cpu = float(np.asarray([layout.kinds[k][2] for k in layout.kind.tolist()], dtype=np.float64).sum())
+    if demand == 0 or node_cpu == 0:
+        return 0.0
+    return (float(tasks.cpu_milli.sum()) / demand) / (node_cpu / layout.capacity_milli)
 
 
 def unfed(gpu_free: FloatArray, cpu_free: FloatArray, mem_free: FloatArray, cpu_per_gpu: float,
@@ -145,7 +172,7 @@ class FGDBalance(FGD):
 
     def __init__(self, sim: SimContext, classes: Classes | None = None):
         super().__init__(sim, classes if classes is not None else Classes.of(sim.tasks, sim.layout, coverage=1.0))
-        self.cpu_per_gpu, self.mem_per_gpu = feed_rates(sim.tasks)
+        self.cpu_per_gpu, self.mem_per_gpu = feed_rates(sim.tasks, sim.layout)
         self.pressure = Pressure(sim.layout, sim.tasks)
 
     def pick(self, state: ClusterState, shape: Shape, growth: FloatArray, nodes: IntArray, rows: IntArray) -> int:
