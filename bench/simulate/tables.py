@@ -47,6 +47,7 @@ def ablation_specs() -> dict[str, PolicySpec]:
     variants = {
         "no unfed GPU": with_weights(0.0, w[1], w[2]),
         "unfed: CPU only": with_weights(*w, memory=False),
+        "no CPU-only tasks in the rates": with_weights(*w, cpu_only=False),
         "no kind pressure": with_weights(w[0], 0.0, w[2]),
         "no empty-node guard": with_weights(w[0], w[1], 0.0),
         "95% of classes": with_weights(*w, every_class=False),

@@ -192,7 +192,7 @@ class FGDBalance(FGD):
 
 
 def with_weights(unfed_weight: float, pressure_weight: float, guard_weight: float, every_class: bool = True,
-                 memory: bool = True) -> type[FGDBalance]:
+                 memory: bool = True, cpu_only: bool = True) -> type[FGDBalance]:
     """The policy with other weights (0 turns a part off): for the ablation."""
 
     class Variant(FGDBalance):
@@ -202,6 +202,8 @@ def with_weights(unfed_weight: float, pressure_weight: float, guard_weight: floa
 
         def __init__(self, sim: SimContext):
             super().__init__(sim, None if every_class else sim.classes)
+            if not cpu_only:
+                self.cpu_per_gpu, self.mem_per_gpu = feed_rates(sim.tasks)
             if not memory:
                 self.mem_per_gpu = float("inf")
 
