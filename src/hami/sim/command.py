@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_OUT = "simulation"
-DEFAULT_SEEDS = 3  # every policy x 3 seeds takes a few minutes on two cores; the documented tables use 10
+DEFAULT_SEEDS = 3  # every policy x 3 seeds: about two minutes on two cores (docs/benchmarks.md)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", action="append", metavar="NAME",
                         help="policy to run (repeatable; default: all). See --list-policies")
     parser.add_argument("--seeds", type=int, default=None,
-                        help="seeds per policy for the fill (default 3; the tables in docs/simulation.md use 10)")
+                        help="seeds per policy for the fill (default 3)")
     parser.add_argument("--experiment", choices=["fill", "replay", "all"], default="fill",
                         help="fill (default): tasks arrive until demand reaches --until x capacity; replay: the "
                              "trace's own arrival and deletion times; all: both")
