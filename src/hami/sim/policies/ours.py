@@ -13,8 +13,8 @@ that near-ties still fall to the first node in the fixed order (which is what pa
    growth of the unfed GPU, times UNFED_WEIGHT: CPU-hungry tasks (and CPU-only ones) go where
    CPU is plentiful, CPU-light ones where it is short. FGD sees CPU only as a cliff (a node
    that cannot host a class's CPU at all). When the workload's CPU nears the cluster's
-   (openb cpu235, cpu300), the CPU-only tasks compete for the same CPU: half of theirs joins
-   the rates (`feed_rates`).
+   (openb cpu235, cpu300), the CPU-only tasks compete for the same CPU: up to half of theirs
+   joins the rates (`feed_rates`).
 2. **Scarce node kinds** (`Pressure`). FGD is local: it does not know that other tasks can run
    only on some node kinds (a GPU model asked for by name, the only nodes with enough CPU for
    a large task). Every task type spreads its share of the demand over the free capacity of
@@ -45,6 +45,7 @@ from hami.sim.trace import Tasks
 NAME = "fgd-balance"
 SUMMARY = "ours: FGD over every class + GPU that CPU/memory cannot feed + demand on scarce node kinds"
 BoolArray = npt.NDArray[np.bool_]
+LOAD_FROM, LOAD_FULL, CPU_ONLY_SHARE = 0.9, 1.0, 0.5  # feed_rates: the CPU-only tasks' share, by CPU load
 
 
 def feed_rates(tasks: Tasks, layout: Layout | None = None) -> tuple[float, float]:
@@ -66,9 +67,6 @@ def feed_rates(tasks: Tasks, layout: Layout | None = None) -> tuple[float, float
     share = CPU_ONLY_SHARE * float(np.clip((cpu_load(tasks, layout) - LOAD_FROM) / (LOAD_FULL - LOAD_FROM), 0, 1))
     cpu_all, mem_all = float(tasks.cpu_milli.sum()) / demand, float(tasks.memory_mib.sum()) / demand
     return cpu + share * (cpu_all - cpu), mem + share * (mem_all - mem)
-
-
-LOAD_FROM, LOAD_FULL, CPU_ONLY_SHARE = 0.9, 1.0, 0.5
 
 
 def cpu_load(tasks: Tasks, layout: Layout) -> float:
