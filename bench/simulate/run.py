@@ -1,7 +1,7 @@
-"""The simulator benchmark: the full default fill (every policy x 10 seeds) timed end to end.
+"""The simulator benchmark: the full default fill (every policy x 3 seeds) timed end to end.
 
 Run from the repository root with the venv's python: `python -m bench.simulate.run [--out DIR]`.
-It runs `hami simulate` as a user would (default trace, all policies, 10 seeds) and prints the
+It runs `hami simulate` as a user would (default trace, all policies, its default seeds) and prints the
 wall time, the tasks per second and the allocation table; docs/benchmarks.md records them.
 """
 
@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 from hami.cli import main
+from hami.sim.command import DEFAULT_SEEDS
 
 
 def run() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("simulation-bench"))
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS)
     args = parser.parse_args()
     started = time.perf_counter()
     code = main(["simulate", "--seeds", str(args.seeds), "--out", str(args.out)])

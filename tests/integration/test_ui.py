@@ -64,7 +64,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("simulate")
     # The trace sample in the repository, named relative to it: the page (and its screenshot) shows it.
     subprocess.run([sys.executable, "-m", "hami", "simulate", "--trace", SAMPLE_TRACE, "--seeds", "3",
-                    "--policy", "hami-binpack", "--policy", "hami-spread", "--policy", "fgd-pack", "--jobs", "1",
+                    "--policy", "hami-binpack", "--policy", "hami-spread", "--policy", "fgd-balance", "--jobs", "1",
                     "--out", str(out)], check=True, capture_output=True, timeout=300, cwd=REPO)
     return out / "report.json"
 

@@ -101,7 +101,7 @@ def test_no_overcommit_at_any_step_and_ratio_at_most_one(name: str) -> None:
     assert (result.frag >= 0).all() and (result.frag <= 1).all()
 
 
-@pytest.mark.parametrize("name", ["random", "fgd", "fgd-pack"])
+@pytest.mark.parametrize("name", ["random", "fgd", "fgd-balance"])
 def test_same_seed_same_run(name: str) -> None:
     a = run_fill(sample(), POLICIES[name], seed=5)
     b = run_fill(sample(), POLICIES[name], seed=5)
@@ -135,9 +135,10 @@ def test_fgd_picks_the_gpu_that_leaves_no_fragment(tmp_path: Path) -> None:
         "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np,100,10,1,500\nq,100,10,1,200\n"
     )
     w = load_workload(tmp_path / "pods.csv", tmp_path / "nodes.csv", None)
-    state, placed = run_sequence(w, POLICIES["fgd"], [1, 0])
-    assert placed == ["A", "A"]
-    assert sorted(usage(state).values()) == [20, 50]  # not 70 on one GPU
+    for name in ("fgd", "fgd-exact", "fgd-balance"):  # 150 milli of growth is 4 score points
+        state, placed = run_sequence(w, POLICIES[name], [1, 0])
+        assert placed == ["A", "A"]
+        assert sorted(usage(state).values()) == [20, 50], name  # not 70 on one GPU
     state, _ = run_sequence(w, POLICIES["hami-binpack"], [1, 0])
     assert sorted(usage(state).values()) == [70]  # binpack stacks them
 
@@ -217,7 +218,7 @@ def test_unknown_policy() -> None:
     assert main(["simulate", "--policy", "nope", "--trace", str(SAMPLE / "openb_pod_list_default.csv")]) == 2
 
 
-@pytest.mark.parametrize("name", ["hami-binpack", "fgd-pack"])
+@pytest.mark.parametrize("name", ["hami-binpack", "fgd", "fgd-balance"])
 def test_fill_places_as_engine_schedule_does(name: str) -> None:
     # The fill's fast path (one PodContext per task class) must decide exactly as engine.schedule.
     w = sample()
@@ -226,7 +227,7 @@ def test_fill_places_as_engine_schedule_does(name: str) -> None:
     order: list[int] = []
     while len(order) < result.tasks:
         order += draw.integers(len(w.tasks), size=256).tolist()
-    state, placed = run_sequence(w, POLICIES[name], order[: result.tasks], seed=11)
+    state, placed = run_sequence(w, POLICIES[name], order[: result.tasks], seed=11, node_seed=11)
     assert int(state.usedcores.sum()) * 10 / (int(state.totalcore.sum()) * 10) == pytest.approx(result.allocated[-1])
     assert sum(p is None for p in placed) > 0  # the run goes past full: some tasks fail
 

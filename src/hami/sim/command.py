@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_OUT = "simulation"
+DEFAULT_SEEDS = 3  # every policy x 3 seeds: about two minutes on two cores (docs/benchmarks.md)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,10 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="node list CSV (default: openb_node_list_gpu_node.csv next to the trace)")
     parser.add_argument("--policy", action="append", metavar="NAME",
                         help="policy to run (repeatable; default: all). See --list-policies")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per policy for the fill (default 10)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds per policy for the fill (default 3)")
     parser.add_argument("--experiment", choices=["fill", "replay", "all"], default="fill",
                         help="fill (default): tasks arrive until demand reaches --until x capacity; replay: the "
                              "trace's own arrival and deletion times; all: both")
+    parser.add_argument("--arrival", choices=["sample", "authors"], default="sample",
+                        help="fill: arrival order. sample (default): tasks drawn at random with replacement; "
+                             "authors: the FGD authors' order, every trace task once shuffled, then drawn at random")
     parser.add_argument("--until", type=float, default=1.1,
                         help="fill: stop when arrived GPU demand reaches this multiple of capacity (default 1.1)")
     parser.add_argument("--speedup", type=float, default=1.0,
@@ -51,6 +56,7 @@ _WORKLOAD: Any = None  # the workload, shared with forked workers
 
 
 _SPEEDUP = 1.0
+_ARRIVAL = "sample"
 
 
 def _fill_job(job: tuple[str, int, float, int]) -> Any:
@@ -58,7 +64,7 @@ def _fill_job(job: tuple[str, int, float, int]) -> Any:
     from hami.sim.policies import POLICIES
 
     name, seed, until, split = job
-    return run_fill(_WORKLOAD, POLICIES[name], seed, until=until, split_count=split)
+    return run_fill(_WORKLOAD, POLICIES[name], seed, until=until, split_count=split, arrival=_ARRIVAL)
 
 
 def _replay_job(job: tuple[str, int, float, int]) -> Any:
@@ -103,7 +109,7 @@ def _subsample(workload: Any, every: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    global _WORKLOAD, _SPEEDUP
+    global _WORKLOAD, _SPEEDUP, _ARRIVAL
     from hami.errors import HamiError
     from hami.sim import report
     from hami.sim.plot import plot_fill, plot_replay
@@ -120,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{spec.name:<14} {spec.summary}")
         return 0
     names = [policy(n).name for n in args.policy] if args.policy else list(POLICIES)
-    seeds = args.seeds if args.seeds is not None else (2 if args.quick else 10)
+    seeds = args.seeds if args.seeds is not None else (2 if args.quick else DEFAULT_SEEDS)
     if seeds < 1:
         raise HamiError("--seeds must be at least 1")
     if not 0 < args.until <= 3:
@@ -128,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     if args.speedup <= 0:
         raise HamiError("--speedup must be positive")
     _SPEEDUP = args.speedup
+    _ARRIVAL = args.arrival
     if args.split_count < 1:
         raise HamiError("--split-count must be at least 1")
     trace_dir = None if args.trace else default_trace_dir(Path(__file__).resolve().parent)
@@ -151,13 +158,25 @@ def run(args: argparse.Namespace) -> int:
         jobs = [(n, s, args.until, args.split_count) for s in range(seeds) for n in names]
         results = _run_jobs(_fill_job, jobs, processes, "fill")
         policies = {}
+        # The built-in model is the default trace's, so its figures compare with the default's.
+        published = None if args.quick else "default" if builtin else report.published_trace(workload.tasks.source)
         for n in names:
             mine = sorted((r for r in results if r.policy == n), key=lambda r: r.seed)
             policies[n] = report.fill_summary(mine, args.until)
             tasks_done += policies[n]["tasks"]
+            paper = POLICIES[n].paper
+            figures = {m: report.published_figure(published, paper, m) for m in report.MULTIPLES}
+            if paper and any(figures.values()):
+                policies[n]["published_as"] = paper
+                policies[n]["published"] = {m: list(v) for m, v in figures.items() if v}
         out["until"] = args.until
+        out["arrival"] = args.arrival
+        out["published_trace"] = published
         out["policies"] = policies
         print(report.fill_table(policies))
+        if published:
+            print(f"PAPER: the FGD authors' published figure for trace {published!r} (mean ±sd of their 10 seeds), "
+                  "where the policy is theirs")
         plot_fill(policies, f"fill, {seeds} seeds: {trace_key}", args.out / "allocation.png")
     if args.experiment in ("replay", "all"):
         if workload.tasks.creation is None:

@@ -1,6 +1,12 @@
 """The fill experiment of "Beware of Fragmentation": tasks drawn from the workload arrive one by
 one, nothing leaves, until the arrived GPU demand reaches a multiple of the cluster's capacity.
 
+Arrival order, per seed: "sample" (default) draws every task at random from the workload's
+tasks, with replacement; "authors" is the authors' simulator's order: every task of the trace
+once, shuffled, then tasks drawn at random (their `--shuffle-pod` and workload tuning).
+The cluster's nodes are in a random order per seed as well (`ordered_nodes`), which is the
+fixed order that policies break ties by.
+
 After every arrival: allocation ratio (allocated GPU capacity / total) and the share of arrived GPU
 demand that could not be placed; at every 1% of capacity also the fragmentation (hami.sim.frag).
 """
@@ -8,7 +14,7 @@ demand that could not be placed; at every 1% of capacity also the fragmentation 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,10 +24,11 @@ from hami.scheduler.engine import commit, schedule
 from hami.scheduler.state import ClusterState
 from hami.sim.frag import Classes, Layout, node_fragmentation
 from hami.sim.policies.base import PolicySpec, SimContext
-from hami.sim.workload import Placer, Workload, build_cluster, pod_request
+from hami.sim.workload import Placer, Workload, build_cluster, ordered_nodes, pod_request
 
 FloatArray = npt.NDArray[np.float64]
 STEP = 0.01  # checkpoints every 1% of cluster GPU capacity
+ARRIVALS = ("sample", "authors")
 
 
 @dataclass
@@ -50,9 +57,10 @@ def run_fill(
     until: float = 1.1,
     split_count: int = 10,
     check: Callable[[ClusterState], None] | None = None,
+    arrival: str = "sample",
 ) -> FillResult:
     started = time.perf_counter()
-    state = ClusterState(build_cluster(workload.nodes, split_count))
+    state = ClusterState(build_cluster(ordered_nodes(workload.nodes, seed), split_count))
     layout = Layout.of(state)
     tasks = workload.tasks
     classes = Classes.of(tasks, layout)
@@ -60,7 +68,7 @@ def run_fill(
         SimContext(layout=layout, classes=classes, tasks=tasks, rng=np.random.default_rng([seed, 1]))
     )
     placer = Placer(state, tasks, spec.defaults, chooser)
-    draw = np.random.default_rng(seed)
+    arrivals = arrival_order(len(tasks), seed, arrival)
     capacity = layout.capacity_milli
     demand_of = tasks.gpu_demand_milli
     arrived_l: list[float] = []
@@ -71,8 +79,7 @@ def run_fill(
     next_checkpoint = STEP
     n = 0
     while arrived < until * capacity:
-        batch = draw.integers(len(tasks), size=256).tolist()
-        for t in batch:
+        for t in next(arrivals):
             if arrived >= until * capacity:
                 break
             placed = placer.place(f"t{n}", t)
@@ -102,12 +109,26 @@ def run_fill(
     )
 
 
+def arrival_order(n: int, seed: int, arrival: str = "sample") -> Iterator[list[int]]:
+    """Batches of task indices in the order they arrive (endless)."""
+    draw = np.random.default_rng(seed)
+    if arrival == "authors":
+        yield draw.permutation(n).tolist()
+    elif arrival != "sample":
+        raise ValueError(f"unknown arrival order {arrival!r} (choose from: {', '.join(ARRIVALS)})")
+    while True:
+        yield draw.integers(n, size=256).tolist()
+
+
 def run_sequence(
-    workload: Workload, spec: PolicySpec, order: list[int], split_count: int = 10, seed: int = 0
+    workload: Workload, spec: PolicySpec, order: list[int], split_count: int = 10, seed: int = 0,
+    node_seed: int | None = None,
 ) -> tuple[ClusterState, list[str | None]]:
     """Place the workload's tasks in the given order (no departures); the final state and each
-    task's node (None when it could not be placed). For checks by hand."""
-    state = ClusterState(build_cluster(workload.nodes, split_count))
+    task's node (None when it could not be placed). For checks by hand: the nodes stay in the
+    list's order unless `node_seed` orders them as the fill with that seed does."""
+    nodes = workload.nodes if node_seed is None else ordered_nodes(workload.nodes, node_seed)
+    state = ClusterState(build_cluster(nodes, split_count))
     layout = Layout.of(state)
     classes = Classes.of(workload.tasks, layout)
     chooser = spec.chooser(

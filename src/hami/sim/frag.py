@@ -6,13 +6,17 @@ fragment when the class cannot use it:
 - if m cannot run on n at all (model not allowed, too little free CPU, no GPU with enough free
   share, too few fully free GPUs): every free milli-GPU of n is fragment;
 - else the free capacity of each GPU whose free share is below what m takes from one GPU
-  (gpu_milli for a sharing task, 1000 for a whole-GPU task; nothing for a CPU-only task).
-F_n(M) = sum over m of p_m * F_n(m). FGD places each task where F grows least.
+  (gpu_milli for a sharing task, 1000 for a whole-GPU task).
+A CPU-only class uses no GPU at all, so to it every free milli-GPU is fragment, whatever the
+node's CPU (the rule of the authors' simulator, `GetNodePodFrag`: its published figures, the
+FRAG metric included, count it so). `Classes.of(..., cpu_only_rule="exact")` gives the reading
+we used before: a CPU-only class finds fragment only where it lacks CPU.
+F_n(M) = sum over m of p_m * F_n(m).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +38,8 @@ class Layout:
     model: IntArray  # (nodes,) model id
     models: list[str]
     capacity_milli: int
+    kind: IntArray  # (nodes,) node kind id: same model, GPU count, CPU and memory capacity
+    kinds: list[tuple[int, int, int, int]]  # per kind: (model id, GPUs, CPU milli, memory MiB)
 
     @staticmethod
     def of(state: ClusterState) -> Layout:
@@ -47,7 +53,12 @@ class Layout:
         models = sorted(set(types))
         model = np.asarray([models.index(t) for t in types], dtype=np.int64)
         names = [t.removeprefix("openb/").rstrip("/") for t in models]
-        return Layout(rows=rows, model=model, models=names, capacity_milli=int(state.totalcore.sum()) * 10)
+        keys = list(zip(model.tolist(), state.sizes.tolist(), state.node_cpu.tolist(), state.node_memory.tolist(),
+                        strict=True))
+        kinds = sorted(set(keys))
+        index = {k: i for i, k in enumerate(kinds)}
+        return Layout(rows=rows, model=model, models=names, capacity_milli=int(state.totalcore.sum()) * 10,
+                      kind=np.asarray([index[k] for k in keys], dtype=np.int64), kinds=kinds)
 
     def free_milli(self, state: ClusterState) -> IntArray:
         """(nodes, width) free milli-GPU of every GPU (0 for padding)."""
@@ -70,6 +81,19 @@ class Classes:
     access: npt.NDArray[np.bool_]  # (classes, models): may the class run on that model
     weight: IntArray  # popularity as integer weights, so that equal fragmentations compare equal
     total: int
+    cpu_only_all_free: bool = True  # the authors' rule: every free GPU is fragment to a CPU-only class
+    # Derived once, for `fragmentation`: which classes share one GPU, which use none, access
+    # by model as (models, classes), and the weights as floats (integer sums stay exact).
+    share: npt.NDArray[np.bool_] = field(init=False, repr=False, compare=False)
+    cpu_only: npt.NDArray[np.bool_] = field(init=False, repr=False, compare=False)
+    access_by_model: npt.NDArray[np.bool_] = field(init=False, repr=False, compare=False)
+    weight_f: FloatArray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "share", (self.num_gpu == 1) & (self.milli < FULL))
+        object.__setattr__(self, "cpu_only", self.num_gpu == 0)
+        object.__setattr__(self, "access_by_model", np.ascontiguousarray(self.access.T))
+        object.__setattr__(self, "weight_f", self.weight.astype(np.float64))
 
     @property
     def p(self) -> FloatArray:
@@ -77,17 +101,24 @@ class Classes:
         return out
 
     @staticmethod
-    def of(tasks: Tasks, layout: Layout, coverage: float = 0.95, weight: str = "count") -> Classes:
-        """The most popular classes that cover `coverage` of the tasks (as the authors' simulator does).
+    def of(
+        tasks: Tasks, layout: Layout, coverage: float = 0.95, weight: str = "count", cpu_only_rule: str = "authors"
+    ) -> Classes:
+        """The most popular classes that cover `coverage` of the tasks (as the authors' simulator does:
+        classes keyed by CPU, share, GPU count and models, most popular first, ties in a fixed order).
 
         weight "count" is the paper's popularity; "demand" weighs each class by its GPU demand too.
+        cpu_only_rule "authors" counts every free GPU as fragment to a CPU-only class; "exact"
+        only when the node lacks the class's CPU.
         """
         counts: dict[tuple[int, int, str, int], int] = {}
         for key in zip(tasks.num_gpu.tolist(), tasks.gpu_milli.tolist(), tasks.gpu_spec,
                        tasks.cpu_milli.tolist(), strict=True):
             w = 1 if weight == "count" else 1 + key[0] * key[1] // 100
             counts[key] = counts.get(key, 0) + w
-        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        # Most popular first; ties as the authors' sort.Reverse order them: larger CPU, share,
+        # GPU count, model string first. The order decides which classes make the cut.
+        ordered = sorted(counts.items(), key=lambda kv: (kv[1], kv[0][3], kv[0][1], kv[0][0], kv[0][2]), reverse=True)
         total = sum(counts.values())
         chosen: list[tuple[tuple[int, int, str, int], int]] = []
         cum = 0
@@ -110,6 +141,7 @@ class Classes:
             access=access,
             weight=weights,
             total=int(weights.sum()),
+            cpu_only_all_free=cpu_only_rule == "authors",
         )
 
 
@@ -131,14 +163,14 @@ def fragmentation(
 ) -> FloatArray:
     """F(M) per entry, from per-entry summaries: total free, per-class sum below need, the largest
     free share of one GPU, the number of fully free GPUs, free CPU and the GPU model."""
-    n, m, c = classes.num_gpu, classes.milli, classes.cpu
-    gpu_ok = np.where(
-        n == 0, True, np.where((n == 1) & (m < FULL), max_free[:, None] >= m, full_free[:, None] >= n)
-    )
-    ok = classes.access[:, model].T & (cpu_free[:, None] >= c) & gpu_ok
-    frag = np.where(ok, below_sum, total[:, None])
-    # Integer sums, divided once: equal fragmentations stay exactly equal (ties matter to FGD).
-    out: FloatArray = (frag @ classes.weight) / classes.total
+    gpu_ok = np.where(classes.share, max_free[:, None] >= classes.milli, full_free[:, None] >= classes.num_gpu)
+    if classes.cpu_only_all_free:
+        gpu_ok &= ~classes.cpu_only
+    ok = classes.access_by_model[model] & (cpu_free[:, None] >= classes.cpu) & gpu_ok
+    # Integer amounts, summed exactly in floating point (they stay far below 2**53): equal
+    # fragmentations compare equal.
+    frag = np.where(ok, below_sum, total[:, None]).astype(np.float64)
+    out: FloatArray = (frag @ classes.weight_f) / classes.total
     return out
 
 

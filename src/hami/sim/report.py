@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hami.sim.fill import FillResult
+from hami.sim.published import PUBLISHED
 from hami.sim.replay import ReplayResult
 
 MULTIPLES = ("0.9", "1.0", "1.1")
@@ -55,8 +57,22 @@ def replay_summary(result: ReplayResult) -> dict[str, Any]:
     }
 
 
+def published_trace(source: str) -> str | None:
+    """The name of a trace in the authors' published results ("default", "gpushare40", …), if any."""
+    stem = Path(source).name.removesuffix(".csv")
+    name = stem.removeprefix("openb_pod_list_")
+    return name if name != stem and name in PUBLISHED else None
+
+
+def published_figure(trace: str | None, paper_name: str | None, multiple: str = "1.0") -> tuple[float, float] | None:
+    """(mean, sd) in % of the authors' published allocation ratio, where they published one."""
+    if trace is None or paper_name is None:
+        return None
+    return PUBLISHED.get(trace, {}).get(paper_name, {}).get(multiple)
+
+
 def fill_table(policies: dict[str, dict[str, Any]]) -> str:
-    head = ["POLICY", "ALLOC@0.9", "ALLOC@1.0", "ALLOC@1.1", "UNALLOC@1.0", "FRAG@1.0"]
+    head = ["POLICY", "ALLOC@0.9", "ALLOC@1.0", "ALLOC@1.1", "UNALLOC@1.0", "FRAG@1.0", "PAPER@1.0"]
     rows = []
     for name, s in policies.items():
         a, sd = s["allocation_ratio"], s["allocation_ratio_std"]
@@ -67,6 +83,8 @@ def fill_table(policies: dict[str, dict[str, Any]]) -> str:
         f = s["fragmentation_share"].get("1.0")
         cells.append(f"{100 * u:.2f}%" if u is not None else "-")
         cells.append(f"{100 * f:.2f}%" if f is not None else "-")
+        paper = s.get("published", {}).get("1.0")
+        cells.append(f"{paper[0]:.2f}% ±{paper[1]:.2f} ({s['published_as']})" if paper else "-")
         rows.append(cells)
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]

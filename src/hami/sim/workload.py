@@ -53,6 +53,29 @@ def build_cluster(nodes: Nodes, split_count: int = SPLIT_COUNT) -> list[NodeDevi
     return cluster
 
 
+def ordered_nodes(nodes: Nodes, seed: int) -> Nodes:
+    """The nodes in a random order drawn from `seed`, each name prefixed with its place ("0042-…").
+
+    The authors' simulator does the same (`syncClusterResourceList`: a random permutation as a
+    `%04d-` prefix), and every tie between nodes then falls to the smallest name: a fixed random
+    priority. Without it ties follow the node list's order, which the trace sorts by GPU model
+    and a rebuilt cluster groups by node kind, and policies that break ties by order would
+    measure the list rather than themselves.
+    """
+    n = len(nodes.names)
+    order = np.random.default_rng([seed, 2]).permutation(n)
+    width = max(4, len(str(n - 1)))
+    keep = order.tolist()
+    return Nodes(
+        source=nodes.source,
+        names=[f"{place:0{width}d}-{nodes.names[i]}" for place, i in enumerate(keep)],
+        cpu_milli=nodes.cpu_milli[order],
+        memory_mib=nodes.memory_mib[order],
+        gpus=nodes.gpus[order],
+        models=[nodes.models[i] for i in keep],
+    )
+
+
 def share_percent(gpu_milli: int) -> int:
     """gpu_milli of one GPU → HAMi gpucores (and gpumem-percentage): ceil(m / 10) percent."""
     return -(-gpu_milli // 10)

@@ -33,6 +33,7 @@ class Shape:
     num_gpu: int
     milli: int  # per GPU: share for a sharing task, 1000 for whole GPUs, 0 for CPU-only
     cpu: int
+    memory: int = 0  # MiB of node memory
 
     @property
     def sharing(self) -> bool:
@@ -42,9 +43,9 @@ class Shape:
 def shape_of(ctx: PodContext) -> Shape:
     requests = [c for c in ctx.pod.containers if c.wants_devices]
     if not requests:
-        return Shape(0, 0, ctx.pod.cpu_milli)
+        return Shape(0, 0, ctx.pod.cpu_milli, ctx.pod.memory_mib)
     r = requests[0]
-    return Shape(r.nums, min(r.coresreq, 100) * 10, ctx.pod.cpu_milli)
+    return Shape(r.nums, min(r.coresreq, 100) * 10, ctx.pod.cpu_milli, ctx.pod.memory_mib)
 
 
 def fitting_devices(state: ClusterState, ctx: PodContext, fitting: IntArray) -> BoolArray:
@@ -85,6 +86,7 @@ class PolicySpec:
     summary: str
     defaults: PolicyDefaults
     make: Callable[[SimContext], Chooser]
+    paper: str | None = None  # the policy's name in the FGD authors' published results, if it is theirs
 
     def chooser(self, sim: SimContext) -> Chooser:
         return self.make(sim)

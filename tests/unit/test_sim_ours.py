@@ -1,0 +1,120 @@
+"""Our policy, fgd-balance: its two terms computed by hand, and the placements they change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hami.scheduler.state import ClusterState
+from hami.sim.fill import run_sequence
+from hami.sim.frag import Layout
+from hami.sim.policies import POLICIES
+from hami.sim.policies.ours import Pressure, cpu_load, feed_rates, unfed
+from hami.sim.workload import Workload, build_cluster, load_workload
+
+
+def workload(tmp_path: Path, nodes: str, pods: str) -> Workload:
+    (tmp_path / "nodes.csv").write_text("sn,cpu_milli,memory_mib,gpu,model\n" + nodes)
+    (tmp_path / "pods.csv").write_text("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n" + pods)
+    return load_workload(tmp_path / "pods.csv", tmp_path / "nodes.csv", None)
+
+
+def test_unfed_gpu_by_hand() -> None:
+    # 8 milli-CPU and 4 MiB per milli-GPU. 2,000 free milli-GPU with 12 CPUs: CPU feeds 1,500,
+    # memory (16 GiB) 4,096: 500 unfed. With 20 CPUs and 4 GiB memory feeds only 1,024: 976.
+    # Plenty of both: nothing unfed.
+    gpu = np.asarray([2000.0, 2000.0, 2000.0])
+    cpu = np.asarray([12000.0, 20000.0, 64000.0])
+    mem = np.asarray([16384.0, 4096.0, 65536.0])
+    assert unfed(gpu, cpu, mem, 8.0, 4.0).tolist() == [500.0, 976.0, 0.0]
+
+
+def test_feed_rates_count_gpu_tasks_only(tmp_path: Path) -> None:
+    # GPU tasks: 4 CPUs and 2 GiB for 500 milli-GPU, 12 CPUs and 6 GiB for 1,000: 16,000 milli-CPU
+    # and 8,192 MiB for 1,500 milli-GPU. The CPU-only task does not count.
+    w = workload(tmp_path, "A,64000,65536,2,T4\n",
+                 "p,4000,2048,1,500,\nq,12000,6144,1,1000,\nc,32000,1024,0,0,\n")
+    assert feed_rates(w.tasks) == pytest.approx((16000 / 1500, 8192 / 1500))
+
+
+
+def test_cpu_only_tasks_join_the_feed_rates_when_cpu_runs_short(tmp_path: Path) -> None:
+    # One node: 2 GPUs and 16 CPUs, 8 milli-CPU per milli-GPU. A GPU task: 4 CPUs and 1 GiB for
+    # 1,000 milli-GPU. With a CPU-only task of 20 CPUs (and 3 GiB) the workload needs 24 milli-CPU
+    # per milli-GPU, 3 times what the cluster has: half of the CPU-only task's CPU and memory
+    # joins the rates, 4 + 10 = 14 and 1.024 + 1.536 = 2.56. A CPU-only task of 2 CPUs makes the
+    # load 6 / 8 = 0.75, under 0.9: the GPU tasks' rates alone.
+    heavy = workload(tmp_path, "A,16000,65536,2,T4\n", "g,4000,1024,1,1000,\nc,20000,3072,0,0,\n")
+    layout = Layout.of(ClusterState(build_cluster(heavy.nodes)))
+    assert cpu_load(heavy.tasks, layout) == pytest.approx(3.0)
+    assert feed_rates(heavy.tasks, layout) == pytest.approx((14.0, 2.56))
+    light = workload(tmp_path, "A,16000,65536,2,T4\n", "g,4000,1024,1,1000,\nc,2000,3072,0,0,\n")
+    assert cpu_load(light.tasks, layout) == pytest.approx(0.75)
+    assert feed_rates(light.tasks, layout) == pytest.approx((4.0, 1.024))
+
+def test_kind_pressure_by_hand(tmp_path: Path) -> None:
+    # Kinds: T4 (two 2-GPU nodes, 4,000 milli) and V100M32 (one 8-GPU node, 8,000). A task that
+    # may run anywhere spreads 1,000 as 1/12 per milli on both; a T4-only task puts 1,000/4,000
+    # on T4. Loads 1/3 and 1/12, the average 2,000/12,000 = 1/6: pressures 2.0 and 0.5.
+    w = workload(tmp_path, "a,64000,65536,2,T4\nb,64000,65536,2,T4\nv,64000,65536,8,V100M32\n",
+                 "p,1000,1024,1,1000,\nq,1000,1024,1,1000,T4\n")
+    state = ClusterState(build_cluster(w.nodes))
+    layout = Layout.of(state)
+    pressure = Pressure(layout, w.tasks).per_node(state)
+    assert pressure.tolist() == pytest.approx([2.0, 2.0, 0.5])
+    # As T4 fills up its pressure rises. One T4 GPU left (9,000 milli free in all): the T4-only
+    # half of the demand lands on 1,000, the other half on 9,000; against the average (all of it
+    # on 9,000) T4 gets 1/2 * 9 + 1/2 = 5.0 and V100M32 still 0.5.
+    state.node_usedcores[:2] = [200, 100]
+    assert Pressure(layout, w.tasks).per_node(state).tolist() == pytest.approx([5.0, 5.0, 0.5])
+    # A kind too small for a task gets none of its demand: 4-GPU tasks fit only the V100M32 node.
+    w = workload(tmp_path, "a,64000,65536,2,T4\nv,64000,65536,8,V100M32\n", "p,1000,1024,4,1000,\n")
+    state = ClusterState(build_cluster(w.nodes))
+    assert Pressure(Layout.of(state), w.tasks).per_node(state).tolist() == pytest.approx([0.0, 1.25])
+
+
+def test_cpu_only_task_goes_where_cpu_is_plentiful(tmp_path: Path) -> None:
+    # A (first in order): 2 GPUs, 16 CPUs; B: 2 GPUs, 104 CPUs. GPU tasks need 8 CPUs per GPU.
+    # A CPU-only task of 8 CPUs leaves A able to host the GPU tasks (FGD sees no growth and
+    # takes the first node, A), but then A's 8 CPUs feed only one of its two GPUs: 1,000
+    # milli-GPU unfed. On B nothing becomes unfed: fgd-balance takes B.
+    w = workload(tmp_path, "A,16000,65536,2,T4\nB,104000,65536,2,T4\n", "g,8000,1024,1,1000,\nc,8000,1024,0,0,\n")
+    _, placed = run_sequence(w, POLICIES["fgd"], [1])
+    assert placed == ["A"]
+    _, placed = run_sequence(w, POLICIES["fgd-balance"], [1])
+    assert placed == ["B"]
+
+
+def test_flexible_task_leaves_the_contested_model(tmp_path: Path) -> None:
+    # A T4 node first in order, then another T4 and a V100M32 node. Tasks: any model, T4 only,
+    # V100M32 only, a third each. For a task that may run anywhere FGD sees the same growth on
+    # both models (each is off limits to one constrained class of the same popularity) and takes
+    # the first node. Pressure: T4 (4,000 milli) gets 1/12 + 1/4, V100M32 (8,000) 1/12 + 1/8;
+    # over the average 1/4: 4/3 and 5/6. On T4 the task costs 1,000 x (4/3 - 5/6) x 0.5 = 250
+    # milli more: fgd-balance takes the V100M32.
+    w = workload(tmp_path, "a,64000,65536,2,T4\nb,64000,65536,2,T4\nv,64000,65536,8,V100M32\n",
+                 "p,1000,1024,1,1000,\nq,1000,1024,1,1000,T4\nr,1000,1024,1,1000,V100M32\n")
+    _, placed = run_sequence(w, POLICIES["fgd"], [0])
+    assert placed == ["a"]
+    _, placed = run_sequence(w, POLICIES["fgd-balance"], [0])
+    assert placed == ["v"]
+    _, placed = run_sequence(w, POLICIES["fgd-balance"], [1])  # the T4-only task has no choice
+    assert placed == ["a"]
+
+
+def test_guard_keeps_empty_nodes_for_multi_gpu_tasks(tmp_path: Path) -> None:
+    # 8-GPU nodes; the demand: sixteen 1-GPU tasks and one 8-GPU task (a third of the GPU
+    # demand). Node 0 has one GPU taken. With three nodes 23,000 milli are free: the 8-GPU tasks
+    # would get a third, 0.96 tasks, so N = 1.96; two empty nodes: opening one is missed with
+    # chance (2N - 2) / N = 0.979: it costs 0.979 x 8,000 milli. With ten nodes (79,000 free,
+    # N = 4.29, nine empty) there are enough: no cost. A node already in use never costs.
+    pods = "".join(f"s{i},1000,1024,1,1000,\n" for i in range(16)) + "big,8000,8192,8,1000,\n"
+    for count, expected in ((3, 8000 * (2 * (1 + 23 / 24) - 2) / (1 + 23 / 24)), (10, 0.0)):
+        nodes = "".join(f"n{i},96000,786432,8,V100M32\n" for i in range(count))
+        w = workload(tmp_path, nodes, pods)
+        state = ClusterState(build_cluster(w.nodes))
+        state.node_usedcores[0] = 100
+        guard = Pressure(Layout.of(state), w.tasks).guard(state, np.asarray([0, 1], dtype=np.int64))
+        assert guard.tolist() == pytest.approx([0.0, expected]), count
