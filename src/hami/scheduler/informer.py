@@ -21,6 +21,23 @@ from lightkube.types import OnErrorAction, OnErrorResult
 log = logging.getLogger(__name__)
 
 
+
+class WatchErrors:
+    """lightkube's `on_error` for a watch: a 410 (our version is too old) stops it so that the
+    informer relists and loses no event; other errors retry with backoff, then raise."""
+
+    def __init__(self, max_backoff: float):
+        self.max_backoff = max_backoff
+        self.gone = False
+
+    def __call__(self, exc: Exception, count: int) -> OnErrorResult:
+        if isinstance(exc, ApiError) and exc.status.code == 410:
+            self.gone = True
+            return OnErrorResult(OnErrorAction.STOP)
+        if count > 5:
+            return OnErrorResult(OnErrorAction.RAISE)
+        return OnErrorResult(OnErrorAction.RETRY, sleep=min(0.5 * 2**count, self.max_backoff))
+
 class Informer:
     def __init__(
         self,
@@ -76,16 +93,7 @@ class Informer:
             backoff = min(backoff * 2, self.max_backoff)
 
     def _watch(self, version: str) -> None:
-        gone = False
-
-        def on_error(exc: Exception, count: int) -> OnErrorResult:
-            nonlocal gone
-            if isinstance(exc, ApiError) and exc.status.code == 410:
-                gone = True  # our version is too old: stop and relist so no event is lost
-                return OnErrorResult(OnErrorAction.STOP)
-            if count > 5:
-                return OnErrorResult(OnErrorAction.RAISE)
-            return OnErrorResult(OnErrorAction.RETRY, sleep=min(0.5 * 2**count, self.max_backoff))
+        on_error = WatchErrors(self.max_backoff)
 
         kwargs = self._scope()
         events: Any = self.client.watch(self.resource, resource_version=version, on_error=on_error, **kwargs)
@@ -97,7 +105,7 @@ class Informer:
                 self.delete(item)
             else:
                 self.upsert(item)
-        if gone:
+        if on_error.gone:
             log.info("%s: watch expired (410 Gone); relisting", self.kind)
 
 
@@ -156,16 +164,7 @@ class AsyncInformer:
             backoff = min(backoff * 2, self.max_backoff)
 
     async def _watch(self, version: str) -> None:
-        gone = False
-
-        def on_error(exc: Exception, count: int) -> OnErrorResult:
-            nonlocal gone
-            if isinstance(exc, ApiError) and exc.status.code == 410:
-                gone = True  # our version is too old: stop and relist so no event is lost
-                return OnErrorResult(OnErrorAction.STOP)
-            if count > 5:
-                return OnErrorResult(OnErrorAction.RAISE)
-            return OnErrorResult(OnErrorAction.RETRY, sleep=min(0.5 * 2**count, self.max_backoff))
+        on_error = WatchErrors(self.max_backoff)
 
         events: Any = self.client.watch(self.resource, resource_version=version, on_error=on_error, **self._scope())
         async for kind, obj in events:
@@ -174,5 +173,5 @@ class AsyncInformer:
                 self.delete(item)
             else:
                 self.upsert(item)
-        if gone:
+        if on_error.gone:
             log.info("%s: watch expired (410 Gone); relisting", self.kind)
