@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from hami.allocator import tune_allocator
 from hami.config import HamiConfig
 from hami.model import NodeDevices, PodRequest
 from hami.scheduler.engine import PolicyDefaults, commit, schedule
@@ -234,9 +235,12 @@ def pod(mix: Mix, key: str, vendors: VendorSet, rng: Rng) -> tuple[str, PodReque
 Times = dict[str, tuple[list[float], list[float]]]  # per vendor ("all" too): wall ms, CPU ms
 
 
-def measure(mix: Mix, nodes: int, pods: int, seed: int, freeze: bool = True) -> tuple[Times, float]:
+def measure(mix: Mix, nodes: int, pods: int, seed: int, freeze: bool = True,
+            tune: bool = True) -> tuple[Times, float]:
     """Per-pod decision times, and the memory load at the end."""
     rng = np.random.default_rng(seed)
+    if tune:  # as `hami scheduler` does at start
+        tune_allocator()
     vendors = VendorSet.from_config(HamiConfig())
     state = build(mix, nodes, vendors, rng)
     defaults = PolicyDefaults()

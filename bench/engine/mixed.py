@@ -5,6 +5,7 @@
     python -m bench.engine.mixed --mix topology           # the vendors with a topology
     python -m bench.engine.mixed --mix shared             # the shared-device vendors
     python -m bench.engine.mixed --no-gc-freeze           # without gc.freeze(): the collector's share
+    python -m bench.engine.mixed --no-tune-allocator      # glibc's default allocator: page faults
 
 Mixes (share of nodes):
 - `mixed`: half NVIDIA, a quarter Ascend 910B3, the rest spread over every other vendor.
@@ -75,13 +76,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-gc-freeze", action="store_true",
                         help="leave the cluster's objects in the garbage collector's full passes")
+    parser.add_argument("--no-tune-allocator", action="store_true",
+                        help="leave glibc's allocator as it is (hami scheduler tunes it: hami.allocator)")
     parser.add_argument("--by-vendor", action="store_true", help="also a line per vendor's pods")
     args = parser.parse_args()
     mix = MIXES[args.mix]
     print(f"{'nodes':>6} {'pods of':>11} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'p50 cpu':>8} {'p99 cpu':>8} "
           f"{'mem load':>9}")
     for nodes in args.nodes or [1000, 5000]:
-        times, load = c.measure(mix, nodes, args.pods, args.seed, freeze=not args.no_gc_freeze)
+        times, load = c.measure(mix, nodes, args.pods, args.seed, freeze=not args.no_gc_freeze,
+                                tune=not args.no_tune_allocator)
         keys = ["all"] + ([m[0] for m in mix] if args.by_vendor else [])
         for key in keys:
             if key not in times:

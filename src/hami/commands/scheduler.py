@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from lightkube.resources.core_v1 import Node, Pod, ResourceQuota
     from prometheus_client import CollectorRegistry
 
+    from hami.allocator import tune_allocator
     from hami.config import load_config
     from hami.scheduler.app import build_app
     from hami.scheduler.cache import ClusterCache
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from hami.serve import listen, serve
     from hami.webhook.mutate import WebhookOptions
 
+    tune_allocator()  # the engine's per-decision arrays stay on the heap (hami.allocator)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per API call otherwise
