@@ -3,7 +3,7 @@
 Each decision makes temporary arrays of one element per device (hundreds of KiB at 40,000
 devices). By default glibc serves blocks that large with mmap and gives them back with munmap,
 so every decision pays page faults for fresh pages: on a 5,000-node cluster that was most of
-the per-pod time and all of its tail (bench/engine/mixed.py: p99 15 ms, then 5 ms). Keeping
+the per-pod time and most of its tail (bench/engine/mixed.py: p99 15 ms, then 7.5 ms). Keeping
 such blocks on the heap, and not trimming the heap after each free, reuses the same pages.
 The process keeps its peak heap instead of returning it, which suits a long-running scheduler.
 """

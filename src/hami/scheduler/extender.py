@@ -259,11 +259,12 @@ class Extender:
 
     async def _release_locks(self, node: str, namespace: str, name: str, shared: bool, version: str,
                              own: Sequence[str]) -> None:
-        if shared and self.locker is not None:
+        if self.locker is None:
+            return
+        if shared:
             await self.locker.release(node, namespace, name, version or None)
         for key in own:
-            if self.locker is not None:
-                await self.locker.release_own(node, key)
+            await self.locker.release_own(node, key)
 
     async def _timed_bind(self, args: dict[str, Any], name: str, namespace: str, node: str) -> dict[str, Any]:
         started = time.perf_counter()
