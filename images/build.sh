@@ -138,7 +138,7 @@ if command -v "python$pyver" >/dev/null 2>&1; then pyc_with="python$pyver"; fi
 if cached "$deps"; then
     say "layer 2: Python dependencies (cached)"
 else
-    say "layer 2: Python dependencies from PyPI (about 60 MB of wheels)"
+    say "layer 2: Python dependencies from PyPI (about 90 MB of wheels)"
     "$PYTHON" -m pip download --quiet --disable-pip-version-check --dest "$cache/wheels" \
         "${target_flags[@]}" -r "$work/requirements.txt"
     "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$cache/wheels" \

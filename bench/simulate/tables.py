@@ -2,7 +2,8 @@
 
     python -m bench.simulate.tables variants  [--seeds 10] [--traces default,gpushare40,...]
         faithful FGD against our policy on the default trace and every variant, at 0.9 and
-        1.0 x arrived demand, with the authors' published FGD figure where there is one;
+        1.0 x arrived demand, with the authors' published FGD figure where there is one and
+        the packing LP's bound (no policy's mean at 1.0 x can pass it);
     python -m bench.simulate.tables compare TRACE/report.json MODEL/report.json
         every policy of two `hami simulate` reports side by side (the trace against the
         built-in workload model: run `hami simulate --seeds 10 --out TRACE`, then the same
@@ -30,26 +31,30 @@ from typing import Any
 import numpy as np
 
 from hami.scheduler.engine import PolicyDefaults
+from hami.scheduler.state import ClusterState
 from hami.sim.fill import run_fill
+from hami.sim.frag import Layout
 from hami.sim.policies import POLICIES
 from hami.sim.policies.base import PolicySpec
 from hami.sim.policies.ours import FGDBalance, with_weights
+from hami.sim.policies.patterns import Patterns
 from hami.sim.published import PUBLISHED
 from hami.sim.trace import DEFAULT_TASKS, default_trace_dir
-from hami.sim.workload import Workload, builtin_workload, load_workload
+from hami.sim.workload import Workload, build_cluster, builtin_workload, load_workload
 
 MULTIPLES = (0.9, 1.0, 1.1)
 
 
 def ablation_specs() -> dict[str, PolicySpec]:
     """Our policy with one part taken out at a time (registered under names of their own)."""
-    w = FGDBalance.UNFED_WEIGHT, FGDBalance.PRESSURE_WEIGHT, FGDBalance.GUARD_WEIGHT
+    w = FGDBalance.UNFED_WEIGHT, FGDBalance.PRESSURE_WEIGHT, FGDBalance.GUARD_WEIGHT, FGDBalance.PATTERN_WEIGHT
     variants = {
-        "no unfed GPU": with_weights(0.0, w[1], w[2]),
+        "no packing patterns": with_weights(w[0], w[1], w[2], 0.0),
+        "no unfed GPU": with_weights(0.0, w[1], w[2], w[3]),
         "unfed: CPU only": with_weights(*w, memory=False),
         "no CPU-only tasks in the rates": with_weights(*w, cpu_only=False),
-        "no kind pressure": with_weights(w[0], 0.0, w[2]),
-        "no empty-node guard": with_weights(w[0], w[1], 0.0),
+        "no kind pressure": with_weights(w[0], 0.0, w[2], w[3]),
+        "no empty-node guard": with_weights(w[0], w[1], 0.0, w[3]),
         "95% of classes": with_weights(*w, every_class=False),
     }
     return {name: PolicySpec(name, name, PolicyDefaults(), make) for name, make in variants.items()}
@@ -75,6 +80,12 @@ def run_all(traces: list[str], names: list[str], seeds: int, until: float, jobs:
             print(f"\r{k}/{len(work)} runs", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return {key: np.asarray(v) for key, v in done.items()}
+
+
+def lp_bound(workload: Workload, split_count: int = 10) -> float:
+    """The packing LP's bound on the mean allocation at 1.0 x (hami.sim.policies.patterns)."""
+    capacity = Layout.of(ClusterState(build_cluster(workload.nodes, split_count))).capacity_milli
+    return Patterns.of(workload.tasks, capacity, split_count).bound
 
 
 def load(trace_dir: Path, trace: str) -> Workload:
@@ -135,14 +146,14 @@ def main() -> int:
             _WORKLOADS[t] = load(trace_dir, t)
         r = run_all(traces, ["fgd", "fgd-balance"], args.seeds, 1.0, args.jobs)
         print("| trace | FGD published @1.0 | fgd @0.9 | fgd-balance @0.9 | fgd @1.0 | fgd-balance @1.0 "
-              "| difference @1.0 |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+              "| difference @1.0 | LP bound @1.0 |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for t in traces:
             a, b = r[(t, "fgd")], r[(t, "fgd-balance")]
             paper = PUBLISHED.get(t, {}).get("FGD", {}).get("1.0")
             published = f"{paper[0]:.2f} ±{paper[1]:.2f}" if paper else "–"
             print(f"| {t} | {published} | {cell(a, 0)} | {cell(b, 0)} | {cell(a, 1)} | {cell(b, 1)} "
-                  f"| {diff(b, a, 1)} |")
+                  f"| {diff(b, a, 1)} | {100 * lp_bound(_WORKLOADS[t]):.2f} |")
     else:
         for t in traces:
             _WORKLOADS[t] = load(trace_dir, t)
