@@ -101,6 +101,21 @@ def test_no_overcommit_at_any_step_and_ratio_at_most_one(name: str) -> None:
     assert (result.frag >= 0).all() and (result.frag <= 1).all()
 
 
+def test_refused_tasks_are_reported_with_the_demand_before_them() -> None:
+    w = sample()
+    log: list[tuple[int, float]] = []
+    result = run_fill(w, POLICIES["fgd"], seed=3, until=1.3, refused=lambda t, at: log.append((t, at)))
+    assert log, "the sample cluster is full at 1.3 x: some tasks must be refused"
+    demand = w.tasks.gpu_demand_milli
+    capacity = Layout.of(ClusterState(build_cluster(w.nodes))).capacity_milli
+    # The refused tasks' demand is what the unallocated share counts, and the arrival points
+    # are where the arrived demand stood before each one.
+    refused = sum(int(demand[t]) for t, _ in log)
+    assert refused / capacity == pytest.approx(result.unallocated[-1] * result.arrived[-1], rel=1e-9)
+    points = [at for _, at in log]
+    assert points == sorted(points) and 0 <= points[0] < 1.3
+
+
 @pytest.mark.parametrize("name", ["random", "fgd", "fgd-balance"])
 def test_same_seed_same_run(name: str) -> None:
     a = run_fill(sample(), POLICIES[name], seed=5)

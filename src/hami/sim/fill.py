@@ -58,7 +58,11 @@ def run_fill(
     split_count: int = 10,
     check: Callable[[ClusterState], None] | None = None,
     arrival: str = "sample",
+    refused: Callable[[int, float], None] | None = None,
 ) -> FillResult:
+    """Fill until the arrived GPU demand reaches `until` x capacity. `check(state)` runs after
+    every arrival; `refused(task, arrived)` for every task that fits nowhere (its index in the
+    workload, the arrived demand over capacity before it)."""
     started = time.perf_counter()
     state = ClusterState(build_cluster(ordered_nodes(workload.nodes, seed), split_count))
     layout = Layout.of(state)
@@ -88,6 +92,8 @@ def run_fill(
             arrived += demand
             if not placed:
                 failed += demand
+                if refused is not None:
+                    refused(t, (arrived - demand) / capacity)
             if check is not None:
                 check(state)
             arrived_l.append(arrived / capacity)
