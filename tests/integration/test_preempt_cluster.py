@@ -20,7 +20,7 @@ import pytest
 from hami.annotations import keys
 from hami.annotations.pod_devices import pod_allocation_from_annotations
 from tests.cluster import ApiCallError, ControlPlane, wait_for
-from tests.integration.hami_stack import HamiScheduler, create_pod, gpu_node_annotations, gpu_pod, pods_in
+from tests.integration.hami_stack import HamiScheduler, create_pod, gpu_node_annotations, gpu_pod, pods_in, requeue
 
 _classes = itertools.count()
 
@@ -342,12 +342,7 @@ def test_the_hold_is_released_when_the_preemptor_goes_away(control_plane: Contro
     try:
         placed = wait_bound_pod(control_plane, namespace, "latecomer", timeout=30)
     except TimeoutError:
-        # kube-scheduler may leave a pod that our /filter refused in its unschedulable queue
-        # without asking us again (seen once in about ten suite runs: no /filter for 90 s after
-        # the victim went); any update of the pod moves it back. What this test checks is our
-        # side: once asked, the freed device is offered.
-        control_plane.api("PATCH", f"/api/v1/namespaces/{namespace}/pods/latecomer",
-                          {"metadata": {"labels": {"retry": "1"}}}, content_type="application/merge-patch+json")
+        requeue(control_plane, namespace, "latecomer")  # kube-scheduler did not ask again (see requeue)
         placed = wait_bound_pod(control_plane, namespace, "latecomer")
     assert devices_of(placed) == [f"GPU-{node}-0"], hami.log_tail()
 

@@ -15,6 +15,7 @@ from tests.integration.hami_stack import (  # noqa: F401 - `stack` is a fixture
     gpu_node_annotations,
     gpu_pod,
     pods_in,
+    requeue,
     stack,
 )
 
@@ -70,7 +71,11 @@ def test_quota_refuses_counts_per_device_and_is_freed_by_deletion(
     # Deleting a pod frees its share of the quota: the waiting pod is placed.
     control_plane.api("DELETE", f"/api/v1/namespaces/{namespace}/pods/two",
                       {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})
-    wait_bound(control_plane, namespace, "over", timeout=90)
+    try:
+        wait_bound(control_plane, namespace, "over", timeout=30)
+    except TimeoutError:
+        requeue(control_plane, namespace, "over")  # kube-scheduler did not ask again (see requeue)
+        wait_bound(control_plane, namespace, "over", timeout=90)
     assert f'hami_resource_quota_used{{limit="20000",namespace="{namespace}",quota_name="nvidia.com/gpumem"}} 12000.0' \
         in metric_lines(hami, "hami_resource_quota_used")
 
