@@ -39,6 +39,8 @@ MANAGED = [
 ]
 
 
+_REQUEUES = itertools.count(1)
+
 
 def requeue(cp: ControlPlane, namespace: str, name: str) -> None:
     """Moves a pending pod back into kube-scheduler's active queue with a label update.
@@ -50,9 +52,6 @@ def requeue(cp: ControlPlane, namespace: str, name: str) -> None:
     soon after the room was freed."""
     cp.api("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}",
            {"metadata": {"labels": {"requeue": str(next(_REQUEUES))}}}, content_type="application/merge-patch+json")
-
-
-_REQUEUES = itertools.count(1)
 
 
 class HamiScheduler:

@@ -66,7 +66,7 @@ class Patterns:
                             / capacity_milli)
         prices, placed = solve(sizes, (counts * scale).astype(np.float64), whole, capacity_milli / FULL, split)
         net = sizes - prices
-        return Patterns(sizes, net, _worth(sizes, net, split), placed / capacity_milli)
+        return Patterns(sizes, net, _knapsack(sizes, net, split)[0], placed / capacity_milli)
 
     def loss(self, milli: int, free: IntArray, slots: IntArray) -> FloatArray:
         """Per candidate GPU (its free milli-GPU and task slots left): the net value given up by
@@ -80,20 +80,9 @@ class Patterns:
         return out
 
 
-def _worth(sizes: IntArray, net: FloatArray, split: int) -> FloatArray:
-    """worth[k, f]: the most net value of at most k tasks whose sizes sum to at most f."""
-    worth = np.zeros((split + 1, FULL + 1))
-    for k in range(1, split + 1):
-        row = worth[k - 1].copy()
-        for s, v in zip(sizes.tolist(), net.tolist(), strict=True):
-            row[s:] = np.maximum(row[s:], worth[k - 1, : FULL + 1 - s] + v)
-        worth[k] = row
-    return worth
-
-
-def _best_pattern(sizes: IntArray, value: FloatArray, split: int) -> tuple[float, IntArray]:
-    """The pattern (count per size) of the most `value`: an exact knapsack with at most `split`
-    tasks and FULL milli-GPU, with the choices kept to read the pattern back."""
+def _knapsack(sizes: IntArray, value: FloatArray, split: int) -> tuple[FloatArray, IntArray]:
+    """(best, took): best[k, f] is the most `value` of at most k tasks whose sizes sum to at most
+    f; took[k, f] the size index the best adds last (-1: none, the value comes from fewer tasks)."""
     best = np.zeros((split + 1, FULL + 1))
     took = np.full((split + 1, FULL + 1), -1, dtype=np.int64)
     for k in range(1, split + 1):
@@ -105,15 +94,19 @@ def _best_pattern(sizes: IntArray, value: FloatArray, split: int) -> tuple[float
             better = gain > best[k, s:] + 1e-9
             best[k, s:] = np.where(better, gain, best[k, s:])
             took[k, s:] = np.where(better, i, took[k, s:])
+    return best, took
+
+
+def _best_pattern(sizes: IntArray, value: FloatArray, split: int) -> tuple[float, IntArray]:
+    """The pattern (count per size) of the most `value` in one GPU, read back from the knapsack."""
+    best, took = _knapsack(sizes, value, split)
     counts = np.zeros(len(sizes), dtype=np.int64)
     k, f = split, FULL
     while k > 0:
         i = int(took[k, f])
-        if i < 0:
-            k -= 1  # this slot was left empty: the value comes from fewer tasks
-            continue
-        counts[i] += 1
-        f -= int(sizes[i])
+        if i >= 0:
+            counts[i] += 1
+            f -= int(sizes[i])
         k -= 1
     return float(best[split, FULL]), counts
 
