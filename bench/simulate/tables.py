@@ -54,7 +54,7 @@ def ablation_specs() -> dict[str, PolicySpec]:
         "unfed: CPU only": with_weights(*w, memory=False),
         "no CPU-only tasks in the rates": with_weights(*w, cpu_only=False),
         "no kind pressure": with_weights(w[0], 0.0, w[2], w[3]),
-        "no empty-node guard": with_weights(w[0], w[1], 0.0, w[3]),
+        "no multi-GPU guard": with_weights(w[0], w[1], 0.0, w[3]),
         "95% of classes": with_weights(*w, every_class=False),
     }
     return {name: PolicySpec(name, name, PolicyDefaults(), make) for name, make in variants.items()}

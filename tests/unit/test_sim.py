@@ -15,7 +15,16 @@ from hami.sim.fill import run_fill, run_sequence
 from hami.sim.frag import Classes, Layout, node_fragmentation
 from hami.sim.policies import POLICIES
 from hami.sim.trace import read_nodes, read_tasks
-from hami.sim.workload import Workload, build_cluster, builtin_workload, load_workload, pod_request
+from hami.sim.workload import (
+    Workload,
+    build_cluster,
+    builtin_workload,
+    load_workload,
+    pod_request,
+    summarize,
+    tasks_by_kind,
+    workload_from_model,
+)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "openb-sample"
 
@@ -227,6 +236,18 @@ def test_builtin_model_matches_the_trace_mix() -> None:
     assert result.allocated[-1] > 0
 
 
+@pytest.mark.parametrize("name", ["random", "hami-binpack", "fgd", "fgd-balance"])
+def test_a_trace_and_its_frequency_tables_fill_alike(name: str) -> None:
+    # The built-in model keeps counts, not rows; the fill draws from the tasks sorted by kind and
+    # orders the nodes sorted by kind, so the same seed gives the same run on both.
+    trace = sample()
+    assert tasks_by_kind(trace.tasks).tolist() != list(range(len(trace.tasks)))  # rows not in kind order
+    model = workload_from_model(json.loads(json.dumps(summarize(trace.nodes, trace.tasks))), "model")
+    a, b = (run_fill(w, POLICIES[name], seed=3, until=1.0) for w in (trace, model))
+    assert np.array_equal(a.allocated, b.allocated) and np.array_equal(a.frag, b.frag)
+    assert not np.array_equal(a.allocated, run_fill(trace, POLICIES[name], seed=4, until=1.0).allocated)
+
+
 def test_unknown_policy() -> None:
     with pytest.raises(SystemExit):
         main(["simulate", "--bogus"])
@@ -239,9 +260,10 @@ def test_fill_places_as_engine_schedule_does(name: str) -> None:
     w = sample()
     result = run_fill(w, POLICIES[name], seed=11, until=1.2)
     draw = np.random.default_rng(11)
+    by_kind = tasks_by_kind(w.tasks)  # the fill draws from the tasks in kind order
     order: list[int] = []
     while len(order) < result.tasks:
-        order += draw.integers(len(w.tasks), size=256).tolist()
+        order += by_kind[draw.integers(len(w.tasks), size=256)].tolist()
     state, placed = run_sequence(w, POLICIES[name], order[: result.tasks], seed=11, node_seed=11)
     assert int(state.usedcores.sum()) * 10 / (int(state.totalcore.sum()) * 10) == pytest.approx(result.allocated[-1])
     assert sum(p is None for p in placed) > 0  # the run goes past full: some tasks fail

@@ -104,17 +104,46 @@ def test_flexible_task_leaves_the_contested_model(tmp_path: Path) -> None:
     assert placed == ["a"]
 
 
-def test_guard_keeps_empty_nodes_for_multi_gpu_tasks(tmp_path: Path) -> None:
+def test_guard_keeps_places_for_multi_gpu_tasks(tmp_path: Path) -> None:
     # 8-GPU nodes; the demand: sixteen 1-GPU tasks and one 8-GPU task (a third of the GPU
-    # demand). Node 0 has one GPU taken. With three nodes 23,000 milli are free: the 8-GPU tasks
-    # would get a third, 0.96 tasks, so N = 1.96; two empty nodes: opening one is missed with
-    # chance (2N - 2) / N = 0.979: it costs 0.979 x 8,000 milli. With ten nodes (79,000 free,
-    # N = 4.29, nine empty) there are enough: no cost. A node already in use never costs.
+    # demand). Node 0 has one GPU taken, so it has no place for the 8-GPU task. With three nodes
+    # 23,000 milli are free: the 8-GPU tasks would get a third, 0.96 tasks, so N = 1.96; two
+    # places: taking one is missed with chance (2N - 2) / N = 0.979: it costs 0.979 x 8,000
+    # milli. With ten nodes (79,000 free, N = 4.29, nine places) there are enough: no cost.
+    # A node without a place never costs.
     pods = "".join(f"s{i},1000,1024,1,1000,\n" for i in range(16)) + "big,8000,8192,8,1000,\n"
     for count, expected in ((3, 8000 * (2 * (1 + 23 / 24) - 2) / (1 + 23 / 24)), (10, 0.0)):
         nodes = "".join(f"n{i},96000,786432,8,V100M32\n" for i in range(count))
         w = workload(tmp_path, nodes, pods)
         state = ClusterState(build_cluster(w.nodes))
-        state.node_usedcores[0] = 100
-        guard = Pressure(Layout.of(state), w.tasks).guard(state, np.asarray([0, 1], dtype=np.int64))
+        state.usedcores[0] = state.node_usedcores[0] = 100
+        taken = np.asarray([1, 1], dtype=np.int64)
+        guard = Pressure(Layout.of(state), w.tasks).guard(state, np.asarray([0, 1], dtype=np.int64), taken, 1000, 1024)
         assert guard.tolist() == pytest.approx([0.0, expected]), count
+
+
+def test_guard_counts_cpu_and_the_tasks_that_need_the_same_nodes(tmp_path: Path) -> None:
+    # Two G3 nodes with 128 CPUs, two V100M32 nodes with 96. A "huge" 8-GPU task needs 120 CPUs
+    # (G3 only), a "wide" 8-GPU task 8 CPUs (anywhere), sixteen 1-GPU tasks; each 8-GPU type is a
+    # quarter of the demand. All 32,000 milli free: huge N = 1 + 8000/8000 = 2 with 2 places,
+    # missed (4 - 2) / 2 = 1; wide also counts the huge tasks, which can only go where it can:
+    # N = 1 + 1 + 1 = 3 with 4 places, missed (6 - 4) / 3 = 2/3.
+    nodes = "g0,128000,786432,8,G3\nv0,96000,393216,8,V100M32\ng1,128000,786432,8,G3\nv1,96000,393216,8,V100M32\n"
+    pods = ("huge,120000,655360,8,1000,\nwide,8000,65536,8,1000,\n"
+            + "".join(f"s{i},4000,8192,1,1000,\n" for i in range(16)))
+    w = workload(tmp_path, nodes, pods)
+    state = ClusterState(build_cluster(w.nodes))
+    pressure = Pressure(Layout.of(state), w.tasks)
+    candidates = np.asarray([state.names.index("g0"), state.names.index("v0")], dtype=np.int64)
+    none = np.zeros(2, dtype=np.int64)
+    # A CPU-only task of 16 CPUs leaves a G3 node 112: no place for the huge task there, though
+    # every GPU is free. On the V100M32 node it takes no place.
+    assert pressure.guard(state, candidates, none, 16000, 8192).tolist() == pytest.approx([8000.0, 0.0])
+    # A 1-GPU task takes a place for both types; the huge type's cost is the larger.
+    one = np.ones(2, dtype=np.int64)
+    assert pressure.guard(state, candidates, one, 4000, 8192).tolist() == pytest.approx([8000.0, 8000 * 2 / 3])
+    # Once g0's CPU is in use it has no place for the huge task (which now misses for sure: one
+    # place left), so taking its GPU costs only the wide type's 2/3; a CPU-only task costs nothing.
+    state.node_cpu_used[candidates[0]] = 16000
+    assert pressure.guard(state, candidates, none, 4000, 8192).tolist() == pytest.approx([0.0, 0.0])
+    assert pressure.guard(state, candidates, one, 4000, 8192).tolist() == pytest.approx([8000 * 2 / 3] * 2)

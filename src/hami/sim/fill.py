@@ -2,8 +2,10 @@
 one, nothing leaves, until the arrived GPU demand reaches a multiple of the cluster's capacity.
 
 Arrival order, per seed: "sample" (default) draws every task at random from the workload's
-tasks, with replacement; "authors" is the authors' simulator's order: every task of the trace
-once, shuffled, then tasks drawn at random (their `--shuffle-pod` and workload tuning).
+tasks, with replacement (from the tasks sorted by kind, so that the trace and the built-in model,
+its frequency tables, draw the same tasks from the same seed); "authors" is the authors'
+simulator's order: every task of the trace once, shuffled, then tasks drawn at random (their
+`--shuffle-pod` and workload tuning).
 The cluster's nodes are in a random order per seed as well (`ordered_nodes`), which is the
 fixed order that policies break ties by.
 
@@ -24,7 +26,7 @@ from hami.scheduler.engine import commit, schedule
 from hami.scheduler.state import ClusterState
 from hami.sim.frag import Classes, Layout, node_fragmentation
 from hami.sim.policies.base import PolicySpec, SimContext
-from hami.sim.workload import Placer, Workload, build_cluster, ordered_nodes, pod_request
+from hami.sim.workload import Placer, Workload, build_cluster, ordered_nodes, pod_request, tasks_by_kind
 
 FloatArray = npt.NDArray[np.float64]
 STEP = 0.01  # checkpoints every 1% of cluster GPU capacity
@@ -66,7 +68,8 @@ def run_fill(
     started = time.perf_counter()
     state = ClusterState(build_cluster(ordered_nodes(workload.nodes, seed), split_count))
     layout = Layout.of(state)
-    tasks = workload.tasks
+    by_kind = tasks_by_kind(workload.tasks)
+    tasks = workload.tasks.take(by_kind)  # a trace and its built-in model: the same tasks, in the same order
     classes = Classes.of(tasks, layout)
     chooser = spec.chooser(
         SimContext(layout=layout, classes=classes, tasks=tasks, rng=np.random.default_rng([seed, 1]))
@@ -93,7 +96,7 @@ def run_fill(
             if not placed:
                 failed += demand
                 if refused is not None:
-                    refused(t, (arrived - demand) / capacity)
+                    refused(int(by_kind[t]), (arrived - demand) / capacity)
             if check is not None:
                 check(state)
             arrived_l.append(arrived / capacity)

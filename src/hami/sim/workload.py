@@ -24,7 +24,16 @@ from hami.errors import HamiError
 from hami.model import ContainerRequest, DeviceInfo, NodeDevices, PodRequest
 from hami.scheduler.engine import Chooser, PodContext, PolicyDefaults, feasible_nodes
 from hami.scheduler.state import ClusterState
-from hami.sim.trace import DEFAULT_NODES, DEFAULT_TASKS, GPU_MEMORY_MIB, Nodes, Tasks, read_nodes, read_tasks
+from hami.sim.trace import (
+    DEFAULT_NODES,
+    DEFAULT_TASKS,
+    GPU_MEMORY_MIB,
+    IntArray,
+    Nodes,
+    Tasks,
+    read_nodes,
+    read_tasks,
+)
 
 BUILTIN_MODEL = "sim-openb-workload.json"
 SPLIT_COUNT = 10  # HAMi's default deviceSplitCount: at most 10 tasks share one GPU
@@ -54,16 +63,22 @@ def build_cluster(nodes: Nodes, split_count: int = SPLIT_COUNT) -> list[NodeDevi
 
 
 def ordered_nodes(nodes: Nodes, seed: int) -> Nodes:
-    """The nodes in a random order drawn from `seed`, each name prefixed with its place ("0042-…").
+    """The GPU nodes in a random order drawn from `seed`, each name prefixed with its place ("0042-…").
 
     The authors' simulator does the same (`syncClusterResourceList`: a random permutation as a
     `%04d-` prefix), and every tie between nodes then falls to the smallest name: a fixed random
     priority. Without it ties follow the node list's order, which the trace sorts by GPU model
     and a rebuilt cluster groups by node kind, and policies that break ties by order would
-    measure the list rather than themselves.
+    measure the list rather than themselves. The permutation applies to the nodes sorted by
+    kind (model, GPUs, CPU, memory), so that a trace and its frequency tables (the built-in
+    model) get the same order from the same seed.
     """
-    n = len(nodes.names)
-    order = np.random.default_rng([seed, 2]).permutation(n)
+    kinds = [(nodes.models[i], int(nodes.gpus[i]), int(nodes.cpu_milli[i]), int(nodes.memory_mib[i]))
+             for i in range(len(nodes.names))]
+    by_kind = np.asarray(sorted((i for i in range(len(kinds)) if kinds[i][1] > 0), key=kinds.__getitem__),
+                         dtype=np.int64)
+    n = len(by_kind)
+    order = by_kind[np.random.default_rng([seed, 2]).permutation(n)] if n else by_kind
     width = max(4, len(str(n - 1)))
     keep = order.tolist()
     return Nodes(
@@ -74,6 +89,18 @@ def ordered_nodes(nodes: Nodes, seed: int) -> Nodes:
         gpus=nodes.gpus[order],
         models=[nodes.models[i] for i in keep],
     )
+
+
+def task_kind(tasks: Tasks, t: int) -> tuple[int, int, str, int, int]:
+    """What the simulator sees of a task: (GPUs, milli-GPU each, GPU models, milli-CPU, MiB)."""
+    return (int(tasks.num_gpu[t]), int(tasks.gpu_milli[t]), tasks.gpu_spec[t], int(tasks.cpu_milli[t]),
+            int(tasks.memory_mib[t]))
+
+
+def tasks_by_kind(tasks: Tasks) -> IntArray:
+    """Task indices sorted by kind (stable): the order the fill draws from, so that a trace and its
+    frequency tables (the built-in model, whose tasks come in this order) draw the same tasks."""
+    return np.asarray(sorted(range(len(tasks)), key=lambda t: task_kind(tasks, t)), dtype=np.int64)
 
 
 def share_percent(gpu_milli: int) -> int:
@@ -197,9 +224,7 @@ class Placer:
         self._contexts: dict[tuple[int, int, str, int, int], PodContext] = {}
 
     def context(self, t: int) -> PodContext:
-        tasks = self.tasks
-        key = (int(tasks.num_gpu[t]), int(tasks.gpu_milli[t]), tasks.gpu_spec[t], int(tasks.cpu_milli[t]),
-               int(tasks.memory_mib[t]))
+        key = task_kind(self.tasks, t)
         ctx = self._contexts.get(key)
         if ctx is None:
             ctx = self._contexts[key] = PodContext.of(pod_request("class", *key), self.defaults)

@@ -22,10 +22,12 @@ that near-ties still fall to the first node in the fixed order (which is what pa
    milli-GPU, relative to the cluster's. Placing d milli-GPU costs d * (pressure - the lowest
    pressure among the candidates) * PRESSURE_WEIGHT: flexible tasks leave the contested kinds
    to the tasks that need them, more so as those kinds fill up.
-3. **Whole nodes for the multi-GPU tasks** (`Pressure.guard`). Opening an empty node for a
-   smaller task costs the node's capacity times the chance that a multi-GPU task will miss it:
-   none while empty nodes are plentiful, all of it once there are no more of them than the
-   multi-GPU tasks still to come (at their share of the remaining demand) plus one.
+3. **Places for the multi-GPU tasks** (`Pressure.guard`). A multi-GPU task needs a node with
+   that many wholly free GPUs and its CPU and memory free; the large ones fit only a few node
+   kinds. A placement that takes such a place costs the task's size times the chance that a
+   multi-GPU task will then miss one: none while places are plentiful, all of it once there
+   are no more of them than the tasks still to come that need them (every type that can only
+   use the same kinds counts) plus one. Any task pays it, CPU-only ones included.
 4. **Packing patterns** (`hami.sim.policies.patterns`). FGD asks whether a GPU's free share
    can host the typical task, not whether the shares it leaves add up: a 0.47 GPU beside a
    0.32 leaves 0.21 that almost nothing fills, beside another 0.47 only 0.06. The best mix of
@@ -112,7 +114,7 @@ class Pressure:
         access: list[BoolArray] = []
         rate: list[float] = []
         size: list[float] = []
-        whole: list[bool] = []
+        need: list[tuple[int, int, int]] = []  # (GPUs, milli-CPU, MiB) of one task
         for (n, milli, spec, c, mem), times in types.items():
             if n == 0:
                 continue
@@ -124,13 +126,23 @@ class Pressure:
                 access.append(can)
                 rate.append(n * milli * times / total)
                 size.append(float(n * milli))
-                whole.append(n >= 2)
+                need.append((n, c, mem))
         self.kind = layout.kind
         self.kinds = len(kinds)
         self.access = np.asarray(access, dtype=np.float64).reshape(-1, len(kinds))  # (task types, kinds)
         self.rate = np.asarray(rate)  # each type's share of the GPU demand
         self.size = np.asarray(size)  # milli-GPU of one task of the type
-        self.whole = np.asarray(whole, dtype=bool)  # multi-GPU types: they need (nearly) empty nodes
+        # The multi-GPU types, for the guard: they need (nearly) empty nodes.
+        multi = np.asarray([n >= 2 for n, _, _ in need], dtype=bool)
+        self.multi_access = self.access[multi] > 0  # (multi-GPU types, kinds)
+        self.multi_rate, self.multi_size = self.rate[multi], self.size[multi]
+        columns = np.asarray([need[i] for i in np.flatnonzero(multi)], dtype=np.int64).reshape(-1, 3)
+        self.multi_need = np.maximum(columns, 1).T[:, :, None]  # (GPUs / CPU / memory, types, 1)
+        # within[w, v]: type v may run only on kinds that type w may use, so wherever a task of
+        # v goes it takes one of w's places (v = w included).
+        access_int = self.multi_access.astype(np.int64)
+        shared = access_int @ access_int.T
+        self.within = (shared == access_int.sum(axis=1)[:, None]).T.astype(np.float64)
 
     def per_node(self, state: ClusterState) -> FloatArray:
         """Each node kind's pressure now (1.0 = the cluster's), per node."""
@@ -138,22 +150,39 @@ class Pressure:
         by_kind = np.bincount(self.kind, weights=free, minlength=self.kinds).astype(np.float64)
         return kind_pressure(self.access, self.rate, by_kind)[self.kind]
 
-    def guard(self, state: ClusterState, nodes: IntArray) -> FloatArray:
-        """Per candidate node: the milli-GPU that opening it (if it is empty) may take from the
-        multi-GPU tasks. For each multi-GPU task type, N = 1 + how many of it the remaining free
-        capacity would receive at its share of the demand; with E empty nodes it can use, the
-        chance that one more opened node is missed is (2N - E) / N, clipped to [0, 1]: none
-        while E >= 2N, certain once E <= N. The cost is that chance times the node's capacity."""
-        if not self.whole.any():
+    def places(self, kind: IntArray, whole_free: IntArray, cpu_free: IntArray, mem_free: IntArray) -> IntArray:
+        """(multi-GPU types, nodes): how many tasks of each type fit in each node's wholly free
+        GPUs, free CPU and free memory (none on kinds the type may not use)."""
+        gpus, cpu, mem = self.multi_need
+        fit = np.minimum(np.minimum(whole_free[None, :] // gpus, cpu_free[None, :] // cpu), mem_free[None, :] // mem)
+        out: IntArray = np.where(self.multi_access[:, kind], fit, 0)
+        return out
+
+    def guard(self, state: ClusterState, nodes: IntArray, gpus_taken: IntArray, cpu: int, memory: int) -> FloatArray:
+        """Per candidate node: the milli-GPU that a placement there taking `gpus_taken` wholly free
+        GPUs, `cpu` milli-CPU and `memory` MiB may take from the multi-GPU tasks.
+
+        A multi-GPU type w has P places (`places`, over all nodes). N = 1 + how many tasks the
+        remaining free capacity would receive, at their share of the demand, of the types that can
+        run only where w can (w included: they take w's places wherever they go). The chance that
+        one place fewer is missed is (2N - P) / N, clipped to [0, 1]: none while P >= 2N, certain
+        once P <= N. The cost is, for the type it hurts most, that chance times the places the
+        placement takes times the type's size."""
+        if not len(self.multi_size):
             return np.zeros(len(nodes))
-        empty = (state.node_usedcores == 0) & (state.node_cpu_used == 0)
+        whole_free = np.add.reduceat((state.usedcores == 0).astype(np.int64), state.starts[:-1])
+        cpu_free = state.node_cpu - state.node_cpu_used
+        mem_free = state.node_memory - state.node_memory_used
+        places = self.places(self.kind, whole_free, cpu_free, mem_free).sum(axis=1)
         free_total = float(((state.node_core_total - state.node_usedcores) * 10).sum())
-        access = self.access[self.whole]
-        usable = access @ np.bincount(self.kind, weights=empty.astype(np.float64), minlength=self.kinds)
-        expected = 1.0 + self.rate[self.whole] * free_total / self.size[self.whole]
-        missed = np.clip((2.0 * expected - usable) / expected, 0.0, 1.0)
-        by_kind = (access * missed[:, None]).max(axis=0)
-        out: FloatArray = np.where(empty[nodes], by_kind[self.kind[nodes]] * state.node_core_total[nodes] * 10.0, 0.0)
+        expected = 1.0 + self.within @ (self.multi_rate * free_total / self.multi_size)
+        missed = np.clip((2.0 * expected - places) / expected, 0.0, 1.0)
+        if not missed.any():
+            return np.zeros(len(nodes))
+        kind = self.kind[nodes]
+        before = self.places(kind, whole_free[nodes], cpu_free[nodes], mem_free[nodes])
+        after = self.places(kind, whole_free[nodes] - gpus_taken, cpu_free[nodes] - cpu, mem_free[nodes] - memory)
+        out: FloatArray = ((before - after) * (missed * self.multi_size)[:, None]).max(axis=0)
         return out
 
 
@@ -173,7 +202,7 @@ def kind_pressure(access: FloatArray, rate: FloatArray, free: FloatArray) -> Flo
 
 class FGDBalance(FGD):
     UNFED_WEIGHT = 2.0
-    PRESSURE_WEIGHT = 0.5
+    PRESSURE_WEIGHT = 1.0
     GUARD_WEIGHT = 1.0
     PATTERN_WEIGHT = 16.0
 
@@ -197,8 +226,11 @@ class FGDBalance(FGD):
         if demand:
             pressure = self.pressure.per_node(state)[nodes]
             cost += self.PRESSURE_WEIGHT * demand * (pressure - pressure.min())
-        if shape.num_gpu < 2 and self.GUARD_WEIGHT:
-            cost += self.GUARD_WEIGHT * self.pressure.guard(state, nodes)
+        if self.GUARD_WEIGHT:
+            # A share takes a wholly free GPU only if it lands on one; whole GPUs are whole.
+            taken = ((state.usedcores[rows] == 0).astype(np.int64) if shape.sharing
+                     else np.full(len(nodes), shape.num_gpu, dtype=np.int64))
+            cost += self.GUARD_WEIGHT * self.pressure.guard(state, nodes, taken, shape.cpu, shape.memory)
         return first_best(cost)
 
     def pattern_loss(self, state: ClusterState, milli: int, rows: IntArray) -> FloatArray:
