@@ -156,8 +156,8 @@ def summarize(nodes: Nodes, tasks: Tasks) -> dict[str, Any]:
         if g > 0:
             node_mix[(model, g, c, m)] = node_mix.get((model, g, c, m), 0) + 1
     task_mix: dict[tuple[int, int, str, int, int], int] = {}
-    for key in zip(tasks.num_gpu.tolist(), tasks.gpu_milli.tolist(), tasks.gpu_spec, tasks.cpu_milli.tolist(),
-                   tasks.memory_mib.tolist(), strict=True):
+    for t in range(len(tasks)):
+        key = task_kind(tasks, t)
         task_mix[key] = task_mix.get(key, 0) + 1
     return {
         "source": "Alibaba cluster-trace-gpu-v2023 (openb): openb_node_list_gpu_node.csv and "

@@ -50,6 +50,7 @@ from hami.sim.policies.base import Shape, SimContext
 from hami.sim.policies.fgd import FGD, first_best
 from hami.sim.policies.patterns import Patterns
 from hami.sim.trace import Tasks
+from hami.sim.workload import task_kind
 
 NAME = "fgd-balance"
 SUMMARY = ("ours: FGD over every class + GPU that CPU/memory cannot feed + demand on scarce node kinds "
@@ -107,8 +108,8 @@ class Pressure:
         cpu = np.asarray([k[2] for k in kinds])
         memory = np.asarray([k[3] for k in kinds])
         types: dict[tuple[int, int, str, int, int], int] = {}
-        for key in zip(tasks.num_gpu.tolist(), tasks.gpu_milli.tolist(), tasks.gpu_spec, tasks.cpu_milli.tolist(),
-                       tasks.memory_mib.tolist(), strict=True):
+        for t in range(len(tasks)):
+            key = task_kind(tasks, t)
             types[key] = types.get(key, 0) + 1
         total = float(tasks.gpu_demand_milli.sum()) or 1.0
         access: list[BoolArray] = []
@@ -132,7 +133,7 @@ class Pressure:
         self.access = np.asarray(access, dtype=np.float64).reshape(-1, len(kinds))  # (task types, kinds)
         self.rate = np.asarray(rate)  # each type's share of the GPU demand
         self.size = np.asarray(size)  # milli-GPU of one task of the type
-        # The multi-GPU types, for the guard: they need (nearly) empty nodes.
+        # The multi-GPU types, for the guard: they need nodes with that many wholly free GPUs.
         multi = np.asarray([n >= 2 for n, _, _ in need], dtype=bool)
         self.multi_access = self.access[multi] > 0  # (multi-GPU types, kinds)
         self.multi_rate, self.multi_size = self.rate[multi], self.size[multi]
