@@ -193,8 +193,13 @@ def test_low_priority_waits_while_high_priority_runs(box: Sandbox) -> None:
         # The monitor's job: high-priority kernels are running, so suspend the others on that device.
         deadline = time.time() + 5
         while time.time() < deadline:
-            if high_region.exists() and low_region.exists():
+            try:
+                shared_region.read_region(low_region)
                 snap = shared_region.read_region(high_region)
+            except (FileNotFoundError, shared_region.RegionError):
+                # Not created yet, or created and sized but its header not yet written.
+                pass
+            else:
                 if any(p.last_kernel_ns and p.priority == 0 for p in snap.processes):
                     break
             time.sleep(0.05)
