@@ -43,16 +43,20 @@ def test_feed_rates_count_gpu_tasks_only(tmp_path: Path) -> None:
 def test_cpu_only_tasks_join_the_feed_rates_when_cpu_runs_short(tmp_path: Path) -> None:
     # One node: 2 GPUs and 16 CPUs, 8 milli-CPU per milli-GPU. A GPU task: 4 CPUs and 1 GiB for
     # 1,000 milli-GPU. With a CPU-only task of 20 CPUs (and 3 GiB) the workload needs 24 milli-CPU
-    # per milli-GPU, 3 times what the cluster has: half of the CPU-only task's CPU and memory
-    # joins the rates, 4 + 10 = 14 and 1.024 + 1.536 = 2.56. A CPU-only task of 2 CPUs makes the
-    # load 6 / 8 = 0.75, under 0.9: the GPU tasks' rates alone.
+    # per milli-GPU, 3 times what the cluster has: all of the CPU-only task's CPU and memory
+    # joins the rates, 4 + 20 = 24 and 1.024 + 3.072 = 4.096. A CPU-only task of 2 CPUs makes the
+    # load 6 / 8 = 0.75, under 0.9: the GPU tasks' rates alone. One of 3.6 CPUs makes it 7.6 / 8 =
+    # 0.95, halfway from 0.9 to 1.0: half of it joins, 4 + 1.8 = 5.8 and 1.024 + 1.536 = 2.56.
     heavy = workload(tmp_path, "A,16000,65536,2,T4\n", "g,4000,1024,1,1000,\nc,20000,3072,0,0,\n")
     layout = Layout.of(ClusterState(build_cluster(heavy.nodes)))
     assert cpu_load(heavy.tasks, layout) == pytest.approx(3.0)
-    assert feed_rates(heavy.tasks, layout) == pytest.approx((14.0, 2.56))
+    assert feed_rates(heavy.tasks, layout) == pytest.approx((24.0, 4.096))
     light = workload(tmp_path, "A,16000,65536,2,T4\n", "g,4000,1024,1,1000,\nc,2000,3072,0,0,\n")
     assert cpu_load(light.tasks, layout) == pytest.approx(0.75)
     assert feed_rates(light.tasks, layout) == pytest.approx((4.0, 1.024))
+    ramp = workload(tmp_path, "A,16000,65536,2,T4\n", "g,4000,1024,1,1000,\nc,3600,3072,0,0,\n")
+    assert cpu_load(ramp.tasks, layout) == pytest.approx(0.95)
+    assert feed_rates(ramp.tasks, layout) == pytest.approx((5.8, 2.56))
 
 def test_kind_pressure_by_hand(tmp_path: Path) -> None:
     # Kinds: T4 (two 2-GPU nodes, 4,000 milli) and V100M32 (one 8-GPU node, 8,000). A task that
@@ -120,6 +124,27 @@ def test_guard_keeps_places_for_multi_gpu_tasks(tmp_path: Path) -> None:
         taken = np.asarray([1, 1], dtype=np.int64)
         guard = Pressure(Layout.of(state), w.tasks).guard(state, np.asarray([0, 1], dtype=np.int64), taken, 1000, 1024)
         assert guard.tolist() == pytest.approx([0.0, expected]), count
+
+
+def test_guard_expects_fewer_tasks_when_cpu_runs_short(tmp_path: Path) -> None:
+    # The guard's first case, with 1-GPU tasks of 12 CPUs: the workload needs 200,000 milli-CPU
+    # for 24,000 milli-GPU, 25/3 per milli-GPU. Node 0 (a GPU taken) has 1 CPU left, node 2 only
+    # the 8 CPUs of one 8-GPU task. The 105,000 free milli-CPU bring tasks to 12,600 of the 23,000
+    # free milli-GPU, a third of it to the 8-GPU tasks: N = 1 + 0.525 = 1.525 (not 1.96), two places,
+    # so taking one on node 1 misses with chance (2N - 2) / N = 0.689 (not 0.979).
+    pods = "".join(f"s{i},12000,1024,1,1000,\n" for i in range(16)) + "big,8000,8192,8,1000,\n"
+    w = workload(tmp_path, "".join(f"n{i},96000,786432,8,V100M32\n" for i in range(3)), pods)
+    state = ClusterState(build_cluster(w.nodes))
+    state.usedcores[0] = state.node_usedcores[0] = 100
+    state.node_cpu_used[0], state.node_cpu_used[2] = 95000, 88000
+    pressure = Pressure(Layout.of(state), w.tasks)
+    guard = pressure.guard(state, np.asarray([0, 1], dtype=np.int64), np.asarray([1, 1], dtype=np.int64), 1000, 1024)
+    expected = 1 + 105000 * 3 / 25 / 3 / 8000
+    assert guard.tolist() == pytest.approx([0.0, 8000 * (2 * expected - 2) / expected])
+    # With the CPU free again, the free GPU bounds what comes: the first case's 0.979.
+    state.node_cpu_used[0], state.node_cpu_used[2] = 0, 88000
+    guard = pressure.guard(state, np.asarray([1], dtype=np.int64), np.asarray([1], dtype=np.int64), 1000, 1024)
+    assert guard.tolist() == pytest.approx([8000 * (2 * (1 + 23 / 24) - 2) / (1 + 23 / 24)])
 
 
 def test_guard_counts_cpu_and_the_tasks_that_need_the_same_nodes(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ that near-ties still fall to the first node in the fixed order (which is what pa
    growth of the unfed GPU, times UNFED_WEIGHT: CPU-hungry tasks (and CPU-only ones) go where
    CPU is plentiful, CPU-light ones where it is short. FGD sees CPU only as a cliff (a node
    that cannot host a class's CPU at all). When the workload's CPU nears the cluster's
-   (openb cpu235, cpu300), the CPU-only tasks compete for the same CPU: up to half of theirs
-   joins the rates (`feed_rates`).
+   (openb cpu235, cpu300), the CPU-only tasks compete for the same CPU: theirs joins the
+   rates, in full once the workload's CPU matches the cluster's (`feed_rates`).
 2. **Scarce node kinds** (`Pressure`). FGD is local: it does not know that other tasks can run
    only on some node kinds (a GPU model asked for by name, the only nodes with enough CPU for
    a large task). Every task type spreads its share of the demand over the free capacity of
@@ -27,7 +27,8 @@ that near-ties still fall to the first node in the fixed order (which is what pa
    kinds. A placement that takes such a place costs the task's size times the chance that a
    multi-GPU task will then miss one: none while places are plentiful, all of it once there
    are no more of them than the tasks still to come that need them (every type that can only
-   use the same kinds counts) plus one. Any task pays it, CPU-only ones included.
+   use the same kinds counts) plus one. The tasks still to come are those that the free GPU,
+   CPU and memory can still host. Any task pays it, CPU-only ones included.
 4. **Packing patterns** (`hami.sim.policies.patterns`). FGD asks whether a GPU's free share
    can host the typical task, not whether the shares it leaves add up: a 0.47 GPU beside a
    0.32 leaves 0.21 that almost nothing fills, beside another 0.47 only 0.06. The best mix of
@@ -56,7 +57,7 @@ NAME = "fgd-balance"
 SUMMARY = ("ours: FGD over every class + GPU that CPU/memory cannot feed + demand on scarce node kinds "
            "+ the LP's packing patterns")
 BoolArray = npt.NDArray[np.bool_]
-LOAD_FROM, LOAD_FULL, CPU_ONLY_SHARE = 0.9, 1.0, 0.5  # feed_rates: the CPU-only tasks' share, by CPU load
+LOAD_FROM, LOAD_FULL = 0.9, 1.0  # feed_rates: the CPU loads where the CPU-only tasks start and finish joining
 
 
 def feed_rates(tasks: Tasks, layout: Layout | None = None) -> tuple[float, float]:
@@ -64,9 +65,9 @@ def feed_rates(tasks: Tasks, layout: Layout | None = None) -> tuple[float, float
 
     The GPU tasks' own rates, taken together. When the workload's CPU, CPU-only tasks included,
     nears what the cluster has per GPU (`cpu_load`, given the `layout`), the CPU-only tasks
-    compete for the same CPU, so part of their CPU and memory joins the rates: none up to a
-    load of LOAD_FROM, half of it from LOAD_FULL on (tuned on the openb variants: all of it
-    refuses multi-GPU tasks early, see docs/simulation.md).
+    compete for the same CPU, so their CPU and memory join the rates: none up to a load of
+    LOAD_FROM, all of it from LOAD_FULL on, where the workload needs all of the cluster's CPU
+    (all of it at every load refuses multi-GPU tasks early on multigpu30, see docs/simulation.md).
     """
     gpu = tasks.num_gpu > 0
     demand = float(tasks.gpu_demand_milli[gpu].sum())
@@ -75,7 +76,7 @@ def feed_rates(tasks: Tasks, layout: Layout | None = None) -> tuple[float, float
     cpu, mem = float(tasks.cpu_milli[gpu].sum()) / demand, float(tasks.memory_mib[gpu].sum()) / demand
     if layout is None:
         return cpu, mem
-    share = CPU_ONLY_SHARE * float(np.clip((cpu_load(tasks, layout) - LOAD_FROM) / (LOAD_FULL - LOAD_FROM), 0, 1))
+    share = float(np.clip((cpu_load(tasks, layout) - LOAD_FROM) / (LOAD_FULL - LOAD_FROM), 0, 1))
     cpu_all, mem_all = float(tasks.cpu_milli.sum()) / demand, float(tasks.memory_mib.sum()) / demand
     return cpu + share * (cpu_all - cpu), mem + share * (mem_all - mem)
 
@@ -132,6 +133,10 @@ class Pressure:
         self.kinds = len(kinds)
         self.access = np.asarray(access, dtype=np.float64).reshape(-1, len(kinds))  # (task types, kinds)
         self.rate = np.asarray(rate)  # each type's share of the GPU demand
+        # The whole workload's milli-CPU and MiB per milli-GPU: how much of the free GPU the free
+        # CPU and memory can still bring tasks to.
+        self.workload_cpu_per_gpu = float(tasks.cpu_milli.sum()) / total
+        self.workload_mem_per_gpu = float(tasks.memory_mib.sum()) / total
         self.size = np.asarray(size)  # milli-GPU of one task of the type
         # The multi-GPU types, for the guard: they need nodes with that many wholly free GPUs.
         multi = np.asarray([n >= 2 for n, _, _ in need], dtype=bool)
@@ -165,7 +170,9 @@ class Pressure:
 
         A multi-GPU type w has P places (`places`, over all nodes). N = 1 + how many tasks the
         remaining free capacity would receive, at their share of the demand, of the types that can
-        run only where w can (w included: they take w's places wherever they go). The chance that
+        run only where w can (w included: they take w's places wherever they go). That capacity is
+        the free GPU, or less where the free CPU or memory, at the workload's rates, can bring tasks
+        to less of it (when CPU runs short, fewer tasks still come). The chance that
         one place fewer is missed is (2N - P) / N, clipped to [0, 1]: none while P >= 2N, certain
         once P <= N. The cost is, for the type it hurts most, that chance times the places the
         placement takes times the type's size."""
@@ -176,6 +183,10 @@ class Pressure:
         mem_free = state.node_memory - state.node_memory_used
         places = self.places(self.kind, whole_free, cpu_free, mem_free).sum(axis=1)
         free_total = float(((state.node_core_total - state.node_usedcores) * 10).sum())
+        if self.workload_cpu_per_gpu > 0:
+            free_total = min(free_total, float(cpu_free.sum()) / self.workload_cpu_per_gpu)
+        if self.workload_mem_per_gpu > 0:
+            free_total = min(free_total, float(mem_free.sum()) / self.workload_mem_per_gpu)
         expected = 1.0 + self.within @ (self.multi_rate * free_total / self.multi_size)
         missed = np.clip((2.0 * expected - places) / expected, 0.0, 1.0)
         if not missed.any():
