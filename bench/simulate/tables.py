@@ -55,6 +55,7 @@ def ablation_specs() -> dict[str, PolicySpec]:
         "no CPU-only tasks in the rates": with_weights(*w, cpu_only=False),
         "no kind pressure": with_weights(w[0], 0.0, w[2], w[3]),
         "no multi-GPU guard": with_weights(w[0], w[1], 0.0, w[3]),
+        "guard: all free GPU gets tasks": with_weights(*w, hosted=False),
         "95% of classes": with_weights(*w, every_class=False),
     }
     return {name: PolicySpec(name, name, PolicyDefaults(), make) for name, make in variants.items()}
@@ -71,15 +72,22 @@ def _job(job: tuple[str, str, int, float]) -> tuple[str, str, int, list[float]]:
 
 
 def run_all(traces: list[str], names: list[str], seeds: int, until: float, jobs: int) -> dict[tuple[str, str], Any]:
+    """(trace, policy) -> array (seeds x multiples), row k from seed k for every policy, so that
+    differences between policies pair the same seed (the runs finish in any order)."""
     work = [(t, n, s, until) for t in traces for n in names for s in range(seeds)]
-    done: dict[tuple[str, str], list[list[float]]] = {}
+    done: dict[tuple[str, str], dict[int, list[float]]] = {}
     context = multiprocessing.get_context("fork")
     with context.Pool(jobs) as pool:
-        for k, (trace, name, _, values) in enumerate(pool.imap_unordered(_job, work), 1):
-            done.setdefault((trace, name), []).append(values)
+        for k, (trace, name, seed, values) in enumerate(pool.imap_unordered(_job, work), 1):
+            done.setdefault((trace, name), {})[seed] = values
             print(f"\r{k}/{len(work)} runs", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    return {key: np.asarray(v) for key, v in done.items()}
+    return {key: by_seed(runs) for key, runs in done.items()}
+
+
+def by_seed(runs: dict[int, list[float]]) -> Any:
+    """The runs of one (trace, policy) as rows in seed order."""
+    return np.asarray([runs[seed] for seed in sorted(runs)])
 
 
 def lp_bound(workload: Workload, split_count: int = 10) -> float:

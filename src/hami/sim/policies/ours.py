@@ -183,7 +183,7 @@ class Pressure:
         mem_free = state.node_memory - state.node_memory_used
         places = self.places(self.kind, whole_free, cpu_free, mem_free).sum(axis=1)
         free_total = float(((state.node_core_total - state.node_usedcores) * 10).sum())
-        if self.workload_cpu_per_gpu > 0:
+        if self.workload_cpu_per_gpu > 0:  # 0: tasks without CPU, or the ablation's "no bound"
             free_total = min(free_total, float(cpu_free.sum()) / self.workload_cpu_per_gpu)
         if self.workload_mem_per_gpu > 0:
             free_total = min(free_total, float(mem_free.sum()) / self.workload_mem_per_gpu)
@@ -253,7 +253,8 @@ class FGDBalance(FGD):
 
 
 def with_weights(unfed_weight: float, pressure_weight: float, guard_weight: float, pattern_weight: float,
-                 every_class: bool = True, memory: bool = True, cpu_only: bool = True) -> type[FGDBalance]:
+                 every_class: bool = True, memory: bool = True, cpu_only: bool = True,
+                 hosted: bool = True) -> type[FGDBalance]:
     """The policy with other weights (0 turns a part off): for the ablation."""
 
     class Variant(FGDBalance):
@@ -268,6 +269,8 @@ def with_weights(unfed_weight: float, pressure_weight: float, guard_weight: floa
                 self.cpu_per_gpu, self.mem_per_gpu = feed_rates(sim.tasks)
             if not memory:
                 self.mem_per_gpu = float("inf")
+            if not hosted:  # the guard expects tasks for all of the free GPU, whatever CPU is left
+                self.pressure.workload_cpu_per_gpu = self.pressure.workload_mem_per_gpu = 0.0
 
     return Variant
 
