@@ -77,8 +77,17 @@ def feed_rates(tasks: Tasks, layout: Layout | None = None) -> tuple[float, float
     if layout is None:
         return cpu, mem
     share = float(np.clip((cpu_load(tasks, layout) - LOAD_FROM) / (LOAD_FULL - LOAD_FROM), 0, 1))
-    cpu_all, mem_all = float(tasks.cpu_milli.sum()) / demand, float(tasks.memory_mib.sum()) / demand
+    cpu_all, mem_all = workload_rates(tasks)
     return cpu + share * (cpu_all - cpu), mem + share * (mem_all - mem)
+
+
+def workload_rates(tasks: Tasks) -> tuple[float, float]:
+    """(milli-CPU, MiB) per milli-GPU of the whole workload, CPU-only tasks included; (0, 0)
+    without GPU demand."""
+    demand = float(tasks.gpu_demand_milli.sum())
+    if demand == 0:
+        return 0.0, 0.0
+    return float(tasks.cpu_milli.sum()) / demand, float(tasks.memory_mib.sum()) / demand
 
 
 def cpu_load(tasks: Tasks, layout: Layout) -> float:
@@ -135,8 +144,7 @@ class Pressure:
         self.rate = np.asarray(rate)  # each type's share of the GPU demand
         # The whole workload's milli-CPU and MiB per milli-GPU: how much of the free GPU the free
         # CPU and memory can still bring tasks to.
-        self.workload_cpu_per_gpu = float(tasks.cpu_milli.sum()) / total
-        self.workload_mem_per_gpu = float(tasks.memory_mib.sum()) / total
+        self.workload_cpu_per_gpu, self.workload_mem_per_gpu = workload_rates(tasks)
         self.size = np.asarray(size)  # milli-GPU of one task of the type
         # The multi-GPU types, for the guard: they need nodes with that many wholly free GPUs.
         multi = np.asarray([n >= 2 for n, _, _ in need], dtype=bool)
