@@ -125,7 +125,9 @@ class MtlsServer:
 
     def client_cert(self, ca: CertificateAuthority, name: str) -> tuple[Path, Path]:
         key, cert = ca.issue(name, client=True)
-        return write_pair(self.directory, f"client-{name}-{id(cert)}", key, cert)
+        # Named by serial number: id(cert) is reused once a certificate is freed, and then a second
+        # certificate overwrote the first one's files (a rotation test then sent the new one twice).
+        return write_pair(self.directory, f"client-{name}-{cert.serial_number:x}", key, cert)
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None,
                 cert: tuple[Path, Path] | None = None) -> tuple[int, str]:
