@@ -38,20 +38,9 @@ MANAGED = [
     "nvidia.com/priority",
 ]
 
-
-_REQUEUES = itertools.count(1)
-
-
-def requeue(cp: ControlPlane, namespace: str, name: str) -> None:
-    """Moves a pending pod back into kube-scheduler's active queue with a label update.
-
-    kube-scheduler (v1.36.3) may keep a pod that our /filter refused in its unschedulable queue
-    without asking us again, even after the event that frees room, until its periodic flush
-    (5 min); seen about once in ten suite runs. Any update of the pod moves it back. Tests that
-    check our side (once asked, the freed room is offered) call this when the pod is not bound
-    soon after the room was freed."""
-    cp.api("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}",
-           {"metadata": {"labels": {"requeue": str(next(_REQUEUES))}}}, content_type="application/merge-patch+json")
+# kube-scheduler parks a refused pod for up to 5 minutes without an event; hami's retry request
+# comes about a second after its watch sees the room, then kube-scheduler's backoff (at most 10 s).
+RETRY_WITHIN_S = 60
 
 
 class HamiScheduler:

@@ -20,7 +20,7 @@ import pytest
 from hami.annotations import keys
 from hami.annotations.pod_devices import pod_allocation_from_annotations
 from tests.cluster import ApiCallError, ControlPlane, wait_for
-from tests.integration.hami_stack import HamiScheduler, create_pod, gpu_node_annotations, gpu_pod, pods_in, requeue
+from tests.integration.hami_stack import HamiScheduler, create_pod, gpu_node_annotations, gpu_pod, pods_in
 
 _classes = itertools.count()
 
@@ -339,11 +339,7 @@ def test_the_hold_is_released_when_the_preemptor_goes_away(control_plane: Contro
     wait_for(lambda: held_devices(hami, namespace, "urgent") == 0, timeout=30, message="the hold released")
     control_plane.api("DELETE", f"/api/v1/namespaces/{namespace}/pods/{victim}",
                       {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})
-    try:
-        placed = wait_bound_pod(control_plane, namespace, "latecomer", timeout=30)
-    except TimeoutError:
-        requeue(control_plane, namespace, "latecomer")  # kube-scheduler did not ask again (see requeue)
-        placed = wait_bound_pod(control_plane, namespace, "latecomer")
+    placed = wait_bound_pod(control_plane, namespace, "latecomer", timeout=60)
     assert devices_of(placed) == [f"GPU-{node}-0"], hami.log_tail()
 
 

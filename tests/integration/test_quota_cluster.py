@@ -10,12 +10,12 @@ from typing import Any
 
 from tests.cluster import ApiCallError, ControlPlane, wait_for
 from tests.integration.hami_stack import (  # noqa: F401 - `stack` is a fixture
+    RETRY_WITHIN_S,
     HamiScheduler,
     create_pod,
     gpu_node_annotations,
     gpu_pod,
     pods_in,
-    requeue,
     stack,
 )
 
@@ -68,16 +68,30 @@ def test_quota_refuses_counts_per_device_and_is_freed_by_deletion(
         in used, used
     assert f'hami_resource_quota_limit{{namespace="{namespace}",quota_name="nvidia.com/gpucores"}} 300.0' \
         in metric_lines(hami, "hami_resource_quota_limit")
-    # Deleting a pod frees its share of the quota: the waiting pod is placed.
+    # Deleting a pod frees its share of the quota: the waiting pod is placed (kube-scheduler retries
+    # it on the deletion, or hami asks it to when its own watch saw the deletion later).
     control_plane.api("DELETE", f"/api/v1/namespaces/{namespace}/pods/two",
                       {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0})
-    try:
-        wait_bound(control_plane, namespace, "over", timeout=30)
-    except TimeoutError:
-        requeue(control_plane, namespace, "over")  # kube-scheduler did not ask again (see requeue)
-        wait_bound(control_plane, namespace, "over", timeout=90)
+    wait_bound(control_plane, namespace, "over", timeout=60)
     assert f'hami_resource_quota_used{{limit="20000",namespace="{namespace}",quota_name="nvidia.com/gpumem"}} 12000.0' \
         in metric_lines(hami, "hami_resource_quota_used")
+
+
+def test_raising_the_quota_places_a_waiting_pod(control_plane: ControlPlane, namespace: str, stack: Any,
+                                               add_node: Any) -> None:
+    """kube-scheduler never retries a pod for a ResourceQuota change: hami asks it to."""
+    hami, scheduler = stack
+    node = f"{namespace}-a"
+    add_node(node, annotations=gpu_node_annotations(node, gpus=2, memory=24000))
+    quota = make_quota(control_plane, namespace, {"limits.nvidia.com/gpumem": "8000"})
+    create_pod(control_plane, namespace, gpu_pod("big", scheduler, memory=12000))
+    wait_for(lambda: filter_events(control_plane, namespace, "big"), timeout=60, message="FilteringFailed on big")
+    quota["spec"]["hard"]["limits.nvidia.com/gpumem"] = "16000"
+    control_plane.api("PUT", f"/api/v1/namespaces/{namespace}/resourcequotas/gpu", quota)
+    wait_bound(control_plane, namespace, "big", timeout=RETRY_WITHIN_S)
+    placed = control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods/big")
+    assert "hami.io/scheduling-retry" in placed["metadata"]["annotations"], hami.log_tail()
+    assert "asked kube-scheduler to try it again" in hami.log_tail()
 
 
 def test_quota_usage_is_rebuilt_from_decisions_after_a_restart(

@@ -23,6 +23,9 @@ PREEMPTION_NODE = "hami.io/preemption-node"
 PREEMPTION_DEVICES = "hami.io/preemption-devices"  # per container, as vgpu-devices-allocated
 PREEMPTION_VICTIMS = "hami.io/preemption-victims"  # "namespace/name,…"
 PREEMPTION_TIME = "hami.io/preemption-time"  # unix seconds
+# Ours, not HAMi's: when the scheduler asked kube-scheduler to try a refused pod again, because
+# room for it appeared (hami.scheduler.requeue); any update of a pending pod requeues it.
+SCHEDULING_RETRY = "hami.io/scheduling-retry"
 # Ours, not HAMi's: why the device plugin marked bind-phase failed.
 BIND_FAILURE_REASON = "hami.io/bind-failure-reason"
 

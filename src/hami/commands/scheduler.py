@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from hami.scheduler.preemption import PreemptionOptions, Preemptor
     from hami.scheduler.quota import QuotaBook
     from hami.scheduler.quotawatch import QuotaWatch
+    from hami.scheduler.requeue import Requeuer
     from hami.scheduler.resize import Resizer
     from hami.serve import listen, serve
     from hami.webhook.mutate import WebhookOptions
@@ -164,6 +165,10 @@ def run(args: argparse.Namespace) -> int:
                           PreemptionOptions(defaults=defaults, hold_seconds=args.preemption_hold_seconds), quota)
     if not args.no_preemption:
         extender.preemptor = preemptor
+    # Refused pods are asked for again when room appears that kube-scheduler may not retry them for.
+    requeuer = Requeuer(cache, api, extender.decide_lock, extender.is_leader, defaults)
+    extender.requeuer = requeuer
+    requeuer.listen(quota)
     registry = CollectorRegistry()
     registry.register(SchedulerCollector(cache, quota))
     stop = threading.Event()
@@ -186,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
           "informer-resourcequotas")
     if not args.no_preemption:
         start(lambda: preemptor.run(stop), "preemption")
+    start(lambda: requeuer.run(stop), "requeue")
     if args.leader_elect:
         extender.is_leader.clear()
         identity = args.identity or f"{socket.gethostname()}-{os.getpid()}"

@@ -124,6 +124,8 @@ class ClusterCache:
         self._state: ClusterState | None = None
         # Told of every change of what a pod holds: (key, before, after), under the cache's lock.
         self.listeners: list[Callable[[str, Holding | None, Holding | None], None]] = []
+        # Told of every node whose registered devices changed (its name), under the cache's lock.
+        self.node_listeners: list[Callable[[str], None]] = []
         # Namespaces' GPU quotas (ResourceQuota), checked by every decision when set.
         self.quota: QuotaBook | None = None
         self.nodes_synced = False
@@ -155,6 +157,8 @@ class ClusterCache:
             else:
                 self._nodes.pop(name, None)
             self._state = None
+            for listener in self.node_listeners:
+                listener(name)
 
     def delete_node(self, name: str) -> None:
         with self._lock:

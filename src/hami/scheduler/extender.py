@@ -36,6 +36,7 @@ from hami.scheduler.kube import AsyncKubeApi
 from hami.scheduler.leader import Leadership
 from hami.scheduler.nodelock import NodeLocker, NodeLockError
 from hami.scheduler.preemption import Preemptor
+from hami.scheduler.requeue import Requeuer
 from hami.vendors.base import LockKind, Vendor
 from hami.wire import ShapeError, check_pod, node_names
 
@@ -120,6 +121,8 @@ class Extender:
         self._background: set[asyncio.Task[Any]] = set()
         # Plans preemptions for pods that fit nowhere (hami.scheduler.preemption); None: off.
         self.preemptor: Preemptor | None = None
+        # Asks kube-scheduler to retry refused pods once room appears (hami.scheduler.requeue).
+        self.requeuer: Requeuer | None = None
         # By pod_id, from the pod's last /filter: our choice and the node scores (for /prioritize),
         # and the decision's annotations (for /bind).
         self._scores: OrderedDict[str, tuple[str | None, dict[str, float]]] = OrderedDict()
@@ -158,6 +161,8 @@ class Extender:
                     failed[name] = R.NODE_UNREGISTERED
             if decision.node is None:
                 self._event(pod, "FilteringFailed", _summary(failed))
+                if self.requeuer is not None:
+                    self.requeuer.refused(pod, names)
                 if self.preemptor is not None:
                     self.preemptor.request(pod, names)
                 return {"NodeNames": [], "FailedNodes": failed, "Error": ""}

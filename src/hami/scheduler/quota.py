@@ -17,7 +17,7 @@ Three parts, all without I/O:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -210,6 +210,8 @@ class QuotaBook:
         self._objects: dict[tuple[str, str], dict[str, _Limit]] = {}
         self._namespaces: dict[str, NamespaceQuota] = {}
         self._pods: dict[str, tuple[str, dict[str, int]]] = {}  # pod key -> (namespace, usage)
+        # Told of every namespace whose limits changed (its name), under the book's lock.
+        self.limit_listeners: list[Callable[[str], None]] = []
 
     # ---- limits ------------------------------------------------------------------------
 
@@ -272,9 +274,13 @@ class QuotaBook:
                 if resource not in merged or limit.internal < merged[resource].internal:
                     merged[resource] = limit
         entry = self._namespaces.setdefault(namespace, NamespaceQuota())
+        changed = entry.limits != merged
         entry.limits = merged
         if not entry.limits and not entry.used:
             del self._namespaces[namespace]
+        if changed:
+            for listener in self.limit_listeners:
+                listener(namespace)
 
     # ---- usage -------------------------------------------------------------------------
 
