@@ -30,6 +30,7 @@ import http.client
 import itertools
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -71,6 +72,9 @@ class BinaryNotFound(ClusterError):
 
 class PortInUse(ClusterError):
     """A port asked for is taken by another process."""
+
+
+PORT_ATTEMPTS = 3  # kube-apiserver starts on a fresh free port when the one picked was taken meanwhile
 
 
 class ApiCallError(ClusterError):
@@ -138,11 +142,40 @@ class Binaries:
 # --------------------------------------------------------------------------- ports and processes
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections (32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS_FROM = 20000
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free on `host` right now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port that is free on `host` right now, below the kernel's range for outgoing connections.
+
+    A port from that range (the kernel's own choice for a bind to port 0) can be taken by any
+    connection made before the process it is meant for binds it, which failed a start with
+    "address already in use" now and then. Each port is handed out once per test run."""
+    low = _ephemeral_low()
+    with _ports_lock:
+        for _ in range(1000):
+            port = random.randrange(_PORTS_FROM, low) if low > _PORTS_FROM + 1000 else 0
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                port = int(s.getsockname()[1])
+            _handed_out.add(port)
+            return port
+    raise PortInUse(f"no free port found on {host} between {_PORTS_FROM} and {low}")
 
 
 def ensure_port_free(port: int, what: str, host: str = "127.0.0.1") -> None:
@@ -385,7 +418,16 @@ class ControlPlane:
         ensure_port_free(self.apiserver_port, "kube-apiserver secure port")
         self._write_pki()
         self._start_etcd(etcd_port, etcd_peer_port)
-        self._start_apiserver()
+        for attempt in itertools.count(1):
+            try:
+                self._start_apiserver()
+                break
+            except PortInUse:
+                # free_port's choice can be taken before kube-apiserver binds it (a connection's
+                # ephemeral port comes from the same range): pick another, unless one was asked for.
+                if self._apiserver_port_wanted or attempt == PORT_ATTEMPTS:
+                    raise
+                self.apiserver_port = free_port()
         self._write_kubeconfig()
         self._ensure_system_namespaces()
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="fake-node-heartbeat", daemon=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -32,6 +31,7 @@ from hami.scheduler.extender import Extender
 from hami.scheduler.metrics import SchedulerCollector
 from hami.serve import serve
 from hami.webhook.mutate import WebhookOptions
+from tests.cluster import free_port
 
 
 def node(name: str, *devices: DeviceInfo) -> dict[str, Any]:
@@ -57,11 +57,6 @@ def pod(name: str, mem: int, cores: int = 10) -> dict[str, Any]:
         },
     }
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
