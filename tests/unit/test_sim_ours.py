@@ -141,6 +141,11 @@ def test_guard_expects_fewer_tasks_when_cpu_runs_short(tmp_path: Path) -> None:
     guard = pressure.guard(state, np.asarray([0, 1], dtype=np.int64), np.asarray([1, 1], dtype=np.int64), 1000, 1024)
     expected = 1 + 105000 * 3 / 25 / 3 / 8000
     assert guard.tolist() == pytest.approx([0.0, 8000 * (2 * expected - 2) / expected])
+    # The ablation's switch: without the bound all of the free GPU brings tasks, N = 1 + 23/24.
+    pressure.hosted = False
+    guard = pressure.guard(state, np.asarray([1], dtype=np.int64), np.asarray([1], dtype=np.int64), 1000, 1024)
+    assert guard.tolist() == pytest.approx([8000 * (2 * (1 + 23 / 24) - 2) / (1 + 23 / 24)])
+    pressure.hosted = True
     # With the CPU free again, the free GPU bounds what comes: the first case's 0.979.
     state.node_cpu_used[0], state.node_cpu_used[2] = 0, 88000
     guard = pressure.guard(state, np.asarray([1], dtype=np.int64), np.asarray([1], dtype=np.int64), 1000, 1024)

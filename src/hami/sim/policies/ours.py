@@ -93,11 +93,10 @@ def workload_rates(tasks: Tasks) -> tuple[float, float]:
 def cpu_load(tasks: Tasks, layout: Layout) -> float:
     """The workload's CPU per milli-GPU (every task) over the cluster's: above 1, CPU runs out
     before GPU does."""
-    demand = float(tasks.gpu_demand_milli.sum())
     node_cpu = float(np.asarray([layout.kinds[k][2] for k in layout.kind.tolist()], dtype=np.float64).sum())
-    if demand == 0 or node_cpu == 0:
+    if node_cpu == 0:
         return 0.0
-    return (float(tasks.cpu_milli.sum()) / demand) / (node_cpu / layout.capacity_milli)
+    return workload_rates(tasks)[0] / (node_cpu / layout.capacity_milli)
 
 
 def unfed(gpu_free: FloatArray, cpu_free: FloatArray, mem_free: FloatArray, cpu_per_gpu: float,
@@ -145,6 +144,7 @@ class Pressure:
         # The whole workload's milli-CPU and MiB per milli-GPU: how much of the free GPU the free
         # CPU and memory can still bring tasks to.
         self.workload_cpu_per_gpu, self.workload_mem_per_gpu = workload_rates(tasks)
+        self.hosted = True  # the ablation's switch: False expects tasks for all of the free GPU
         self.size = np.asarray(size)  # milli-GPU of one task of the type
         # The multi-GPU types, for the guard: they need nodes with that many wholly free GPUs.
         multi = np.asarray([n >= 2 for n, _, _ in need], dtype=bool)
@@ -191,9 +191,9 @@ class Pressure:
         mem_free = state.node_memory - state.node_memory_used
         places = self.places(self.kind, whole_free, cpu_free, mem_free).sum(axis=1)
         free_total = float(((state.node_core_total - state.node_usedcores) * 10).sum())
-        if self.workload_cpu_per_gpu > 0:  # 0: tasks without CPU, or the ablation's "no bound"
+        if self.hosted and self.workload_cpu_per_gpu > 0:  # 0: tasks that ask no CPU
             free_total = min(free_total, float(cpu_free.sum()) / self.workload_cpu_per_gpu)
-        if self.workload_mem_per_gpu > 0:
+        if self.hosted and self.workload_mem_per_gpu > 0:
             free_total = min(free_total, float(mem_free.sum()) / self.workload_mem_per_gpu)
         expected = 1.0 + self.within @ (self.multi_rate * free_total / self.multi_size)
         missed = np.clip((2.0 * expected - places) / expected, 0.0, 1.0)
@@ -277,8 +277,7 @@ def with_weights(unfed_weight: float, pressure_weight: float, guard_weight: floa
                 self.cpu_per_gpu, self.mem_per_gpu = feed_rates(sim.tasks)
             if not memory:
                 self.mem_per_gpu = float("inf")
-            if not hosted:  # the guard expects tasks for all of the free GPU, whatever CPU is left
-                self.pressure.workload_cpu_per_gpu = self.pressure.workload_mem_per_gpu = 0.0
+            self.pressure.hosted = hosted
 
     return Variant
 
