@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hami.scheduler.state import ClusterState
+from hami.scheduler.state import ClusterState, IntArray
 from hami.sim.fill import run_sequence
 from hami.sim.frag import Layout
 from hami.sim.policies import POLICIES
@@ -177,3 +177,32 @@ def test_guard_counts_cpu_and_the_tasks_that_need_the_same_nodes(tmp_path: Path)
     state.node_cpu_used[candidates[0]] = 16000
     assert pressure.guard(state, candidates, none, 4000, 8192).tolist() == pytest.approx([0.0, 0.0])
     assert pressure.guard(state, candidates, one, 4000, 8192).tolist() == pytest.approx([8000 * 2 / 3] * 2)
+
+
+def test_places_kept_per_node_match_a_full_recount(tmp_path: Path) -> None:
+    # total_places recounts only the nodes whose free capacity changed since its last call; after
+    # any sequence of changes it must equal counting every node again.
+    nodes = "".join(f"n{i},{(96 + 32 * (i % 2)) * 1000},786432,8,{'G3' if i % 2 else 'V100M32'}\n" for i in range(6))
+    pods = ("huge,120000,655360,8,1000,\nwide,8000,65536,4,1000,\n"
+            + "".join(f"s{i},4000,8192,1,1000,\n" for i in range(8)))
+    w = workload(tmp_path, nodes, pods)
+    state = ClusterState(build_cluster(w.nodes))
+    pressure = Pressure(Layout.of(state), w.tasks)
+    rng = np.random.default_rng(0)
+
+    def free() -> tuple[IntArray, IntArray, IntArray]:
+        whole = np.add.reduceat((state.usedcores == 0).astype(np.int64), state.starts[:-1])
+        return whole, state.node_cpu - state.node_cpu_used, state.node_memory - state.node_memory_used
+
+    totals = []
+    for _ in range(40):
+        node = int(rng.integers(len(state.names)))
+        gpu = int(state.starts[node] + rng.integers(8))
+        state.usedcores[gpu] = int(rng.choice([0, 0, 50, 100]))
+        state.node_cpu_used[node] = int(rng.integers(0, int(state.node_cpu[node]) + 1))
+        state.node_memory_used[node] = int(rng.integers(0, int(state.node_memory[node]) + 1))
+        whole, cpu, mem = free()
+        kept = pressure.total_places(whole, cpu, mem)
+        assert kept.tolist() == pressure.places(pressure.kind, whole, cpu, mem).sum(axis=1).tolist()
+        totals.append(kept.tolist())
+    assert len({tuple(t) for t in totals}) > 3  # the changes did move the places

@@ -157,6 +157,10 @@ class Pressure:
         access_int = self.multi_access.astype(np.int64)
         shared = access_int @ access_int.T
         self.within = (shared == access_int.sum(axis=1)[:, None]).T.astype(np.float64)
+        # total_places' memory: the free capacity it last saw, per node, and its places there.
+        self._free: IntArray | None = None
+        self._per_node: IntArray = np.zeros((0, 0), dtype=np.int64)
+        self._totals: IntArray = np.zeros(0, dtype=np.int64)
 
     def per_node(self, state: ClusterState) -> FloatArray:
         """Each node kind's pressure now (1.0 = the cluster's), per node."""
@@ -171,6 +175,23 @@ class Pressure:
         fit = np.minimum(np.minimum(whole_free[None, :] // gpus, cpu_free[None, :] // cpu), mem_free[None, :] // mem)
         out: IntArray = np.where(self.multi_access[:, kind], fit, 0)
         return out
+
+    def total_places(self, whole_free: IntArray, cpu_free: IntArray, mem_free: IntArray) -> IntArray:
+        """Per multi-GPU type, its places over all nodes. Kept per node between calls: a placement
+        changes one node, so only the nodes whose free GPUs, CPU or memory changed are recounted
+        (recounting types x nodes before every placement was a fifth of fgd-balance's time)."""
+        free = np.stack([whole_free, cpu_free, mem_free])
+        if self._free is None or self._free.shape != free.shape:
+            self._per_node = self.places(self.kind, whole_free, cpu_free, mem_free)
+            self._totals = self._per_node.sum(axis=1)
+        else:
+            changed = np.flatnonzero((free != self._free).any(axis=0))
+            if changed.size:
+                fresh = self.places(self.kind[changed], whole_free[changed], cpu_free[changed], mem_free[changed])
+                self._totals = self._totals + (fresh - self._per_node[:, changed]).sum(axis=1)
+                self._per_node[:, changed] = fresh
+        self._free = free
+        return self._totals
 
     def guard(self, state: ClusterState, nodes: IntArray, gpus_taken: IntArray, cpu: int, memory: int) -> FloatArray:
         """Per candidate node: the milli-GPU that a placement there taking `gpus_taken` wholly free
@@ -189,7 +210,7 @@ class Pressure:
         whole_free = np.add.reduceat((state.usedcores == 0).astype(np.int64), state.starts[:-1])
         cpu_free = state.node_cpu - state.node_cpu_used
         mem_free = state.node_memory - state.node_memory_used
-        places = self.places(self.kind, whole_free, cpu_free, mem_free).sum(axis=1)
+        places = self.total_places(whole_free, cpu_free, mem_free)
         free_total = float(((state.node_core_total - state.node_usedcores) * 10).sum())
         if self.hosted and self.workload_cpu_per_gpu > 0:  # 0: tasks that ask no CPU
             free_total = min(free_total, float(cpu_free.sum()) / self.workload_cpu_per_gpu)
