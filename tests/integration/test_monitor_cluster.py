@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from bench.monitor.simnode import BUILD, ROOT, Worker, stop_process
 from hami.annotations import keys
@@ -29,58 +25,12 @@ from hami.monitor import shared_region
 from hami.scheduler.resize import RESIZE, RESIZE_STATUS
 from tests.cluster import ControlPlane, free_port, wait_for
 from tests.integration.hami_stack import HamiScheduler, create_pod, gpu_node_annotations, gpu_pod, wait_bound
+from tests.integration.prometheus import Prometheus
 from tests.unit.libvgpu_helpers import build
 
 MIB = 1024 * 1024
 GPU_MIB = 16000
 DASHBOARD = ROOT / "dashboards" / "hami.json"
-
-
-class Prometheus:
-    """Debian's prometheus, scraping the given targets every second."""
-
-    def __init__(self, workdir: Path, targets: dict[str, str]):
-        binary = shutil.which("prometheus")
-        if binary is None:
-            pytest.fail("prometheus is not installed: apt-get install prometheus (.ci/run does)")
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}
-                               for job, target in targets.items()],
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "prometheus.log"
-        self.process = subprocess.Popen(
-            [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h"],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115 - the child owns it
-        wait_for(self._ready, timeout=60, message=f"prometheus ready\n{self._tail()}")
-        for job in targets:
-            wait_for(lambda job=job: self.query(f'up{{job="{job}"}} == 1'), timeout=30,
-                     message=f"prometheus scraping {job}\n{self._tail()}")
-
-    def _tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"prometheus exited:\n{self._tail()}")
-        try:
-            return urllib.request.urlopen(self.url + "/-/ready", timeout=2).status == 200
-        except OSError:
-            return False
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
-        body = json.loads(urllib.request.urlopen(url, timeout=10).read())
-        assert body["status"] == "success", body
-        return list(body["data"]["result"])
-
-    def close(self) -> None:
-        stop_process(self.process)
 
 
 def dashboard_queries() -> dict[str, list[str]]:
@@ -268,7 +218,7 @@ def test_every_dashboard_query_gives_the_expected_values(gpu_node: GpuNode, tmp_
             except AssertionError as exc:
                 raise AssertionError(f"panel {title!r}: {queries[title]} gave {results}") from exc
     finally:
-        prometheus.close()
+        prometheus.stop()
 
 
 def _check(condition: bool) -> None:

@@ -27,6 +27,7 @@ from hami.ui.whynot import group_reasons
 from tests.cluster import ControlPlane, free_port
 from tests.cluster.pki import CertificateAuthority, cert_pem, key_pem
 from tests.integration.conftest import control_plane  # noqa: F401 - the shared fixture
+from tests.integration.prometheus import Prometheus
 from tests.integration.ui_stack import (
     A100,
     A100_MIB,
@@ -35,7 +36,6 @@ from tests.integration.ui_stack import (
     DCU,
     T4,
     MonitorMetrics,
-    Prometheus,
     Scene,
     UiProcess,
     device_pod,

@@ -13,8 +13,9 @@ from pathlib import Path
 from tests.cluster import ControlPlane, wait_for
 from tests.cluster.controlplane import ApiCallError
 from tests.integration.conftest import control_plane  # noqa: F401 - the shared fixture
+from tests.integration.prometheus import Prometheus
 from tests.integration.test_monitor_cluster import GpuNode, gpu_node  # noqa: F401 - a node with hami monitor
-from tests.integration.ui_stack import Prometheus, UiProcess, https_get, viewer_token
+from tests.integration.ui_stack import UiProcess, https_get, viewer_token
 
 
 def test_live_usage_from_a_real_hami_monitor(control_plane: ControlPlane, gpu_node: GpuNode,  # noqa: F811

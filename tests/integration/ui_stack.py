@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import ssl
 import subprocess
@@ -90,44 +89,6 @@ class UiProcess:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-
-class Prometheus:
-    """Debian's prometheus, scraping the given targets every second."""
-
-    def __init__(self, workdir: Path, targets: dict[str, str]):
-        binary = shutil.which("prometheus")
-        assert binary is not None, "prometheus is not installed: apt-get install prometheus (.ci/run does)"
-        workdir.mkdir(parents=True, exist_ok=True)
-        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                  "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [target]}]}
-                                     for job, target in targets.items()]}
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "prometheus.log"
-        self.process = subprocess.Popen(
-            [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h"],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115 - the child owns it
-        for job in targets:
-            wait_for(lambda job=job: self.query(f'up{{job="{job}"}} == 1'), timeout=60,
-                     message=f"prometheus scraping {job}\n{self.log.read_text(errors='replace')[-2000:]}")
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"prometheus exited:\n{self.log.read_text(errors='replace')[-2000:]}")
-        try:
-            url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
-            body = json.loads(urllib.request.urlopen(url, timeout=5).read())
-        except OSError:
-            return []
-        return list(body["data"]["result"])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=15)
 
 
 class MonitorMetrics:
