@@ -223,6 +223,9 @@ def test_simulate_command_writes_the_report(tmp_path: Path, capsys: pytest.Captu
     assert (out / "allocation.png").stat().st_size > 1000 and (out / "replay.png").stat().st_size > 1000
     printed = capsys.readouterr()
     assert "ALLOC@1.0" in printed.out and "input: trace" in printed.err
+    # The sample is named like the authors' default trace but is 40 of its tasks: no paper figures.
+    assert report["published_trace"] is None and "published" not in report["policies"]["fgd"]
+    assert "is named like the FGD authors' trace 'default' but is not the file they ran" in printed.err
 
 
 def test_builtin_model_matches_the_trace_mix() -> None:

@@ -160,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
         policies = {}
         # The built-in model is the default trace's, so its figures compare with the default's.
         published = None if args.quick else "default" if builtin else report.published_trace(workload.tasks.source)
+        look_alike = None if args.quick or builtin else report.named_like_published(workload.tasks.source)
+        if published is None and look_alike:
+            print(f"note: {workload.tasks.source} is named like the FGD authors' trace {look_alike!r} but is not "
+                  "the file they ran (its SHA-256 differs): their figures are not shown", file=sys.stderr)
         for n in names:
             mine = sorted((r for r in results if r.policy == n), key=lambda r: r.seed)
             policies[n] = report.fill_summary(mine, args.until)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hami.sim.fill import FillResult
-from hami.sim.published import PUBLISHED
+from hami.sim.published import PUBLISHED, TRACE_DIGESTS
 from hami.sim.replay import ReplayResult
 
 MULTIPLES = ("0.9", "1.0", "1.1")
@@ -58,7 +59,17 @@ def replay_summary(result: ReplayResult) -> dict[str, Any]:
 
 
 def published_trace(source: str) -> str | None:
-    """The name of a trace in the authors' published results ("default", "gpushare40", …), if any."""
+    """The name of a trace in the authors' published results ("default", "gpushare40", …) when
+    `source` is, byte for byte, the file they ran; whatever it is called."""
+    try:
+        data = Path(source).read_bytes()
+    except OSError:
+        return None
+    return TRACE_DIGESTS.get(hashlib.sha256(data).hexdigest())
+
+
+def named_like_published(source: str) -> str | None:
+    """The published trace whose file name `source` has (openb_pod_list_<trace>.csv), if any."""
     stem = Path(source).name.removesuffix(".csv")
     name = stem.removeprefix("openb_pod_list_")
     return name if name != stem and name in PUBLISHED else None
