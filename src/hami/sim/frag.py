@@ -30,6 +30,13 @@ FloatArray = npt.NDArray[np.float64]
 FULL = 1000
 
 
+def wholly_free(state: ClusterState, gpus: IntArray | slice = slice(None)) -> npt.NDArray[np.bool_]:
+    """Per GPU (of `gpus`, rows of the state): all of its FULL milli-GPU free, what FGD counts as
+    a full GPU."""
+    out: npt.NDArray[np.bool_] = (state.totalcore[gpus] - state.usedcores[gpus]) * 10 >= FULL
+    return out
+
+
 @dataclass(frozen=True)
 class Layout:
     """Per node: its GPU rows padded to the widest node (pad row = an always-empty extra row)."""

@@ -46,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hami.scheduler.state import ClusterState, IntArray
-from hami.sim.frag import Classes, FloatArray, Layout
+from hami.sim.frag import Classes, FloatArray, Layout, wholly_free
 from hami.sim.policies.base import Shape, SimContext
 from hami.sim.policies.fgd import FGD, first_best
 from hami.sim.policies.patterns import Patterns
@@ -207,7 +207,7 @@ class Pressure:
         placement takes times the type's size."""
         if not len(self.multi_size):
             return np.zeros(len(nodes))
-        whole_free = np.add.reduceat((state.usedcores == 0).astype(np.int64), state.starts[:-1])
+        whole_free = np.add.reduceat(wholly_free(state).astype(np.int64), state.starts[:-1])
         cpu_free = state.node_cpu - state.node_cpu_used
         mem_free = state.node_memory - state.node_memory_used
         places = self.total_places(whole_free, cpu_free, mem_free)
@@ -269,7 +269,7 @@ class FGDBalance(FGD):
             cost += self.PRESSURE_WEIGHT * demand * (pressure - pressure.min())
         if self.GUARD_WEIGHT:
             # A share takes a wholly free GPU only if it lands on one; whole GPUs are whole.
-            taken = ((state.usedcores[rows] == 0).astype(np.int64) if shape.sharing
+            taken = (wholly_free(state, rows).astype(np.int64) if shape.sharing
                      else np.full(len(nodes), shape.num_gpu, dtype=np.int64))
             cost += self.GUARD_WEIGHT * self.pressure.guard(state, nodes, taken, shape.cpu, shape.memory)
         return first_best(cost)

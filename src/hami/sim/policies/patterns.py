@@ -34,11 +34,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linprog
 
+from hami.sim.frag import FULL
 from hami.sim.trace import Tasks
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-FULL = 1000  # milli-GPU in a GPU
 MAX_ROUNDS = 500  # column generation rounds; openb's traces need under 60
 
 
