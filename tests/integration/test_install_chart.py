@@ -105,6 +105,10 @@ def test_hami_values_file_is_honoured_where_it_applies() -> None:
     assert monitor["command"][:4] == ["hami", "monitor", "--metrics-bind-address", ":9394"]
     env = {e["name"]: e.get("value") for e in monitor["env"]}
     assert env["HOOK_PATH"] == "/usr/local/vgpu" and "NODE_NAME" in env
+    # kubelet probes the monitor's own endpoints on its metrics port (plain HTTP).
+    assert monitor["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert monitor["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert {"name": "metrics", "containerPort": 9394, "protocol": "TCP"} in monitor["ports"]
     # kube-scheduler runs in the pod, so the extender's client certificates are wired as by default.
     assert "certFile" in yaml.safe_load(items[("ConfigMap", "hami-scheduler")]["data"]["config.yaml"])[
         "extenders"][0]["tlsConfig"]

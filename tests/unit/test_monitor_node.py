@@ -97,6 +97,14 @@ def monitor(node: SimNode) -> Iterator[Callable[..., RunningMonitor]]:
         stop_process(running.process)
 
 
+def test_probes_answer_beside_the_metrics(node: SimNode, monitor: Callable[..., RunningMonitor]) -> None:
+    running = monitor("--pods", str(node.pods_file()))
+    for path in ("/healthz", "/readyz"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{running.port}{path}", timeout=5) as answer:
+            assert (answer.status, answer.read()) == (200, b"ok\n")
+    assert any(name.startswith("hami_monitor_") for name, _ in running.scrape())
+
+
 def test_metrics_equal_what_the_regions_hold(node: SimNode, monitor: Callable[..., RunningMonitor]) -> None:
     train = node.add_pod("train", {"main": [Gpu(0, 4000, 30)]}, namespace="ml")
     serve = node.add_pod("serve", {"api": [Gpu(0, 2000, 0), Gpu(1, 3000, 0)]}, namespace="web")

@@ -93,8 +93,9 @@ def _pods_from_file(path: str) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
+    from hami.monitor import endpoint
     from hami.monitor.host import FakeHost, HostSource, NvmlHost
     from hami.monitor.metrics import MonitorCollector
     from hami.monitor.node import MonitorOptions, NodeMonitor
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     registry.register(MonitorCollector(node, monitor, source, legacy=args.legacy_metrics))
     try:
-        start_http_server(port, host, registry=registry)
+        endpoint.start(host, port, endpoint.app(registry, endpoint.Health(monitor, pods)))
     except OSError as exc:
         raise HamiError(f"cannot serve metrics on {args.metrics_bind_address}: {exc.strerror}") from None
 

@@ -117,6 +117,8 @@ class NodeMonitor:
         self._pods_changed = True
         self._next_change_ns: int | None = None
         self._root_missing_logged = False
+        # time.monotonic() when the loop last finished a pass without error (the liveness probe's).
+        self.last_pass: float | None = None
 
     # ---- for other threads -------------------------------------------------------------
 
@@ -151,6 +153,7 @@ class NodeMonitor:
                 if now >= next_cleanup:
                     self.cleanup()
                     next_cleanup = now + self.options.cleanup_interval_s
+                self.last_pass = time.monotonic()
             except Exception:  # noqa: BLE001 - a bug must not end priority on the node: log, go on
                 log.exception("monitor pass failed")
                 stop.wait(0.5)
