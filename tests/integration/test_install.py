@@ -566,7 +566,8 @@ def test_install_serves_the_ui(control_plane: ControlPlane, namespace: str, rele
     release.helm("install", release.name, str(CHART_DIR), "--values", str(release.values(**{
         "ui.enabled": True, "ui.prometheus.url": prometheus})))
     assert {("Deployment", ui), ("Service", ui), ("ServiceAccount", ui), ("ClusterRole", ui),
-            ("ClusterRoleBinding", ui), ("Secret", f"{ui}-tls")} <= kinds_and_names(release.manifest())
+            ("ClusterRoleBinding", ui), ("Secret", f"{ui}-tls"), ("Secret", f"{ui}-session")} <= kinds_and_names(
+        release.manifest())
     assert release.get("Service", ui)["spec"]["ports"][0]["port"] == 443
 
     pod_spec = release.get("Deployment", ui)["spec"]["template"]["spec"]
@@ -621,6 +622,11 @@ def test_install_serves_the_ui(control_plane: ControlPlane, namespace: str, rele
     assert release.forbidden_in_logs() == []
 
     release.stop_all()
+    # The session key is made once: an upgrade keeps it, so logged-in viewers stay logged in.
+    key = release.get("Secret", f"{ui}-session")["data"]["session.key"]
+    release.helm("upgrade", release.name, str(CHART_DIR), "--values", str(release.values(**{
+        "ui.enabled": True, "ui.prometheus.url": prometheus})))
+    assert release.get("Secret", f"{ui}-session")["data"]["session.key"] == key
     release.helm("uninstall", release.name)
     assert labelled_objects(cp, f"app.kubernetes.io/instance={release.name}") == []
 

@@ -6,6 +6,7 @@ The install on the control plane is test_install.py; these need only the helm bi
 from __future__ import annotations
 
 import base64
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -156,7 +157,8 @@ def test_chart_made_certificate_serves_the_service_and_the_custom_url() -> None:
 
 def test_cert_manager_option() -> None:
     items = rendered(**{"scheduler.certManager.enabled": "true", "ui.enabled": "true"})
-    assert not [k for k in items if k[0] == "Secret"]
+    # No certificate Secret of the chart's own; the UI's session key is no certificate.
+    assert [k for k in items if k[0] == "Secret"] == [("Secret", "hami-ui-session")]
     assert {k for k in items if k[0] in ("Issuer", "Certificate")} == {
         ("Issuer", "hami-scheduler-selfsigned"), ("Certificate", "hami-scheduler-ca"),
         ("Issuer", "hami-scheduler-ca"), ("Certificate", "hami-scheduler-tls"),
@@ -376,7 +378,7 @@ def test_ui_is_its_own_deployment_with_list_and_watch_only() -> None:
     items = rendered(namespace="gpu", **{"ui.enabled": "true", "ui.tls.dnsNames": "{hami.example.com}"})
     assert ui_objects(items) == {("Deployment", "hami-ui"), ("Service", "hami-ui"), ("ServiceAccount", "hami-ui"),
                                  ("ClusterRole", "hami-ui"), ("ClusterRoleBinding", "hami-ui"),
-                                 ("Secret", "hami-ui-tls")}
+                                 ("Secret", "hami-ui-tls"), ("Secret", "hami-ui-session")}
     assert items[("ClusterRole", "hami-ui")]["rules"] == [
         {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["list", "watch"]}]
     binding = items[("ClusterRoleBinding", "hami-ui")]
@@ -390,6 +392,10 @@ def test_ui_is_its_own_deployment_with_list_and_watch_only() -> None:
     assert volume_file(pod, ui, str(flag(command, "--config"))) == ("ConfigMap", "hami-scheduler-device",
                                                                     "device-config.yaml")
     assert ui["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
+    # The login cookie is sealed with a key from the chart's Secret: 48 random characters.
+    key_file = str(flag(command, "--session-key-file"))
+    assert volume_file(pod, ui, key_file) == ("Secret", "hami-ui-session", "session.key")
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", pem_of(items, "Secret", "hami-ui-session", "session.key").decode())
     # HTTPS with a certificate of the chart's CA for the Service's names.
     leaf = x509.load_pem_x509_certificate(pem_of(items, "Secret", "hami-ui-tls", "tls.crt"))
     leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(pem_of(items, "Secret", "hami-scheduler-tls",
@@ -419,6 +425,8 @@ def test_ui_options_prometheus_proxy_and_own_certificate() -> None:
     assert items[("ClusterRole", "hami-ui")]["rules"][1] == {
         "apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}
     assert ("Secret", "hami-ui-tls") not in items
+    # No login cookie behind the proxy: no session key.
+    assert ("Secret", "hami-ui-session") not in items and flag(ui["command"], "--session-key-file") is None
     assert volume_file(pod, ui, "/tls/tls.key") == ("Secret", "my-ui-cert", "tls.key")
 
 

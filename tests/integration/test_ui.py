@@ -9,11 +9,13 @@ $HAMI_UI_SCREENSHOTS (docs/ui to refresh the ones in docs/ui.md), else to a temp
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -418,6 +420,34 @@ def test_a_new_pod_appears_without_reload_of_the_ui(operator: Any, ui: UiProcess
         assert f"{scene.team_a}/late" in cells(operator, "#pods tbody th")
     finally:
         scene.cp.api("DELETE", f"/api/v1/namespaces/{scene.team_a}/pods/late")
+
+
+def test_a_session_outlives_the_process_with_a_key_file(control_plane: ControlPlane, scene: Scene,  # noqa: F811
+                                                        tmp_path: Path) -> None:
+    key = tmp_path / "session.key"
+    key.write_text(base64.b64encode(os.urandom(48)).decode())
+    first = UiProcess(control_plane, tmp_path / "first", ["--session-key-file", str(key)]).start()
+    try:
+        form = urllib.parse.urlencode({"token": scene.admin_token, "next": "/nodes"}).encode()
+        status, headers, _ = https_get(first.url + "/login", {"Origin": first.url}, data=form)
+        assert status == 303, headers
+        cookie = headers["set-cookie"].split(";", 1)[0]
+    finally:
+        first.stop()
+    # Another process (a restart, or a second replica) with the same key takes the cookie ...
+    second = UiProcess(control_plane, tmp_path / "second", ["--session-key-file", str(key)]).start()
+    try:
+        status, _, body = https_get(second.url + "/nodes", {"Cookie": cookie})
+        assert status == 200 and f"GPU-{scene.node('a100-0')}-0" in body
+    finally:
+        second.stop()
+    # ... one without it sends the viewer to the login page.
+    third = UiProcess(control_plane, tmp_path / "third").start()
+    try:
+        status, headers, _ = https_get(third.url + "/nodes", {"Cookie": cookie})
+        assert status == 303 and headers["location"].startswith("/login")
+    finally:
+        third.stop()
 
 
 def test_prometheus_down_costs_a_note_not_the_page(control_plane: ControlPlane, scene: Scene,  # noqa: F811

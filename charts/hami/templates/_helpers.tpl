@@ -61,6 +61,10 @@
 {{- .Values.ui.tls.existingSecret | default (printf "%s-ui-tls" (include "hami.fullname" .) | trunc 63 | trimSuffix "-") -}}
 {{- end -}}
 
+{{- define "hami.uiSessionSecret" -}}
+{{- printf "%s-ui-session" (include "hami.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{/* DNS names of a Service: name, name.ns, name.ns.svc, name.ns.svc.<clusterDomain>. */}}
 {{- define "hami.serviceDNSNames" -}}
 {{- $ns := include "hami.namespace" .root -}}

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a hami simulate report.json to offer on the Simulator page (repeatable)")
     parser.add_argument("--access-ttl", type=float, default=30.0,
                         help="seconds to remember the API server's answer about a viewer (default 30)")
+    parser.add_argument("--session-key-file", metavar="FILE",
+                        help="a secret of at least 32 bytes that seals the login cookie, so that sessions outlive "
+                             "a restart and work across replicas (default: a key made at start)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from hami.ui.access import Endpoint, Reviewer
     from hami.ui.app import UiOptions, build_app
     from hami.ui.prometheus import Prometheus
+    from hami.ui.session import session_key
     from hami.ui.store import UiStore
     from hami.ui.tls import self_signed
 
@@ -68,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
                  *args.report):
         if path is not None and not Path(path).is_file():
             raise HamiError(f"file {path} not found")
+    sealing = {} if args.session_key_file is None else {"session_key": session_key(args.session_key_file)}
     reports: dict[str, Path] = {}
     for path in map(Path, args.report):
         name = path.parent.name + "/" + path.name if path.parent.name else path.name
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(target=prometheus.run, args=(stop,), daemon=True, name="prometheus").start()
     app = build_app(store, reviewer, UiOptions(defaults=defaults, proxy_headers=args.proxy_client_ca is not None,
                                                user_header=args.user_header, group_header=args.group_header,
-                                               reports=reports, prometheus=prometheus))
+                                               reports=reports, prometheus=prometheus, **sealing))
     informers = {
         "nodes": Informer(client, Node, store.replace_nodes, store.upsert_node, store.delete_node, stop),
         "pods": Informer(client, Pod, store.replace_pods, store.upsert_pod, store.delete_pod, stop),
