@@ -126,3 +126,14 @@ def test_without_an_api_or_the_lead_nothing_is_written_and_the_room_is_used_up(l
         cluster.extender.is_leader.clear()
     assert cluster.requeuer.tick() == []
     assert cluster.fitting() == []
+
+
+def test_a_quota_share_freed_on_one_node_makes_room_on_the_others() -> None:
+    cluster = Cluster(("a", 8000))  # a holds 8,000 of the namespace's 10,000 on n1
+    cluster.quota.upsert_quota(gpumem(10000, namespace="t"))
+    cluster.cache.upsert_node(node("n2", gpu("g9")))
+    cluster.requeuer.fitting()  # n2's arrival
+    refused = cluster.extender.filter({"Pod": pod("b", 6000), "NodeNames": ["n2"]})["NodeNames"]
+    assert refused == []  # n2 has the room, the quota has not
+    cluster.leaves("a")  # on n1, which b was not offered: the quota share counts
+    assert cluster.fitting() == ["t/b"]

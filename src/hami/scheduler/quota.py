@@ -324,6 +324,12 @@ class QuotaBook:
 
     # ---- questions ---------------------------------------------------------------------
 
+    def limits(self, namespace: str) -> bool:
+        """Whether a ResourceQuota caps our resources in the namespace."""
+        with self._lock:
+            entry = self._namespaces.get(namespace)
+            return entry is not None and bool(entry.limits)
+
     def left_for(self, namespace: str, exclude: str | None = None) -> QuotaLeft:
         """Room left in the namespace for one pod (its own current decision, `exclude`, not counted)."""
         with self._lock:

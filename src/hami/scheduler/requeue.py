@@ -66,6 +66,7 @@ class Requeuer:
         self._room_nodes: set[str] = set()  # seen gaining room since the last round
         self._room_namespaces: set[str] = set()  # freed quota (or may have) since the last round
         self._wake = threading.Event()
+        self.quota: QuotaBook | None = None  # set by listen: a freed quota share makes room on any node
 
     # ---- told by /filter and by the cache ----------------------------------------------
 
@@ -73,6 +74,7 @@ class Requeuer:
         """Be told of room by the cache (and of changed limits by the quota book)."""
         self.cache.listeners.append(self.on_holding)
         self.cache.node_listeners.append(self.on_node)
+        self.quota = quota
         if quota is not None:
             quota.limit_listeners.append(self.on_quota)
 
@@ -90,12 +92,17 @@ class Requeuer:
 
     def on_holding(self, key: str, before: Holding | None, after: Holding | None) -> None:
         """The cache's listener (called under the cache's lock): a pod's devices moved."""
+        freed = before is not None and (after is None or not after.same_place(before))
+        namespace = key.split("/", 1)[0]
+        # Asked before taking our lock: the quota book calls on_quota under its own.
+        quota_freed = freed and self.quota is not None and self.quota.limits(namespace)
         with self._lock:
             if after is not None and not after.held:
                 self._refused.pop(key, None)  # decided: nothing to retry
-            if before is not None and (after is None or not after.same_place(before)):
+            if freed and before is not None:
                 self._room_nodes.add(before.node)
-                self._room_namespaces.add(key.split("/", 1)[0])  # its quota share too
+                if quota_freed:
+                    self._room_namespaces.add(namespace)  # its quota share: any node may do now
                 self._wake.set()
 
     def on_node(self, name: str) -> None:
