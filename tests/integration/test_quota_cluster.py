@@ -92,6 +92,8 @@ def test_raising_the_quota_places_a_waiting_pod(control_plane: ControlPlane, nam
     placed = control_plane.api("GET", f"/api/v1/namespaces/{namespace}/pods/big")
     assert "hami.io/scheduling-retry" in placed["metadata"]["annotations"], hami.log_tail()
     assert "asked kube-scheduler to try it again" in hami.log_tail()
+    metrics = hami.get("/metrics")[1].decode().splitlines()
+    assert "hami_scheduler_retry_requests_total 1.0" in metrics and "hami_scheduler_refused_pods 0.0" in metrics
 
 
 def test_quota_usage_is_rebuilt_from_decisions_after_a_restart(

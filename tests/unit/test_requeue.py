@@ -12,7 +12,7 @@ from hami.config import HamiConfig
 from hami.scheduler.cache import ClusterCache
 from hami.scheduler.extender import Extender
 from hami.scheduler.quota import QuotaBook
-from hami.scheduler.requeue import Requeuer
+from hami.scheduler.requeue import RequeueCollector, Requeuer
 from tests.unit.test_extender_http import gpu, node, pod
 from tests.unit.test_preempt_shell import running
 from tests.unit.test_quota import gpumem
@@ -137,3 +137,16 @@ def test_a_quota_share_freed_on_one_node_makes_room_on_the_others() -> None:
     assert refused == []  # n2 has the room, the quota has not
     cluster.leaves("a")  # on n1, which b was not offered: the quota share counts
     assert cluster.fitting() == ["t/b"]
+
+
+def test_the_metrics_count_the_waiting_pods() -> None:
+    cluster = Cluster(("a", 12000))
+    collector = RequeueCollector(cluster.requeuer)
+
+    def values() -> dict[str, float]:
+        return {s.name: s.value for family in collector.collect() for s in family.samples}
+
+    assert values() == {"hami_scheduler_refused_pods": 0.0, "hami_scheduler_retry_requests_total": 0.0}
+    assert cluster.filter("b", 8000) == [] and cluster.filter("c", 9000) == []
+    assert values()["hami_scheduler_refused_pods"] == 2.0
+

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from hami.scheduler.preemption import PreemptionOptions, Preemptor
     from hami.scheduler.quota import QuotaBook
     from hami.scheduler.quotawatch import QuotaWatch
-    from hami.scheduler.requeue import Requeuer
+    from hami.scheduler.requeue import RequeueCollector, Requeuer
     from hami.scheduler.resize import Resizer
     from hami.serve import listen, serve
     from hami.webhook.mutate import WebhookOptions
@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     requeuer.listen(quota)
     registry = CollectorRegistry()
     registry.register(SchedulerCollector(cache, quota))
+    registry.register(RequeueCollector(requeuer))
     stop = threading.Event()
 
     def start(target: object, name: str) -> None:

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lightkube import ApiError
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from hami.annotations import keys
 from hami.errors import HamiError
@@ -67,6 +69,7 @@ class Requeuer:
         self._room_namespaces: set[str] = set()  # freed quota (or may have) since the last round
         self._wake = threading.Event()
         self.quota: QuotaBook | None = None  # set by listen: a freed quota share makes room on any node
+        self.asked = 0  # retry requests written (the metric's count)
 
     # ---- told by /filter and by the cache ----------------------------------------------
 
@@ -189,6 +192,8 @@ class Requeuer:
             log.warning("pod %s: could not ask kube-scheduler to retry it: %s: %s", key, type(exc).__name__, exc)
             return False
         self._forget(refusal)
+        with self._lock:
+            self.asked += 1
         log.info("pod %s: room appeared after /filter refused it; asked kube-scheduler to try it again", key)
         return True
 
@@ -197,3 +202,18 @@ class Requeuer:
         with self._lock:
             if self._refused.get(refusal.key) is refusal:
                 del self._refused[refusal.key]
+
+
+class RequeueCollector(Collector):
+    """How many refused pods wait, and how many retry requests were written."""
+
+    def __init__(self, requeuer: Requeuer):
+        self.requeuer = requeuer
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        waiting = GaugeMetricFamily("hami_scheduler_refused_pods", "Pods /filter refused that wait for room")
+        waiting.add_metric([], float(len(self.requeuer.waiting())))
+        asked = CounterMetricFamily("hami_scheduler_retry_requests",
+                                    "Refused pods that kube-scheduler was asked to try again once room appeared")
+        asked.add_metric([], float(self.requeuer.asked))
+        return [waiting, asked]
