@@ -423,8 +423,8 @@ class ControlPlane:
                 self._start_apiserver()
                 break
             except PortInUse:
-                # free_port's choice can be taken before kube-apiserver binds it (a connection's
-                # ephemeral port comes from the same range): pick another, unless one was asked for.
+                # free_port's choice can still be taken before kube-apiserver binds it (another
+                # process listening there meanwhile): pick another, unless one was asked for.
                 if self._apiserver_port_wanted or attempt == PORT_ATTEMPTS:
                     raise
                 self.apiserver_port = free_port()

@@ -20,7 +20,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,12 +44,19 @@ GRACE_S = 1.0
 
 @dataclass
 class Refusal:
+    """A pod /filter refused, and the nodes kube-scheduler offered it."""
+
     key: str
     pod: dict[str, Any]
     nodes: list[str]
     uid: str
-    namespace: str
-    node_set: frozenset[str]
+    # Derived once, read every round: the pod's namespace and its offered nodes as a set.
+    namespace: str = field(init=False)
+    node_set: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.namespace = self.key.split("/", 1)[0]
+        self.node_set = frozenset(self.nodes)
 
 
 class Requeuer:
@@ -85,8 +92,7 @@ class Requeuer:
         """/filter found no node for the pod among `nodes`."""
         metadata = pod.get("metadata") or {}
         key = pod_key(pod)
-        offered = list(nodes)
-        refusal = Refusal(key, pod, offered, str(metadata.get("uid") or ""), key.split("/", 1)[0], frozenset(offered))
+        refusal = Refusal(key, pod, list(nodes), str(metadata.get("uid") or ""))
         with self._lock:
             self._refused[key] = refusal
             self._refused.move_to_end(key)
